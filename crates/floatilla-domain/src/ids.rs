@@ -1,0 +1,62 @@
+//! Typed identifiers, so a device id can never be passed where a tenant id is expected.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A new time-ordered id.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map(Self)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A customer's space: every router, group, token and license belongs to one.
+    TenantId
+);
+id_type!(
+    /// A router known to the server.
+    DeviceId
+);
+id_type!(GroupId);
+id_type!(EnrollmentTokenId);
+id_type!(ApiTokenId);
+id_type!(
+    /// One router credential (several exist briefly while one is being renewed).
+    CredentialId
+);
+id_type!(
+    /// One control-channel connection of a router.
+    SessionId
+);

@@ -1,0 +1,15 @@
+//! Floatilla's rules, free of I/O: identifiers, tenancy, roles, connection states and their
+//! disconnect reasons, timers, and the clock every deadline is measured on.
+
+pub mod clock;
+pub mod connection;
+pub mod ids;
+pub mod model;
+pub mod tenancy;
+pub mod timers;
+
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use connection::{ConnectionState, DisconnectReason};
+pub use ids::{ApiTokenId, CredentialId, DeviceId, EnrollmentTokenId, GroupId, SessionId, TenantId};
+pub use tenancy::{Mode, Role};
+pub use timers::Timers;

@@ -1,0 +1,220 @@
+//! The records the server keeps, and the decisions that depend only on them and the clock.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ApiTokenId, ConnectionState, CredentialId, DeviceId, DisconnectReason, EnrollmentTokenId,
+    GroupId, Role, SessionId, TenantId, Timestamp,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub id: GroupId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+/// A shared secret that lets routers enroll themselves into a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentToken {
+    pub id: EnrollmentTokenId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    /// SHA-256 of the token's secret, hex encoded: the secret itself is never stored.
+    pub secret_hash: String,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub expires_at: Option<Timestamp>,
+    pub group_id: Option<GroupId>,
+    pub revoked_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+/// Why an enrollment token cannot be used (any more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Revoked,
+    Expired,
+    UsedUp,
+}
+
+impl EnrollmentToken {
+    /// `None` when the token may enroll one more router at `now`.
+    pub fn refusal(&self, now: Timestamp) -> Option<TokenRefusal> {
+        if self.revoked_at.is_some() {
+            Some(TokenRefusal::Revoked)
+        } else if self.expires_at.is_some_and(|expires| now >= expires) {
+            Some(TokenRefusal::Expired)
+        } else if self.max_uses.is_some_and(|max| self.uses >= max) {
+            Some(TokenRefusal::UsedUp)
+        } else {
+            None
+        }
+    }
+}
+
+/// What a router last reported about itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub uptime_secs: Option<u64>,
+    pub cellular_signal_dbm: Option<i32>,
+    pub rx_bytes: Option<u64>,
+    pub tx_bytes: Option<u64>,
+    pub wan_address: Option<String>,
+    pub reported_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    pub id: DeviceId,
+    pub tenant_id: TenantId,
+    pub serial: String,
+    pub name: String,
+    pub model: String,
+    pub firmware: String,
+    pub agent_version: String,
+    pub group_id: Option<GroupId>,
+    pub group_name: Option<String>,
+    pub connection_state: ConnectionState,
+    pub connected_since: Option<Timestamp>,
+    pub last_seen: Option<Timestamp>,
+    pub last_disconnect_at: Option<Timestamp>,
+    pub last_disconnect_reason: Option<DisconnectReason>,
+    pub status: DeviceStatus,
+    /// Until when an admin allowed this serial to enroll again without its credential.
+    pub reenroll_allowed_until: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+/// A router's proof of identity: a random secret of which only the SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub id: CredentialId,
+    pub device_id: DeviceId,
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl Credential {
+    pub fn is_valid_at(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
+    }
+}
+
+/// One control-channel connection, from HELLO to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub session_id: SessionId,
+    pub device_id: DeviceId,
+    pub node_id: String,
+    pub remote_addr: String,
+    pub connected_at: Timestamp,
+    pub disconnected_at: Option<Timestamp>,
+    pub reason: Option<DisconnectReason>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub id: ApiTokenId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub role: Role,
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// Which routers a fleet listing shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFilter {
+    pub connection_state: Option<ConnectionState>,
+    /// Case-insensitive substring of the serial or the name.
+    pub query: Option<String>,
+    pub group_id: Option<GroupId>,
+}
+
+/// One page of a listing ordered by serial: `after` is the last serial of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// How many items match the filter, over all pages.
+    pub total: u64,
+    /// Present when more items follow.
+    pub next_after: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, Utc};
+
+    fn token(now: Timestamp) -> EnrollmentToken {
+        EnrollmentToken {
+            id: EnrollmentTokenId::new(),
+            tenant_id: TenantId::new(),
+            name: "line 3".into(),
+            secret_hash: String::new(),
+            max_uses: Some(2),
+            uses: 0,
+            expires_at: Some(now + Duration::days(7)),
+            group_id: None,
+            revoked_at: None,
+            created_at: now,
+        }
+    }
+
+    #[test]
+    fn token_is_usable_until_it_expires_is_used_up_or_revoked() {
+        let now = Utc::now();
+        let mut t = token(now);
+        assert_eq!(t.refusal(now), None);
+        assert_eq!(t.refusal(now + Duration::days(7)), Some(TokenRefusal::Expired));
+        t.uses = 2;
+        assert_eq!(t.refusal(now), Some(TokenRefusal::UsedUp));
+        t.revoked_at = Some(now);
+        assert_eq!(t.refusal(now), Some(TokenRefusal::Revoked));
+    }
+
+    #[test]
+    fn unlimited_tokens_without_expiry_stay_usable() {
+        let now = Utc::now();
+        let mut t = token(now);
+        t.max_uses = None;
+        t.expires_at = None;
+        t.uses = 1_000_000;
+        assert_eq!(t.refusal(now + Duration::days(3650)), None);
+    }
+
+    #[test]
+    fn credential_validity_ends_at_expiry_or_revocation() {
+        let now = Utc::now();
+        let mut c = Credential {
+            id: CredentialId::new(),
+            device_id: DeviceId::new(),
+            secret_hash: String::new(),
+            created_at: now,
+            expires_at: now + Duration::days(1),
+            revoked_at: None,
+        };
+        assert!(c.is_valid_at(now));
+        assert!(!c.is_valid_at(now + Duration::days(1)));
+        c.revoked_at = Some(now);
+        assert!(!c.is_valid_at(now));
+    }
+}

@@ -1,0 +1,72 @@
+//! Control-channel timers. Every value carries its unit in its name and has a default.
+
+use serde::{Deserialize, Serialize};
+
+/// The heartbeat and reconnect timing a server hands a router in WELCOME.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timers {
+    /// How often the server pings an idle router.
+    pub ping_interval_secs: u32,
+    /// How long the server waits for the pong before it drops the connection.
+    pub pong_timeout_secs: u32,
+    /// The longest a router should wait between reconnect attempts (before jitter).
+    pub reconnect_backoff_cap_secs: u32,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self {
+            ping_interval_secs: 120,
+            pong_timeout_secs: 30,
+            reconnect_backoff_cap_secs: 60,
+        }
+    }
+}
+
+impl Timers {
+    pub fn ping_interval(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.ping_interval_secs.into())
+    }
+
+    pub fn pong_timeout(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.pong_timeout_secs.into())
+    }
+
+    /// Rejects settings that would make a connection flap or never be checked.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ping_interval_secs == 0 {
+            return Err("ping interval must be at least 1 second".into());
+        }
+        if self.pong_timeout_secs == 0 || self.pong_timeout_secs >= self.ping_interval_secs {
+            return Err("pong timeout must be at least 1 second and shorter than the ping interval".into());
+        }
+        if self.reconnect_backoff_cap_secs == 0 {
+            return Err("reconnect backoff cap must be at least 1 second".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let timers = Timers::default();
+        assert_eq!(timers.ping_interval_secs, 120);
+        assert_eq!(timers.pong_timeout_secs, 30);
+        assert_eq!(timers.reconnect_backoff_cap_secs, 60);
+        assert!(timers.validate().is_ok());
+    }
+
+    #[test]
+    fn a_pong_timeout_as_long_as_the_interval_is_refused() {
+        let timers = Timers {
+            ping_interval_secs: 30,
+            pong_timeout_secs: 30,
+            reconnect_backoff_cap_secs: 60,
+        };
+        assert!(timers.validate().is_err());
+    }
+}

@@ -1,0 +1,294 @@
+//! The router control channel's wire format, shared by the agent and the server.
+//!
+//! Routers enroll once over HTTPS (`POST /device/v1/enroll`) and then keep one WebSocket at
+//! `/device/v1/connect`. Every WebSocket message is one JSON text frame with a `type` field; the
+//! server pings with WebSocket ping frames. docs/protocol.md describes the exchange in full.
+
+pub mod secrets;
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use secrets::{CaFingerprint, DeviceCredential, EnrollmentTokenString, SecretFormatError};
+
+/// The protocol version this build speaks. A router announces its own in HELLO.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest WebSocket message either side accepts, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// How long the server waits for HELLO after the WebSocket opens.
+pub const HELLO_TIMEOUT_SECS: u64 = 10;
+
+/// The path of the control channel.
+pub const CONNECT_PATH: &str = "/device/v1/connect";
+/// The path of enrollment.
+pub const ENROLL_PATH: &str = "/device/v1/enroll";
+
+/// `POST /device/v1/enroll` request body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The enrollment token as the operator handed it out (secret and CA fingerprint).
+    pub token: String,
+    pub serial: String,
+    pub model: String,
+    pub firmware: String,
+    pub agent_version: String,
+    /// The router's current credential, when it re-enrolls a serial it already owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// `POST /device/v1/enroll` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub device_id: String,
+    /// The router's own credential; shown once, keep it secret.
+    pub credential: String,
+    pub credential_expires_at: DateTime<Utc>,
+    /// The server's CA certificate (PEM), to verify the server on every later connection.
+    pub ca_certificate: String,
+}
+
+/// An error answer on the device HTTP endpoints, and the body of an [`ServerMessage::Error`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// The timers a server hands a router, each in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireTimers {
+    pub ping_interval_secs: u32,
+    pub pong_timeout_secs: u32,
+    pub reconnect_backoff_cap_secs: u32,
+}
+
+/// Messages a router sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DeviceMessage {
+    /// The first message on every connection.
+    Hello(Hello),
+    /// What the router reports about itself, whenever it changes or is asked to.
+    Status(Status),
+    /// The answer to a server [`ServerMessage::Call`].
+    Result(CallResult),
+    /// The router has stored the credential of a [`ServerMessage::CredentialRenewal`].
+    CredentialAck { credential_id: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub agent_version: String,
+    pub credential: String,
+    pub serial: String,
+    pub model: String,
+    pub firmware: String,
+    /// The router's own clock, so the server can spot a router whose clock is wrong.
+    pub clock: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
+    /// Received signal strength of the cellular modem, in dBm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cellular_signal_dbm: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wan_address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallResult {
+    pub call_id: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// Messages the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The answer to a valid HELLO.
+    Welcome(Welcome),
+    /// A request the router answers with a [`DeviceMessage::Result`] carrying the same `call_id`.
+    Call {
+        call_id: String,
+        method: String,
+        #[serde(default)]
+        params: serde_json::Value,
+    },
+    /// A new credential replacing the current one before it expires. The router stores it, then
+    /// answers [`DeviceMessage::CredentialAck`]; the old one stays valid until the ack arrives.
+    CredentialRenewal {
+        credential_id: String,
+        credential: String,
+        expires_at: DateTime<Utc>,
+    },
+    /// Something the router sent was refused; the server closes the connection after it.
+    Error(ErrorBody),
+    /// The server ends the connection for a reason that is not the router's fault.
+    Disconnect {
+        reason: String,
+        message: String,
+        /// When to try again; absent means "with the usual backoff".
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reconnect_after_secs: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u32,
+    pub session_id: String,
+    pub device_id: String,
+    pub server_time: DateTime<Utc>,
+    pub timers: WireTimers,
+}
+
+/// Why a message from the other side could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("unknown message type `{0}`")]
+    UnknownType(String),
+    #[error("message of type `{kind}` is invalid: {detail}")]
+    Invalid { kind: String, detail: String },
+}
+
+impl DecodeError {
+    /// The stable error code sent back in an error frame.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::Malformed(_) => "malformed_message",
+            DecodeError::UnknownType(_) => "unknown_message_type",
+            DecodeError::Invalid { .. } => "invalid_message",
+        }
+    }
+}
+
+const DEVICE_MESSAGE_TYPES: [&str; 4] = ["hello", "status", "result", "credential_ack"];
+const SERVER_MESSAGE_TYPES: [&str; 5] =
+    ["welcome", "call", "credential_renewal", "error", "disconnect"];
+
+impl DeviceMessage {
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        decode_tagged(text, &DEVICE_MESSAGE_TYPES)
+    }
+}
+
+impl ServerMessage {
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        decode_tagged(text, &SERVER_MESSAGE_TYPES)
+    }
+}
+
+/// Encodes any message as the JSON text of one WebSocket frame.
+pub fn encode<T: Serialize>(message: &T) -> String {
+    serde_json::to_string(message).expect("protocol messages always serialize")
+}
+
+/// Tells a malformed frame from an unknown type from a known type with bad fields, so each gets
+/// its own error code.
+fn decode_tagged<T: serde::de::DeserializeOwned>(
+    text: &str,
+    known: &[&str],
+) -> Result<T, DecodeError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let kind = match value.get("type") {
+        Some(serde_json::Value::String(kind)) => kind.clone(),
+        _ => return Err(DecodeError::Malformed("missing string field `type`".into())),
+    };
+    if !known.contains(&kind.as_str()) {
+        return Err(DecodeError::UnknownType(kind));
+    }
+    serde_json::from_value(value).map_err(|e| DecodeError::Invalid {
+        kind,
+        detail: e.to_string(),
+    })
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips() {
+        let hello = DeviceMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "0.1.0".into(),
+            credential: "c".into(),
+            serial: "SN1".into(),
+            model: "MRX".into(),
+            firmware: "5.2".into(),
+            clock: Utc::now(),
+        });
+        let text = encode(&hello);
+        assert!(text.contains(r#""type":"hello""#));
+        assert_eq!(DeviceMessage::decode(&text).unwrap(), hello);
+    }
+
+    #[test]
+    fn decode_errors_are_told_apart() {
+        assert_eq!(
+            DeviceMessage::decode("{nope").unwrap_err().code(),
+            "malformed_message"
+        );
+        assert_eq!(
+            DeviceMessage::decode(r#"{"kind":"hello"}"#).unwrap_err().code(),
+            "malformed_message"
+        );
+        assert_eq!(
+            DeviceMessage::decode(r#"{"type":"teleport"}"#).unwrap_err(),
+            DecodeError::UnknownType("teleport".into())
+        );
+        assert_eq!(
+            DeviceMessage::decode(r#"{"type":"hello","serial":"x"}"#)
+                .unwrap_err()
+                .code(),
+            "invalid_message"
+        );
+        // A server-only type is unknown in the router's direction.
+        assert_eq!(
+            DeviceMessage::decode(r#"{"type":"welcome"}"#).unwrap_err().code(),
+            "unknown_message_type"
+        );
+    }
+
+    #[test]
+    fn status_fields_are_optional() {
+        let status = DeviceMessage::decode(r#"{"type":"status","uptime_secs":5}"#).unwrap();
+        assert_eq!(
+            status,
+            DeviceMessage::Status(Status {
+                uptime_secs: Some(5),
+                ..Status::default()
+            })
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! `/api/v1/devices`: the fleet.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use floatilla_domain::model::{DeviceFilter, DeviceStatus, PageRequest};
+use floatilla_domain::{ConnectionState, DeviceId, DisconnectReason, Role, TenantId};
+use floatilla_store::DevicePatch;
+use http::StatusCode;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use utoipa::IntoParams;
+
+use super::auth::Caller;
+use super::extract::{ApiJson, ApiQuery};
+use super::groups::group_id_by_name;
+use super::views::{
+    AllowReenrollmentRequest, ConnectionView, DeviceDetail, DeviceList, DevicePatchRequest,
+    DeviceView, ErrorView, StatusView,
+};
+use crate::error::{Error, Result};
+use crate::gateway::registry::SessionCommand;
+use crate::state::AppState;
+
+const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
+const HISTORY_SHOWN: u32 = 50;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `online` or `offline`.
+    connection_state: Option<String>,
+    /// Case-insensitive part of the serial or the name.
+    q: Option<String>,
+    /// A group's name.
+    group: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+}
+
+pub fn parse_device_id(id: &str) -> Result<DeviceId> {
+    id.parse().map_err(|_| Error::NotFound("device"))
+}
+
+async fn load(state: &AppState, tenant: TenantId, id: &str) -> Result<floatilla_domain::model::Device> {
+    state
+        .store
+        .device(tenant, parse_device_id(id)?)
+        .await?
+        .ok_or(Error::NotFound("device"))
+}
+
+/// Lists routers ordered by serial, a page at a time.
+#[utoipa::path(get, path = "/api/v1/devices", params(ListQuery), tag = "devices",
+    responses((status = 200, body = DeviceList), (status = 400, body = ErrorView), (status = 401, body = ErrorView)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<DeviceList>> {
+    let tenant = caller.require(Role::Viewer)?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Error::invalid("invalid_limit", format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    let connection_state = query
+        .connection_state
+        .as_deref()
+        .map(str::parse::<ConnectionState>)
+        .transpose()
+        .map_err(|e| Error::invalid("invalid_connection_state", e))?;
+    let group_id = match query.group.as_deref() {
+        Some(name) => Some(group_id_by_name(&state, tenant, name).await?),
+        None => None,
+    };
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|cursor| {
+            URL_SAFE_NO_PAD
+                .decode(cursor)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| Error::invalid("invalid_cursor", "cursor is not one this server made"))
+        })
+        .transpose()?;
+    let filter = DeviceFilter {
+        connection_state,
+        query: query.q.filter(|q| !q.trim().is_empty()),
+        group_id,
+    };
+    let page = state
+        .store
+        .list_devices(tenant, &filter, &PageRequest { limit, after })
+        .await?;
+    Ok(Json(DeviceList {
+        items: page.items.iter().map(DeviceView::from).collect(),
+        total: page.total,
+        next: page.next_after.map(|serial| URL_SAFE_NO_PAD.encode(serial)),
+    }))
+}
+
+/// One router with its status and connection history.
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
+    responses((status = 200, body = DeviceDetail), (status = 404, body = ErrorView)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceDetail>> {
+    let tenant = caller.require(Role::Viewer)?;
+    let device = load(&state, tenant, &id).await?;
+    let history = state.store.connection_history(device.id, HISTORY_SHOWN).await?;
+    Ok(Json(DeviceDetail {
+        device: DeviceView::from(&device),
+        status: StatusView::from(&device.status),
+        connection_history: history.iter().map(ConnectionView::from).collect(),
+    }))
+}
+
+/// Renames a router or moves it to another group.
+#[utoipa::path(patch, path = "/api/v1/devices/{id}", request_body = DevicePatchRequest, tag = "devices",
+    responses((status = 200, body = DeviceView), (status = 400, body = ErrorView), (status = 404, body = ErrorView)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<DevicePatchRequest>,
+) -> Result<Json<DeviceView>> {
+    let tenant = caller.require(Role::Operator)?;
+    let id = parse_device_id(&id)?;
+    let name = request
+        .name
+        .map(|name| {
+            let name = name.trim().to_owned();
+            if name.is_empty() || name.len() > 200 {
+                Err(Error::invalid("invalid_name", "a router name has 1 to 200 characters"))
+            } else {
+                Ok(name)
+            }
+        })
+        .transpose()?;
+    let group_id = match request.group {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(name)) => Some(Some(group_id_by_name(&state, tenant, &name).await?)),
+    };
+    let device = state
+        .store
+        .update_device(tenant, id, &DevicePatch { name, group_id })
+        .await?;
+    Ok(Json(DeviceView::from(&device)))
+}
+
+/// Deletes a router; its live connection ends as `credential_revoked`.
+#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices",
+    responses((status = 204), (status = 404, body = ErrorView)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let tenant = caller.require(Role::Operator)?;
+    let id = parse_device_id(&id)?;
+    state.store.delete_device(tenant, id).await?;
+    state.sessions.disconnect(id, DisconnectReason::CredentialRevoked);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes every credential of a router and ends its connection; it must enroll again.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/revoke-credentials", tag = "devices",
+    responses((status = 204), (status = 404, body = ErrorView)))]
+pub async fn revoke_credentials(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let tenant = caller.require(Role::Admin)?;
+    let device = load(&state, tenant, &id).await?;
+    state
+        .store
+        .revoke_device_credentials(device.id, state.clock.now())
+        .await?;
+    state
+        .sessions
+        .disconnect(device.id, DisconnectReason::CredentialRevoked);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lets the router's serial enroll again without its credential (a replaced or reset unit).
+#[utoipa::path(post, path = "/api/v1/devices/{id}/allow-reenrollment", request_body = AllowReenrollmentRequest,
+    tag = "devices", responses((status = 204), (status = 404, body = ErrorView)))]
+pub async fn allow_reenrollment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<AllowReenrollmentRequest>,
+) -> Result<StatusCode> {
+    let tenant = caller.require(Role::Admin)?;
+    let hours = request.valid_for_hours.unwrap_or(24);
+    if !(1..=24 * 30).contains(&hours) {
+        return Err(Error::invalid("invalid_duration", "valid_for_hours must be 1 to 720"));
+    }
+    let until = state.clock.now() + chrono::Duration::hours(hours.into());
+    state
+        .store
+        .allow_reenrollment(tenant, parse_device_id(&id)?, until)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Asks the connected router for its status now and answers with what it reports.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/refresh-status", tag = "devices",
+    responses((status = 200, body = StatusView), (status = 404, body = ErrorView),
+        (status = 409, body = ErrorView, description = "router offline"), (status = 504, body = ErrorView)))]
+pub async fn refresh_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<StatusView>> {
+    let tenant = caller.require(Role::Operator)?;
+    let device = load(&state, tenant, &id).await?;
+    let session = state
+        .sessions
+        .get(device.id)
+        .ok_or_else(|| Error::invalid_state("device_offline", "the router is not connected"))?;
+    let (reply, answer) = oneshot::channel();
+    session
+        .commands
+        .send(SessionCommand::Call {
+            method: "report_status".into(),
+            params: serde_json::Value::Null,
+            reply,
+        })
+        .await
+        .map_err(|_| Error::invalid_state("device_offline", "the router is not connected"))?;
+    let result = tokio::time::timeout(state.config.call_timeout, answer)
+        .await
+        .map_err(|_| Error::CallTimeout)?
+        .map_err(|_| Error::invalid_state("device_offline", "the router disconnected"))?;
+    if !result.ok {
+        let detail = result.error.map_or_else(|| "no reason given".to_owned(), |e| e.to_string());
+        return Err(Error::invalid_state("call_failed", format!("the router could not report: {detail}")));
+    }
+    let reported: floatilla_protocol::Status = result
+        .result
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| Error::invalid_state("call_failed", format!("the router's report is invalid: {e}")))?
+        .unwrap_or_default();
+    let status = DeviceStatus {
+        uptime_secs: reported.uptime_secs,
+        cellular_signal_dbm: reported.cellular_signal_dbm,
+        rx_bytes: reported.rx_bytes,
+        tx_bytes: reported.tx_bytes,
+        wan_address: reported.wan_address,
+        reported_at: Some(state.clock.now()),
+    };
+    state.store.record_status(device.id, &status).await?;
+    Ok(Json(StatusView::from(&status)))
+}
+

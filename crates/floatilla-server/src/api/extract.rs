@@ -1,0 +1,43 @@
+//! Request extractors whose failures answer in the API's error format.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::response::Response;
+use http::StatusCode;
+use http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::rejection;
+
+/// A JSON body; a bad one is answered `400 invalid_json` (`413 body_too_large` when too big).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(rejection(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", e.body_text()))
+            }
+            Err(e) => Err(rejection(StatusCode::BAD_REQUEST, "invalid_json", e.body_text())),
+        }
+    }
+}
+
+/// Query parameters; bad ones are answered `400 invalid_query`.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| Self(value))
+            .map_err(|e: QueryRejection| {
+                rejection(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+            })
+    }
+}

@@ -1,0 +1,91 @@
+//! `/api/v1/groups`: named sets of routers. Groups are referred to by name elsewhere in the API.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use floatilla_domain::model::Group;
+use floatilla_domain::{GroupId, Role, TenantId};
+use http::StatusCode;
+
+use super::auth::Caller;
+use super::extract::ApiJson;
+use super::views::{ErrorView, GroupRequest, GroupView};
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+pub async fn group_id_by_name(state: &AppState, tenant: TenantId, name: &str) -> Result<GroupId> {
+    state
+        .store
+        .group_by_name(tenant, name)
+        .await?
+        .map(|group| group.id)
+        .ok_or_else(|| Error::invalid("unknown_group", format!("there is no group named `{name}`")))
+}
+
+fn checked_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(Error::invalid("invalid_name", "a group name has 1 to 100 printable characters"));
+    }
+    Ok(name.to_owned())
+}
+
+fn parse_group_id(id: &str) -> Result<GroupId> {
+    id.parse().map_err(|_| Error::NotFound("group"))
+}
+
+/// The tenant's groups, by name.
+#[utoipa::path(get, path = "/api/v1/groups", tag = "groups", responses((status = 200, body = Vec<GroupView>)))]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<GroupView>>> {
+    let tenant = caller.require(Role::Viewer)?;
+    let groups = state.store.groups(tenant).await?;
+    Ok(Json(groups.iter().map(GroupView::from).collect()))
+}
+
+#[utoipa::path(post, path = "/api/v1/groups", request_body = GroupRequest, tag = "groups",
+    responses((status = 201, body = GroupView), (status = 409, body = ErrorView)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<GroupRequest>,
+) -> Result<(StatusCode, Json<GroupView>)> {
+    let tenant = caller.require(Role::Operator)?;
+    let group = Group {
+        id: GroupId::new(),
+        tenant_id: tenant,
+        name: checked_name(&request.name)?,
+        created_at: state.clock.now(),
+    };
+    state.store.create_group(&group).await?;
+    Ok((StatusCode::CREATED, Json(GroupView::from(&group))))
+}
+
+#[utoipa::path(patch, path = "/api/v1/groups/{id}", request_body = GroupRequest, tag = "groups",
+    responses((status = 200, body = GroupView), (status = 404, body = ErrorView), (status = 409, body = ErrorView)))]
+pub async fn rename(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<GroupRequest>,
+) -> Result<Json<GroupView>> {
+    let tenant = caller.require(Role::Operator)?;
+    let id = parse_group_id(&id)?;
+    state
+        .store
+        .rename_group(tenant, id, &checked_name(&request.name)?)
+        .await?;
+    let group = state.store.group(tenant, id).await?.ok_or(Error::NotFound("group"))?;
+    Ok(Json(GroupView::from(&group)))
+}
+
+/// Deletes a group; its routers stay, without a group.
+#[utoipa::path(delete, path = "/api/v1/groups/{id}", tag = "groups",
+    responses((status = 204), (status = 404, body = ErrorView)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let tenant = caller.require(Role::Operator)?;
+    state.store.delete_group(tenant, parse_group_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,87 @@
+//! REST API v1: JSON over HTTPS with bearer API tokens. Handlers authenticate, parse, call the
+//! store or the gateway, and map the result; errors are `{"code", "message"}`.
+
+pub mod auth;
+pub mod devices;
+pub mod extract;
+pub mod groups;
+pub mod tokens;
+pub mod views;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use http::StatusCode;
+use utoipa::OpenApi;
+
+use crate::error::rejection;
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Floatilla API", version = "1", description = "Manage a fleet of routers: devices, groups, enrollment and API tokens."),
+    paths(
+        devices::list, devices::get, devices::patch, devices::delete, devices::revoke_credentials,
+        devices::allow_reenrollment, devices::refresh_status,
+        groups::list, groups::create, groups::rename, groups::delete,
+        tokens::list_enrollment_tokens, tokens::create_enrollment_token, tokens::revoke_enrollment_token,
+        tokens::list_api_tokens, tokens::create_api_token, tokens::revoke_api_token,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi.components.get_or_insert_with(Default::default).add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/devices", get(devices::list))
+        .route(
+            "/api/v1/devices/{id}",
+            get(devices::get).patch(devices::patch).delete(devices::delete),
+        )
+        .route("/api/v1/devices/{id}/revoke-credentials", post(devices::revoke_credentials))
+        .route("/api/v1/devices/{id}/allow-reenrollment", post(devices::allow_reenrollment))
+        .route("/api/v1/devices/{id}/refresh-status", post(devices::refresh_status))
+        .route("/api/v1/groups", get(groups::list).post(groups::create))
+        .route("/api/v1/groups/{id}", axum::routing::patch(groups::rename).delete(groups::delete))
+        .route(
+            "/api/v1/enrollment-tokens",
+            get(tokens::list_enrollment_tokens).post(tokens::create_enrollment_token),
+        )
+        .route("/api/v1/enrollment-tokens/{id}", axum::routing::delete(tokens::revoke_enrollment_token))
+        .route("/api/v1/api-tokens", get(tokens::list_api_tokens).post(tokens::create_api_token))
+        .route("/api/v1/api-tokens/{id}", axum::routing::delete(tokens::revoke_api_token))
+        .fallback(not_found)
+}
+
+async fn openapi() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    crate::metrics::connected(state.sessions.len());
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::handle().render(),
+    )
+}
+
+async fn not_found() -> impl IntoResponse {
+    rejection(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+}

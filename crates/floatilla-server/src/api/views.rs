@@ -1,0 +1,241 @@
+//! The JSON shapes of API answers and requests.
+
+use chrono::{DateTime, Utc};
+use floatilla_domain::model::{ApiToken, ConnectionRecord, Device, DeviceStatus, EnrollmentToken, Group};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceView {
+    pub id: String,
+    pub serial: String,
+    pub name: String,
+    /// The group's name, if the router is in one.
+    pub group: Option<String>,
+    /// `online` or `offline`.
+    pub connection_state: String,
+    pub connected_since: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub last_disconnect_at: Option<DateTime<Utc>>,
+    /// Why the last connection ended: clean_close, connection_lost, ping_timeout, superseded,
+    /// server_shutdown, protocol_error or credential_revoked.
+    pub last_disconnect_reason: Option<String>,
+    pub model: String,
+    pub firmware: String,
+    pub agent_version: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&Device> for DeviceView {
+    fn from(d: &Device) -> Self {
+        Self {
+            id: d.id.to_string(),
+            serial: d.serial.clone(),
+            name: d.name.clone(),
+            group: d.group_name.clone(),
+            connection_state: d.connection_state.as_str().to_owned(),
+            connected_since: d.connected_since,
+            last_seen: d.last_seen,
+            last_disconnect_at: d.last_disconnect_at,
+            last_disconnect_reason: d.last_disconnect_reason.map(|r| r.as_str().to_owned()),
+            model: d.model.clone(),
+            firmware: d.firmware.clone(),
+            agent_version: d.agent_version.clone(),
+            created_at: d.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatusView {
+    pub uptime_secs: Option<u64>,
+    pub cellular_signal_dbm: Option<i32>,
+    pub rx_bytes: Option<u64>,
+    pub tx_bytes: Option<u64>,
+    pub wan_address: Option<String>,
+    pub reported_at: Option<DateTime<Utc>>,
+}
+
+impl From<&DeviceStatus> for StatusView {
+    fn from(s: &DeviceStatus) -> Self {
+        Self {
+            uptime_secs: s.uptime_secs,
+            cellular_signal_dbm: s.cellular_signal_dbm,
+            rx_bytes: s.rx_bytes,
+            tx_bytes: s.tx_bytes,
+            wan_address: s.wan_address.clone(),
+            reported_at: s.reported_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionView {
+    pub session_id: String,
+    pub node_id: String,
+    pub remote_addr: String,
+    pub connected_at: DateTime<Utc>,
+    pub disconnected_at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+}
+
+impl From<&ConnectionRecord> for ConnectionView {
+    fn from(c: &ConnectionRecord) -> Self {
+        Self {
+            session_id: c.session_id.to_string(),
+            node_id: c.node_id.clone(),
+            remote_addr: c.remote_addr.clone(),
+            connected_at: c.connected_at,
+            disconnected_at: c.disconnected_at,
+            reason: c.reason.map(|r| r.as_str().to_owned()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    pub device: DeviceView,
+    pub status: StatusView,
+    /// The most recent connections, newest first.
+    pub connection_history: Vec<ConnectionView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceList {
+    pub items: Vec<DeviceView>,
+    /// How many routers match the filters, over all pages.
+    pub total: u64,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next: Option<String>,
+}
+
+/// `PATCH /api/v1/devices/{id}`: absent fields stay as they are; `"group": null` ungroups.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatchRequest {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub group: Option<Option<String>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowReenrollmentRequest {
+    /// How long the consent lasts (default 24).
+    pub valid_for_hours: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupView {
+    pub id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&Group> for GroupView {
+    fn from(g: &Group) -> Self {
+        Self {
+            id: g.id.to_string(),
+            name: g.name.clone(),
+            created_at: g.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollmentTokenRequest {
+    pub name: String,
+    /// How many routers may enroll with it; null or absent for no limit.
+    pub max_uses: Option<u32>,
+    /// When it stops working; absent: in 7 days; null: never.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// The group new routers join.
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EnrollmentTokenView {
+    pub id: String,
+    pub name: String,
+    /// The token to give routers; only in the answer that creates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub group: Option<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl EnrollmentTokenView {
+    pub fn new(t: &EnrollmentToken, group: Option<String>, token: Option<String>) -> Self {
+        Self {
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            token,
+            max_uses: t.max_uses,
+            uses: t.uses,
+            expires_at: t.expires_at,
+            group,
+            revoked_at: t.revoked_at,
+            created_at: t.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiTokenRequest {
+    pub name: String,
+    /// viewer, operator or admin.
+    pub role: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiTokenView {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    /// The bearer token; only in the answer that creates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiTokenView {
+    pub fn new(t: &ApiToken, token: Option<String>) -> Self {
+        Self {
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            role: t.role.as_str().to_owned(),
+            token,
+            created_at: t.created_at,
+            revoked_at: t.revoked_at,
+        }
+    }
+}
+
+/// An error answer: a stable snake_case code and a human-readable message.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorView {
+    pub code: String,
+    pub message: String,
+}

@@ -1,0 +1,67 @@
+//! Everything a server node is told at start. The binary fills it from flags, a config file and
+//! the environment; tests fill it directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use floatilla_domain::{Mode, Timers};
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the device channel (and the API, unless a console listener is set) is served.
+    pub listen: SocketAddr,
+    /// Extra names the device certificate covers.
+    pub hostnames: Vec<String>,
+    /// An optional second listener for the console and API with the operator's own certificate.
+    pub console: Option<ConsoleListener>,
+    pub mode: Mode,
+    pub timers: Timers,
+    /// Names this node in connection history; unique among running nodes and stable across
+    /// restarts, so a restarted node can close what it left open. Empty: `HOST:PORT`.
+    pub node_id: String,
+    /// How long a router credential is valid.
+    pub credential_lifetime: chrono::Duration,
+    /// A credential is renewed over the channel once less than this remains.
+    pub credential_renew_before: chrono::Duration,
+    /// How often heartbeat bookkeeping (last seen) is written, in one batch.
+    pub last_seen_flush_interval: Duration,
+    /// On shutdown, routers are told to come back after this long (plus jitter).
+    pub shutdown_reconnect_after_secs: u32,
+    /// How long a server call to a router may take before the caller gets `call_timeout`.
+    pub call_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsoleListener {
+    pub listen: SocketAddr,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([0, 0, 0, 0], 8443).into(),
+            hostnames: Vec::new(),
+            console: None,
+            mode: Mode::OnPrem,
+            timers: Timers::default(),
+            node_id: String::new(),
+            credential_lifetime: chrono::Duration::days(365),
+            credential_renew_before: chrono::Duration::days(30),
+            last_seen_flush_interval: Duration::from_secs(5),
+            shutdown_reconnect_after_secs: 10,
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The default node id: this host's name and the device listener's port.
+pub fn default_node_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() { "node".to_owned() } else { host };
+    format!("{host}:{port}")
+}

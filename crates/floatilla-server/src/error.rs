@@ -1,0 +1,149 @@
+//! The server's one error type. Every failure has a stable snake_case code; this module is the
+//! single place that maps errors to HTTP statuses and to protocol error frames.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use floatilla_domain::Role;
+use floatilla_domain::model::TokenRefusal;
+use floatilla_protocol::ErrorBody;
+use floatilla_store::StoreError;
+use http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("a valid API token is required (Authorization: Bearer ...)")]
+    Unauthenticated,
+    #[error("this needs the {0} role")]
+    Forbidden(Role),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request is well formed but its content is not acceptable.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("{0}")]
+    Conflict(String),
+    /// The request conflicts with the current state of something (a router is offline...).
+    #[error("{message}")]
+    InvalidState { code: &'static str, message: String },
+    #[error("the router did not answer in time")]
+    CallTimeout,
+    #[error("the enrollment token is not valid")]
+    UnknownEnrollmentToken,
+    #[error("the enrollment token {}", match .0 {
+        TokenRefusal::Revoked => "was revoked",
+        TokenRefusal::Expired => "has expired",
+        TokenRefusal::UsedUp => "has been used up",
+    })]
+    EnrollmentTokenRefused(TokenRefusal),
+    #[error(
+        "a router with serial {0} is already enrolled: re-enroll with its credential, or have an admin allow re-enrollment"
+    )]
+    SerialAlreadyEnrolled(String),
+    #[error("the router credential is not valid")]
+    InvalidCredential,
+    #[error("the router credential has expired")]
+    CredentialExpired,
+    #[error("the router credential was revoked")]
+    CredentialRevoked,
+    #[error("protocol version {0} is not supported (this server speaks 1)")]
+    UnsupportedProtocolVersion(u32),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_state(code: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidState {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Unauthenticated => "unauthenticated",
+            Error::Forbidden(_) => "forbidden",
+            Error::NotFound(_) => "not_found",
+            Error::Invalid { code, .. } => code,
+            Error::Conflict(_) => "conflict",
+            Error::InvalidState { code, .. } => code,
+            Error::CallTimeout => "call_timeout",
+            Error::UnknownEnrollmentToken => "invalid_enrollment_token",
+            Error::EnrollmentTokenRefused(TokenRefusal::Revoked) => "enrollment_token_revoked",
+            Error::EnrollmentTokenRefused(TokenRefusal::Expired) => "enrollment_token_expired",
+            Error::EnrollmentTokenRefused(TokenRefusal::UsedUp) => "enrollment_token_used_up",
+            Error::SerialAlreadyEnrolled(_) => "serial_already_enrolled",
+            Error::InvalidCredential => "invalid_credential",
+            Error::CredentialExpired => "credential_expired",
+            Error::CredentialRevoked => "credential_revoked",
+            Error::UnsupportedProtocolVersion(_) => "unsupported_protocol_version",
+            Error::Store(StoreError::NotFound(_)) => "not_found",
+            Error::Store(StoreError::Conflict(_)) => "conflict",
+            Error::Store(_) => "internal_error",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Unauthenticated
+            | Error::UnknownEnrollmentToken
+            | Error::InvalidCredential
+            | Error::CredentialExpired
+            | Error::CredentialRevoked => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) | Error::EnrollmentTokenRefused(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) | Error::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
+            Error::Invalid { .. } | Error::UnsupportedProtocolVersion(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::Conflict(_)
+            | Error::InvalidState { .. }
+            | Error::SerialAlreadyEnrolled(_)
+            | Error::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
+            Error::CallTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told. Internal failures are logged in full but described vaguely.
+    pub fn body(&self) -> ErrorBody {
+        let message = if self.status().is_server_error() {
+            "internal error; the server log has the details".to_owned()
+        } else {
+            self.to_string()
+        };
+        ErrorBody {
+            code: self.code().to_owned(),
+            message,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if self.status().is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (self.status(), Json(self.body())).into_response()
+    }
+}
+
+/// A JSON error answer for failures found before a handler runs (bad JSON, bad query).
+pub fn rejection(status: StatusCode, code: &str, message: String) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            code: code.to_owned(),
+            message,
+        }),
+    )
+        .into_response()
+}

@@ -1,0 +1,139 @@
+//! `POST /device/v1/enroll`: a router trades an enrollment token for its own credential.
+
+use axum::Json;
+use axum::extract::State;
+use floatilla_domain::model::Credential;
+use floatilla_domain::{CredentialId, DeviceId, DisconnectReason};
+use floatilla_protocol::{DeviceCredential, EnrollRequest, EnrollResponse, EnrollmentTokenString};
+use floatilla_store::Enrollment;
+use rand::Rng;
+use subtle::ConstantTimeEq;
+
+use crate::api::extract::ApiJson;
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::state::AppState;
+
+const MAX_FIELD_LEN: usize = 128;
+
+pub async fn enroll(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<EnrollRequest>,
+) -> Result<Json<EnrollResponse>> {
+    let outcome = enroll_router(&state, request).await;
+    metrics::enrollment(match &outcome {
+        Ok(_) => "enrolled",
+        Err(error) => error.code(),
+    });
+    outcome.map(Json)
+}
+
+async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<EnrollResponse> {
+    let serial = checked_field("serial", &request.serial, true)?;
+    let model = checked_field("model", &request.model, false)?;
+    let firmware = checked_field("firmware", &request.firmware, false)?;
+    let agent_version = checked_field("agent_version", &request.agent_version, false)?;
+    let token: EnrollmentTokenString = request
+        .token
+        .parse()
+        .map_err(|_| Error::UnknownEnrollmentToken)?;
+    let token = state
+        .store
+        .enrollment_token_by_hash(&token.secret_hash())
+        .await?
+        .ok_or(Error::UnknownEnrollmentToken)?;
+    let now = state.clock.now();
+    if let Some(refusal) = token.refusal(now) {
+        return Err(Error::EnrollmentTokenRefused(refusal));
+    }
+
+    let existing = state.store.device_by_serial(token.tenant_id, serial).await?;
+    if let Some(device) = &existing {
+        let consented = device.reenroll_allowed_until.is_some_and(|until| now < until);
+        let proven = match &request.credential {
+            Some(credential) => holds_credential(state, device.id, credential).await?,
+            None => false,
+        };
+        if !consented && !proven {
+            return Err(Error::SerialAlreadyEnrolled(serial.to_owned()));
+        }
+    }
+
+    let secret: [u8; 32] = rand::rng().random();
+    let credential = Credential {
+        id: CredentialId::new(),
+        device_id: existing.as_ref().map_or_else(DeviceId::new, |d| d.id),
+        secret_hash: floatilla_protocol::secrets::secret_hash(&secret),
+        created_at: now,
+        expires_at: now + state.config.credential_lifetime,
+        revoked_at: None,
+    };
+    let enrollment = Enrollment {
+        token_id: token.id,
+        tenant_id: token.tenant_id,
+        now,
+        existing_device: existing.as_ref().map(|d| d.id),
+        new_device_id: credential.device_id,
+        serial: serial.to_owned(),
+        model: model.to_owned(),
+        firmware: firmware.to_owned(),
+        agent_version: agent_version.to_owned(),
+        group_id: token.group_id,
+        credential: credential.clone(),
+    };
+    let device = state
+        .store
+        .enroll(&enrollment)
+        .await?
+        .map_err(Error::EnrollmentTokenRefused)?;
+    if existing.is_some() {
+        // Its earlier credentials are revoked: a session still using one must end.
+        state
+            .sessions
+            .disconnect(device.id, DisconnectReason::CredentialRevoked);
+    }
+    tracing::info!(device = %device.id, serial = %device.serial, tenant = %device.tenant_id, "router enrolled");
+    Ok(EnrollResponse {
+        device_id: device.id.to_string(),
+        credential: DeviceCredential {
+            id: credential.id.to_string(),
+            secret,
+        }
+        .to_string(),
+        credential_expires_at: credential.expires_at,
+        ca_certificate: state.ca.certificate_pem().to_owned(),
+    })
+}
+
+/// Whether `presented` is a currently valid credential of `device`.
+async fn holds_credential(state: &AppState, device: DeviceId, presented: &str) -> Result<bool> {
+    let Ok(presented) = presented.parse::<DeviceCredential>() else {
+        return Ok(false);
+    };
+    let Ok(id) = presented.id.parse::<CredentialId>() else {
+        return Ok(false);
+    };
+    let Some(stored) = state.store.credential(id).await? else {
+        return Ok(false);
+    };
+    let matches: bool = presented
+        .secret_hash()
+        .as_bytes()
+        .ct_eq(stored.secret_hash.as_bytes())
+        .into();
+    Ok(matches && stored.device_id == device && stored.is_valid_at(state.clock.now()))
+}
+
+fn checked_field<'a>(name: &'static str, value: &'a str, required: bool) -> Result<&'a str> {
+    let value = value.trim();
+    if required && value.is_empty() {
+        return Err(Error::invalid("invalid_field", format!("{name} must not be empty")));
+    }
+    if value.len() > MAX_FIELD_LEN || value.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "invalid_field",
+            format!("{name} must be at most {MAX_FIELD_LEN} printable characters"),
+        ));
+    }
+    Ok(value)
+}

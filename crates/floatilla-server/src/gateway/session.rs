@@ -1,0 +1,606 @@
+//! One router's control channel, from HELLO to its end, and why it ended.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use floatilla_domain::model::{ConnectionRecord, Credential, Device, DeviceStatus};
+use floatilla_domain::{CredentialId, DisconnectReason, SessionId, Timestamp};
+use floatilla_protocol::{
+    CallResult, DeviceCredential, DeviceMessage, ErrorBody, HELLO_TIMEOUT_SECS, Hello,
+    PROTOCOL_VERSION, ServerMessage, Status, Welcome, WireTimers, encode,
+};
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::error::Error;
+use crate::gateway::registry::{SessionCommand, SessionHandle};
+use crate::metrics;
+use crate::state::AppState;
+
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// How long one write to a router may take before the connection counts as lost.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A refusal on the channel: the error frame's code and text, and the close code after it.
+struct Refusal {
+    body: ErrorBody,
+    close: CloseCode,
+}
+
+impl Refusal {
+    fn protocol(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            body: ErrorBody {
+                code: code.to_owned(),
+                message: message.into(),
+            },
+            close: CloseCode::Protocol,
+        }
+    }
+
+    fn from_error(error: &Error) -> Self {
+        Self {
+            body: error.body(),
+            close: CloseCode::Policy,
+        }
+    }
+}
+
+/// Serves one upgraded connection until it ends.
+pub async fn run(state: AppState, mut socket: Socket, remote: SocketAddr) {
+    let hello = match await_hello(&state, &mut socket).await {
+        Ok(hello) => hello,
+        Err(Some(refusal)) => return refuse(&mut socket, refusal, remote).await,
+        Err(None) => return,
+    };
+    let (device, credential) = match authenticate(&state, &hello).await {
+        Ok(identity) => identity,
+        Err(error) => {
+            if error.status().is_server_error() {
+                tracing::error!(%error, %remote, "cannot authenticate router");
+            }
+            return refuse(&mut socket, Refusal::from_error(&error), remote).await;
+        }
+    };
+    let session = match Session::start(state, device, credential, &hello, remote).await {
+        Ok(session) => session,
+        Err(error) => {
+            tracing::error!(%error, %remote, "cannot start session");
+            return refuse(&mut socket, Refusal::from_error(&error), remote).await;
+        }
+    };
+    session.serve(socket).await;
+}
+
+/// Waits for the first message, which must be HELLO. `Err(None)`: the peer left silently.
+async fn await_hello(state: &AppState, socket: &mut Socket) -> Result<Hello, Option<Refusal>> {
+    let deadline = state.clock.now() + chrono::Duration::seconds(HELLO_TIMEOUT_SECS as i64);
+    loop {
+        let frame = tokio::select! {
+            frame = socket.next() => frame,
+            () = state.clock.sleep_until(deadline) => {
+                return Err(Some(Refusal::protocol("hello_timeout", "no HELLO within 10 seconds")));
+            }
+            () = state.shutdown.cancelled() => return Err(None),
+        };
+        match frame {
+            None => return Err(None),
+            Some(Err(error)) => return Err(read_error_refusal(&error)),
+            Some(Ok(Message::Text(text))) => {
+                metrics::message("in", "hello");
+                return match DeviceMessage::decode(&text) {
+                    Ok(DeviceMessage::Hello(hello)) => Ok(hello),
+                    Ok(_) => Err(Some(Refusal::protocol(
+                        "hello_required",
+                        "the first message must be HELLO",
+                    ))),
+                    Err(error) => Err(Some(Refusal::protocol(error.code(), error.to_string()))),
+                };
+            }
+            Some(Ok(Message::Binary(_))) => return Err(Some(binary_refusal())),
+            Some(Ok(Message::Close(_))) => return Err(None),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn binary_refusal() -> Refusal {
+    Refusal::protocol("binary_not_supported", "messages are JSON text frames")
+}
+
+/// Maps a read failure to what the router is told, if it can still be told anything.
+fn read_error_refusal(error: &tungstenite::Error) -> Option<Refusal> {
+    match error {
+        tungstenite::Error::Capacity(detail) => Some(Refusal {
+            body: ErrorBody {
+                code: "message_too_large".into(),
+                message: format!(
+                    "{detail} (messages are limited to {} bytes)",
+                    floatilla_protocol::MAX_MESSAGE_BYTES
+                ),
+            },
+            close: CloseCode::Size,
+        }),
+        tungstenite::Error::Protocol(detail) => {
+            Some(Refusal::protocol("websocket_protocol_error", detail.to_string()))
+        }
+        tungstenite::Error::Utf8(_) => Some(Refusal::protocol(
+            "malformed_message",
+            "text frame is not valid UTF-8",
+        )),
+        _ => None,
+    }
+}
+
+/// Sends the error frame, closes, counts and logs the refusal.
+async fn refuse(socket: &mut Socket, refusal: Refusal, remote: SocketAddr) {
+    tracing::info!(%remote, code = %refusal.body.code, message = %refusal.body.message, "router refused");
+    metrics::refusal(static_code(&refusal.body.code));
+    let _ = send_text(socket, &ServerMessage::Error(refusal.body.clone())).await;
+    close(socket, refusal.close, &refusal.body.code).await;
+}
+
+/// Metric labels must be 'static; every code the gateway produces is one of these.
+fn static_code(code: &str) -> &'static str {
+    const CODES: &[&str] = &[
+        "hello_timeout",
+        "hello_required",
+        "unexpected_hello",
+        "binary_not_supported",
+        "message_too_large",
+        "websocket_protocol_error",
+        "malformed_message",
+        "unknown_message_type",
+        "invalid_message",
+        "invalid_credential",
+        "credential_expired",
+        "credential_revoked",
+        "serial_mismatch",
+        "unsupported_protocol_version",
+        "unknown_credential",
+    ];
+    CODES.iter().copied().find(|c| *c == code).unwrap_or("other")
+}
+
+async fn send_text(socket: &mut Socket, message: &ServerMessage) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::text(encode(message)))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+async fn close(socket: &mut Socket, code: CloseCode, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    };
+    let _ = tokio::time::timeout(SEND_TIMEOUT, socket.close(Some(frame))).await;
+}
+
+/// Checks HELLO's credential, in constant time, and finds the router it belongs to.
+async fn authenticate(state: &AppState, hello: &Hello) -> Result<(Device, Credential), Error> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(Error::UnsupportedProtocolVersion(hello.protocol_version));
+    }
+    let presented: DeviceCredential = hello
+        .credential
+        .parse()
+        .map_err(|_| Error::InvalidCredential)?;
+    let id: CredentialId = presented.id.parse().map_err(|_| Error::InvalidCredential)?;
+    let credential = state
+        .store
+        .credential(id)
+        .await?
+        .ok_or(Error::InvalidCredential)?;
+    let matches: bool = presented
+        .secret_hash()
+        .as_bytes()
+        .ct_eq(credential.secret_hash.as_bytes())
+        .into();
+    if !matches {
+        return Err(Error::InvalidCredential);
+    }
+    if credential.revoked_at.is_some() {
+        return Err(Error::CredentialRevoked);
+    }
+    if !credential.is_valid_at(state.clock.now()) {
+        return Err(Error::CredentialExpired);
+    }
+    let device = state
+        .store
+        .device_by_id(credential.device_id)
+        .await?
+        .ok_or(Error::InvalidCredential)?;
+    if device.serial != hello.serial {
+        return Err(Error::invalid(
+            "serial_mismatch",
+            format!(
+                "this credential belongs to serial {}, not {}",
+                device.serial, hello.serial
+            ),
+        ));
+    }
+    Ok((device, credential))
+}
+
+/// A welcomed router's live session.
+struct Session {
+    state: AppState,
+    device: Device,
+    credential: Credential,
+    session_id: SessionId,
+    commands: mpsc::Receiver<SessionCommand>,
+    pending_calls: HashMap<String, oneshot::Sender<CallResult>>,
+    /// A renewed credential the router has not acknowledged yet.
+    renewal: Option<Credential>,
+}
+
+/// Why the session loop stopped, and whether the router still needs to be told.
+enum Ending {
+    /// Tell the router with a DISCONNECT frame, then close.
+    Announce(DisconnectReason),
+    /// Tell the router with an error frame, then close.
+    Refuse(Refusal),
+    /// The router closed or vanished; nothing more to send.
+    Quiet(DisconnectReason),
+    /// The router stopped answering pings.
+    Timeout,
+}
+
+impl Session {
+    async fn start(
+        state: AppState,
+        device: Device,
+        credential: Credential,
+        hello: &Hello,
+        remote: SocketAddr,
+    ) -> Result<Self, Error> {
+        let now = state.clock.now();
+        let session_id = SessionId::new();
+        let record = ConnectionRecord {
+            session_id,
+            device_id: device.id,
+            node_id: state.config.node_id.clone(),
+            remote_addr: remote.to_string(),
+            connected_at: now,
+            disconnected_at: None,
+            reason: None,
+        };
+        let write = async {
+            if device.model != hello.model
+                || device.firmware != hello.firmware
+                || device.agent_version != hello.agent_version
+            {
+                state
+                    .store
+                    .record_inventory(device.id, &hello.model, &hello.firmware, &hello.agent_version)
+                    .await?;
+            }
+            state.store.record_connect(&record).await
+        };
+        write.await?;
+        let (sender, commands) = mpsc::channel(16);
+        state.sessions.register(
+            device.id,
+            SessionHandle {
+                session_id,
+                tenant_id: device.tenant_id,
+                connected_since: now,
+                commands: sender,
+            },
+        );
+        metrics::connect();
+        tracing::debug!(device = %device.id, serial = %device.serial, %remote, "router connected");
+        Ok(Self {
+            state,
+            device,
+            credential,
+            session_id,
+            commands,
+            pending_calls: HashMap::new(),
+            renewal: None,
+        })
+    }
+
+    async fn serve(mut self, mut socket: Socket) {
+        let connected_at = self.state.clock.now();
+        let ending = self.exchange(&mut socket, connected_at).await;
+        let reason = match ending {
+            Ending::Announce(reason) => {
+                let reconnect_after_secs = (reason == DisconnectReason::ServerShutdown)
+                    .then(|| self.shutdown_reconnect_after());
+                let _ = send_text(
+                    &mut socket,
+                    &ServerMessage::Disconnect {
+                        reason: reason.as_str().to_owned(),
+                        message: announce_text(reason).to_owned(),
+                        reconnect_after_secs,
+                    },
+                )
+                .await;
+                close(&mut socket, close_code(reason), reason.as_str()).await;
+                reason
+            }
+            Ending::Refuse(refusal) => {
+                tracing::info!(device = %self.device.id, code = %refusal.body.code, "router sent bad input");
+                metrics::refusal(static_code(&refusal.body.code));
+                let _ = send_text(&mut socket, &ServerMessage::Error(refusal.body.clone())).await;
+                close(&mut socket, refusal.close, &refusal.body.code).await;
+                DisconnectReason::ProtocolError
+            }
+            Ending::Timeout => {
+                close(&mut socket, CloseCode::Away, "ping_timeout").await;
+                DisconnectReason::PingTimeout
+            }
+            Ending::Quiet(reason) => reason,
+        };
+        self.finish(reason).await;
+    }
+
+    /// The message loop: frames in, commands from the server, pings on schedule.
+    async fn exchange(&mut self, socket: &mut Socket, connected_at: Timestamp) -> Ending {
+        let timers = self.state.config.timers;
+        if self.welcome(socket, connected_at).await.is_err() {
+            return Ending::Quiet(DisconnectReason::ConnectionLost);
+        }
+        let mut next_ping = connected_at + timers.ping_interval();
+        let mut pong_deadline: Option<Timestamp> = None;
+        loop {
+            let wake = pong_deadline.map_or(next_ping, |deadline| deadline.min(next_ping));
+            tokio::select! {
+                biased;
+                () = self.state.shutdown.cancelled() => {
+                    return Ending::Announce(DisconnectReason::ServerShutdown);
+                }
+                command = self.commands.recv() => match command {
+                    Some(SessionCommand::Disconnect(reason)) => return Ending::Announce(reason),
+                    Some(SessionCommand::Call { method, params, reply }) => {
+                        if self.call(socket, method, params, reply).await.is_err() {
+                            return Ending::Quiet(DisconnectReason::ConnectionLost);
+                        }
+                    }
+                    // The registry dropped our handle: a newer session replaced this one.
+                    None => return Ending::Announce(DisconnectReason::Superseded),
+                },
+                frame = socket.next() => {
+                    let message = match frame {
+                        None => return Ending::Quiet(DisconnectReason::ConnectionLost),
+                        Some(Err(error)) => {
+                            return match read_error_refusal(&error) {
+                                Some(refusal) => Ending::Refuse(refusal),
+                                None => Ending::Quiet(DisconnectReason::ConnectionLost),
+                            };
+                        }
+                        Some(Ok(message)) => message,
+                    };
+                    // Anything from the router proves it is alive.
+                    pong_deadline = None;
+                    self.state.last_seen.touch(self.device.id, self.state.clock.now());
+                    match message {
+                        Message::Text(text) => {
+                            if let Err(refusal) = self.handle_text(&text).await {
+                                return refusal;
+                            }
+                        }
+                        Message::Binary(_) => return Ending::Refuse(binary_refusal()),
+                        Message::Close(_) => return Ending::Quiet(DisconnectReason::CleanClose),
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+                () = self.state.clock.sleep_until(wake) => {
+                    let now = self.state.clock.now();
+                    if pong_deadline.is_some_and(|deadline| now >= deadline) {
+                        return Ending::Timeout;
+                    }
+                    if now >= next_ping {
+                        // Deadlines follow the schedule, not the moment this task ran, so a
+                        // late wake-up never grants a router extra time.
+                        let scheduled = next_ping;
+                        next_ping = scheduled + timers.ping_interval();
+                        pong_deadline.get_or_insert(scheduled + timers.pong_timeout());
+                        let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Default::default()))).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            return Ending::Quiet(DisconnectReason::ConnectionLost);
+                        }
+                        if self.renew_credential_if_due(socket, now).await.is_err() {
+                            return Ending::Quiet(DisconnectReason::ConnectionLost);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn welcome(&mut self, socket: &mut Socket, now: Timestamp) -> Result<(), ()> {
+        let timers = self.state.config.timers;
+        let welcome = ServerMessage::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            session_id: self.session_id.to_string(),
+            device_id: self.device.id.to_string(),
+            server_time: now,
+            timers: WireTimers {
+                ping_interval_secs: timers.ping_interval_secs,
+                pong_timeout_secs: timers.pong_timeout_secs,
+                reconnect_backoff_cap_secs: timers.reconnect_backoff_cap_secs,
+            },
+        });
+        send_text(socket, &welcome).await?;
+        metrics::message("out", "welcome");
+        self.renew_credential_if_due(socket, now).await
+    }
+
+    /// Hands the router a new credential once its current one is close to expiry.
+    async fn renew_credential_if_due(&mut self, socket: &mut Socket, now: Timestamp) -> Result<(), ()> {
+        let config = &self.state.config;
+        if self.renewal.is_some() || self.credential.expires_at - now > config.credential_renew_before {
+            return Ok(());
+        }
+        let secret: [u8; 32] = rand::rng().random();
+        let renewed = Credential {
+            id: CredentialId::new(),
+            device_id: self.device.id,
+            secret_hash: floatilla_protocol::secrets::secret_hash(&secret),
+            created_at: now,
+            expires_at: now + config.credential_lifetime,
+            revoked_at: None,
+        };
+        if let Err(error) = self.state.store.add_credential(&renewed).await {
+            tracing::warn!(%error, device = %self.device.id, "cannot renew credential now; will retry");
+            return Ok(());
+        }
+        let message = ServerMessage::CredentialRenewal {
+            credential_id: renewed.id.to_string(),
+            credential: DeviceCredential {
+                id: renewed.id.to_string(),
+                secret,
+            }
+            .to_string(),
+            expires_at: renewed.expires_at,
+        };
+        self.renewal = Some(renewed);
+        metrics::message("out", "credential_renewal");
+        send_text(socket, &message).await
+    }
+
+    async fn handle_text(&mut self, text: &str) -> Result<(), Ending> {
+        let message = DeviceMessage::decode(text)
+            .map_err(|error| Ending::Refuse(Refusal::protocol(error.code(), error.to_string())))?;
+        match message {
+            DeviceMessage::Hello(_) => {
+                metrics::message("in", "hello");
+                return Err(Ending::Refuse(Refusal::protocol(
+                    "unexpected_hello",
+                    "HELLO is only allowed as the first message",
+                )));
+            }
+            DeviceMessage::Status(status) => {
+                metrics::message("in", "status");
+                self.record_status(status).await;
+            }
+            DeviceMessage::Result(result) => {
+                metrics::message("in", "result");
+                match self.pending_calls.remove(&result.call_id) {
+                    Some(reply) => {
+                        let _ = reply.send(result);
+                    }
+                    None => tracing::debug!(call = %result.call_id, "answer to a call nobody waits for"),
+                }
+            }
+            DeviceMessage::CredentialAck { credential_id } => {
+                metrics::message("in", "credential_ack");
+                self.acknowledge_renewal(&credential_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn record_status(&mut self, status: Status) {
+        let now = self.state.clock.now();
+        let store = &self.state.store;
+        let inventory_changed = status.firmware.as_ref().is_some_and(|f| *f != self.device.firmware)
+            || status.model.as_ref().is_some_and(|m| *m != self.device.model);
+        if inventory_changed {
+            if let Some(firmware) = status.firmware.clone() {
+                self.device.firmware = firmware;
+            }
+            if let Some(model) = status.model.clone() {
+                self.device.model = model;
+            }
+            if let Err(error) = store
+                .record_inventory(self.device.id, &self.device.model, &self.device.firmware, &self.device.agent_version)
+                .await
+            {
+                tracing::warn!(%error, device = %self.device.id, "cannot record inventory");
+            }
+        }
+        let recorded = DeviceStatus {
+            uptime_secs: status.uptime_secs,
+            cellular_signal_dbm: status.cellular_signal_dbm,
+            rx_bytes: status.rx_bytes,
+            tx_bytes: status.tx_bytes,
+            wan_address: status.wan_address,
+            reported_at: Some(now),
+        };
+        if let Err(error) = store.record_status(self.device.id, &recorded).await {
+            tracing::warn!(%error, device = %self.device.id, "cannot record status");
+        }
+    }
+
+    async fn acknowledge_renewal(&mut self, credential_id: &str) -> Result<(), Ending> {
+        let Some(renewed) = self.renewal.take_if(|r| r.id.to_string() == credential_id) else {
+            return Err(Ending::Refuse(Refusal::protocol(
+                "unknown_credential",
+                "no renewal with that credential id is pending",
+            )));
+        };
+        let now = self.state.clock.now();
+        if let Err(error) = self.state.store.revoke_credential(self.credential.id, now).await {
+            tracing::warn!(%error, device = %self.device.id, "cannot retire the old credential");
+        }
+        self.credential = renewed;
+        Ok(())
+    }
+
+    async fn call(
+        &mut self,
+        socket: &mut Socket,
+        method: String,
+        params: serde_json::Value,
+        reply: oneshot::Sender<CallResult>,
+    ) -> Result<(), ()> {
+        let call_id = uuid::Uuid::new_v4().to_string();
+        self.pending_calls.retain(|_, waiting| !waiting.is_closed());
+        self.pending_calls.insert(call_id.clone(), reply);
+        metrics::message("out", "call");
+        send_text(socket, &ServerMessage::Call { call_id, method, params }).await
+    }
+
+    fn shutdown_reconnect_after(&self) -> u32 {
+        let base = self.state.config.shutdown_reconnect_after_secs;
+        base + rand::rng().random_range(0..=base)
+    }
+
+    /// Records the end everywhere: registry, heartbeat bookkeeping, history, metrics.
+    async fn finish(self, reason: DisconnectReason) {
+        let now = self.state.clock.now();
+        self.state.sessions.unregister(self.device.id, self.session_id);
+        self.state.last_seen.forget(self.device.id);
+        if let Err(error) = self
+            .state
+            .store
+            .record_disconnect(self.session_id, self.device.id, now, reason)
+            .await
+        {
+            tracing::error!(%error, device = %self.device.id, %reason, "cannot record disconnect");
+        }
+        metrics::disconnect(reason);
+        tracing::debug!(device = %self.device.id, %reason, "router disconnected");
+    }
+}
+
+fn announce_text(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::Superseded => "a newer connection of this router replaced this one",
+        DisconnectReason::ServerShutdown => "the server is shutting down; come back later",
+        DisconnectReason::CredentialRevoked => "this router's credential was revoked",
+        _ => "the server ended the connection",
+    }
+}
+
+fn close_code(reason: DisconnectReason) -> CloseCode {
+    match reason {
+        DisconnectReason::ServerShutdown => CloseCode::Restart,
+        DisconnectReason::CredentialRevoked => CloseCode::Policy,
+        _ => CloseCode::Normal,
+    }
+}

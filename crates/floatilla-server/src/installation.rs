@@ -1,0 +1,123 @@
+//! What an installation is, decided once and kept in the database: its form of operation, its id
+//! and, on premises, its single tenant. The server and the admin CLI share this.
+
+use floatilla_domain::model::Tenant;
+use floatilla_domain::{Clock, Mode, TenantId};
+use floatilla_store::Store;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+const MODE_SETTING: &str = "installation.mode";
+const ID_SETTING: &str = "installation.id";
+const TENANT_SETTING: &str = "installation.tenant";
+
+#[derive(Debug, Clone)]
+pub struct Installation {
+    pub id: String,
+    pub mode: Mode,
+    /// The one tenant of an on-premises installation.
+    pub on_prem_tenant: Option<TenantId>,
+}
+
+impl Installation {
+    /// Reads the installation, initialising it on first use with `mode`. A database initialised
+    /// in another mode is refused: switching would leave tenants in an undefined state.
+    pub async fn open(store: &dyn Store, clock: &dyn Clock, mode: Mode) -> Result<Self> {
+        let stored_mode = store.init_setting(MODE_SETTING, mode.as_str()).await?;
+        if stored_mode != mode.as_str() {
+            return Err(Error::invalid(
+                "mode_mismatch",
+                format!(
+                    "this database belongs to a {stored_mode} installation; start it with --mode {stored_mode}"
+                ),
+            ));
+        }
+        Self::load(store, clock, mode).await
+    }
+
+    /// Reads the installation in whatever mode it was initialised (on premises when new).
+    pub async fn open_existing(store: &dyn Store, clock: &dyn Clock) -> Result<Self> {
+        let mode = match store.setting(MODE_SETTING).await? {
+            Some(stored) => stored
+                .parse()
+                .map_err(|e: String| Error::Store(floatilla_store::StoreError::Corrupt(e)))?,
+            None => Mode::OnPrem,
+        };
+        Self::open(store, clock, mode).await
+    }
+
+    async fn load(store: &dyn Store, clock: &dyn Clock, mode: Mode) -> Result<Self> {
+        let id = store
+            .init_setting(ID_SETTING, &Uuid::new_v4().to_string())
+            .await?;
+        let on_prem_tenant = match mode {
+            Mode::Cloud => None,
+            Mode::OnPrem => Some(Self::on_prem_tenant(store, clock).await?),
+        };
+        Ok(Self {
+            id,
+            mode,
+            on_prem_tenant,
+        })
+    }
+
+    async fn on_prem_tenant(store: &dyn Store, clock: &dyn Clock) -> Result<TenantId> {
+        let chosen = store
+            .init_setting(TENANT_SETTING, &TenantId::new().to_string())
+            .await?;
+        let id: TenantId = chosen.parse().map_err(|_| {
+            Error::Store(floatilla_store::StoreError::Corrupt(format!(
+                "installation tenant id `{chosen}`"
+            )))
+        })?;
+        if store.tenant(id).await?.is_none() {
+            let tenant = Tenant {
+                id,
+                name: "default".into(),
+                created_at: clock.now(),
+            };
+            match store.create_tenant(&tenant).await {
+                Ok(()) | Err(floatilla_store::StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(id)
+    }
+
+    /// The tenant a command acts on: the given one, or on premises the only one.
+    pub async fn resolve_tenant(&self, store: &dyn Store, given: Option<TenantId>) -> Result<TenantId> {
+        match (given, self.on_prem_tenant) {
+            (Some(id), _) => store
+                .tenant(id)
+                .await?
+                .map(|tenant| tenant.id)
+                .ok_or(Error::NotFound("tenant")),
+            (None, Some(only)) => Ok(only),
+            (None, None) => Err(Error::invalid(
+                "tenant_required",
+                "a cloud installation has many tenants: name one with --tenant",
+            )),
+        }
+    }
+
+    pub async fn create_tenant(&self, store: &dyn Store, clock: &dyn Clock, name: &str) -> Result<Tenant> {
+        if self.mode != Mode::Cloud {
+            return Err(Error::invalid(
+                "single_tenant",
+                "an on-premises installation has exactly one tenant",
+            ));
+        }
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(Error::invalid("invalid_name", "a tenant name has 1 to 200 characters"));
+        }
+        let tenant = Tenant {
+            id: TenantId::new(),
+            name: name.to_owned(),
+            created_at: clock.now(),
+        };
+        store.create_tenant(&tenant).await?;
+        Ok(tenant)
+    }
+}

@@ -1,0 +1,17 @@
+//! Floatilla's server: the device gateway (enrollment and control channels), the REST API v1,
+//! Prometheus metrics and the TLS that protects them, as thin layers over the domain and store.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod installation;
+pub mod metrics;
+pub mod server;
+pub mod state;
+pub mod tls;
+
+pub use config::{ConsoleListener, ServerConfig};
+pub use error::Error;
+pub use installation::Installation;
+pub use server::{RunningServer, StartError, start};

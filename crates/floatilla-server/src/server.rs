@@ -1,0 +1,302 @@
+//! Starting and stopping a server node: listeners, TLS, background tasks, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use floatilla_domain::Clock;
+use floatilla_protocol::CaFingerprint;
+use floatilla_store::Store;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::ServerConfig;
+use crate::error::Error;
+use crate::gateway::last_seen::LastSeen;
+use crate::gateway::registry::SessionRegistry;
+use crate::installation::Installation;
+use crate::state::AppState;
+use crate::tls::{self, CertificateAuthority, LEAF_RENEW_BEFORE_DAYS, LeafResolver, TlsError};
+
+/// The peer address of a connection, put into every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteAddr(pub SocketAddr);
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long shutdown waits for sessions to say goodbye and for requests to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Setup(#[from] Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running node. Dropping it does not stop it: call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub console_addr: Option<SocketAddr>,
+    state: AppState,
+    http_shutdown: CancellationToken,
+    background: TaskTracker,
+}
+
+impl RunningServer {
+    /// The device channel's address as routers are given it.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.local_addr)
+    }
+
+    pub fn ca_fingerprint(&self) -> CaFingerprint {
+        self.state.ca.fingerprint()
+    }
+
+    pub fn ca_certificate_pem(&self) -> &str {
+        self.state.ca.certificate_pem()
+    }
+
+    pub fn installation(&self) -> &Installation {
+        &self.state.installation
+    }
+
+    /// How many routers hold a control channel to this node.
+    pub fn connected_routers(&self) -> usize {
+        self.state.sessions.len()
+    }
+
+    /// Writes pending heartbeat bookkeeping now instead of at the next interval.
+    pub async fn flush_last_seen(&self) {
+        self.state.last_seen.flush(self.state.store.as_ref()).await;
+    }
+
+    /// Tells every router to come back later, records their disconnects, finishes requests in
+    /// flight and stops.
+    pub async fn shutdown(self) {
+        self.state.shutdown.cancel();
+        self.state.session_tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.state.session_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some router sessions did not end in time");
+        }
+        self.http_shutdown.cancel();
+        self.background.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some requests did not finish in time");
+        }
+    }
+}
+
+/// Opens the installation, binds the listeners and starts serving.
+pub async fn start(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningServer, StartError> {
+    config
+        .timers
+        .validate()
+        .map_err(|message| Error::invalid("invalid_timers", message))?;
+    let installation = Installation::open(store.as_ref(), clock.as_ref(), config.mode).await?;
+    let ca = Arc::new(CertificateAuthority::load_or_create(store.as_ref()).await?);
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let mut config = config;
+    if config.node_id.is_empty() {
+        config.node_id = crate::config::default_node_id(local_addr.port());
+    }
+    // Sessions this node left open when it last stopped uncleanly are over.
+    let closed = store
+        .close_node_sessions(&config.node_id, clock.now(), floatilla_domain::DisconnectReason::ConnectionLost)
+        .await
+        .map_err(Error::from)?;
+    if closed > 0 {
+        tracing::warn!(closed, node = %config.node_id, "closed sessions left open by an earlier run");
+    }
+
+    let names = tls::leaf_names(local_addr.ip(), &config.hostnames);
+    let resolver = Arc::new(LeafResolver::new(ca.issue_leaf(&names, clock.now())?)?);
+    let device_tls = tls::server_config(resolver.clone())?;
+
+    let console = match &config.console {
+        Some(console) => {
+            let tls = tls::config_from_files(&console.certificate, &console.private_key)?;
+            let listener = TcpListener::bind(console.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: console.listen,
+                    source,
+                })?;
+            Some((listener, tls))
+        }
+        None => None,
+    };
+
+    let state = AppState {
+        store: store.clone(),
+        clock: clock.clone(),
+        config: Arc::new(config),
+        installation: Arc::new(installation),
+        ca: ca.clone(),
+        sessions: Arc::new(SessionRegistry::default()),
+        last_seen: Arc::new(LastSeen::default()),
+        shutdown: CancellationToken::new(),
+        session_tasks: TaskTracker::new(),
+    };
+    let http_shutdown = CancellationToken::new();
+    let background = TaskTracker::new();
+
+    let device_routes = Router::new()
+        .merge(crate::gateway::routes())
+        .merge(crate::api::routes())
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state.clone());
+    background.spawn(serve(listener, device_tls, device_routes, http_shutdown.clone()));
+
+    let console_addr = match console {
+        Some((listener, tls)) => {
+            let addr = listener.local_addr().ok();
+            let routes = crate::api::routes()
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+                .with_state(state.clone());
+            background.spawn(serve(listener, tls, routes, http_shutdown.clone()));
+            addr
+        }
+        None => None,
+    };
+
+    background.spawn(state.last_seen.clone().run(
+        store,
+        state.config.last_seen_flush_interval,
+        state.shutdown.clone(),
+    ));
+    background.spawn(rotate_leaf(state.clone(), resolver, names));
+
+    Ok(RunningServer {
+        local_addr,
+        console_addr,
+        state,
+        http_shutdown,
+        background,
+    })
+}
+
+/// Accepts TLS connections and serves HTTP/1.1 (with WebSocket upgrades) until `shutdown`.
+async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    routes: Router,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let routes = routes.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %remote, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(routes.map_request(
+                move |mut request: http::Request<Incoming>| {
+                    request.extensions_mut().insert(RemoteAddr(remote));
+                    request
+                },
+            ));
+            let mut connection = std::pin::pin!(hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades());
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, %remote, "HTTP connection ended with an error");
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await;
+}
+
+/// Replaces the device leaf certificate before it expires.
+async fn rotate_leaf(state: AppState, resolver: Arc<LeafResolver>, names: Vec<String>) {
+    loop {
+        let due = resolver.expires_at() - chrono::Duration::days(LEAF_RENEW_BEFORE_DAYS);
+        tokio::select! {
+            () = state.clock.sleep_until(due) => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        match state.ca.issue_leaf(&names, state.clock.now()) {
+            Ok(leaf) => match resolver.replace(leaf) {
+                Ok(()) => tracing::info!(expires_at = %resolver.expires_at(), "rotated the device certificate"),
+                Err(error) => tracing::error!(%error, "cannot use the new device certificate"),
+            },
+            Err(error) => tracing::error!(%error, "cannot issue a new device certificate"),
+        }
+        if resolver.expires_at() - chrono::Duration::days(LEAF_RENEW_BEFORE_DAYS) <= state.clock.now() {
+            // Issuing failed: try again in an hour rather than in a tight loop.
+            let retry = state.clock.now() + chrono::Duration::hours(1);
+            tokio::select! {
+                () = state.clock.sleep_until(retry) => {}
+                () = state.shutdown.cancelled() => return,
+            }
+        }
+    }
+}

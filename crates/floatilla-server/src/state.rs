@@ -1,0 +1,29 @@
+//! What every request handler and session task shares.
+
+use std::sync::Arc;
+
+use floatilla_domain::Clock;
+use floatilla_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+use crate::gateway::last_seen::LastSeen;
+use crate::gateway::registry::SessionRegistry;
+use crate::installation::Installation;
+use crate::tls::CertificateAuthority;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<ServerConfig>,
+    pub installation: Arc<Installation>,
+    pub ca: Arc<CertificateAuthority>,
+    pub sessions: Arc<SessionRegistry>,
+    pub last_seen: Arc<LastSeen>,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+    /// Every control-channel task, so shutdown can wait for them to record their end.
+    pub session_tasks: TaskTracker,
+}

@@ -1,0 +1,105 @@
+//! The PostgreSQL store, for several nodes sharing one database.
+
+use std::pin::Pin;
+use std::str::FromStr;
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Transaction};
+
+use crate::shared::{check_schema_version, impl_store};
+use crate::{Backend, Result};
+
+/// Connections each node keeps to the database.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// The key of the session-level advisory lock held while migrating ("floatill" in ASCII), so that
+/// nodes starting at once migrate one after the other.
+const MIGRATION_LOCK: i64 = 0x666c_6f61_7469_6c6c;
+
+/// A [`Store`](crate::Store) in a PostgreSQL database.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    const BACKEND: Backend = Backend::Postgres;
+    const CASE_INSENSITIVE_LIKE: &'static str = "ILIKE";
+
+    /// Connects to the database at `url` (`postgres://…`) and brings its schema up to date.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        migrate(&options).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// READ COMMITTED: a statement that finds a row locked by a concurrent writer waits and then
+    /// re-checks its condition against the committed row, which the conditional updates rely on.
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// One snapshot for every statement, so that a listing's count agrees with its rows.
+    async fn begin_read(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?)
+    }
+}
+
+/// Our migrations, without sqlx's own advisory lock: ours already covers both the version check
+/// and the migration.
+fn migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("migrations/postgres");
+    migrator.set_locking(false);
+    migrator
+}
+
+/// Checks the schema version and applies pending migrations under [`MIGRATION_LOCK`], on a
+/// connection of its own: closing it releases the lock, also when migrating failed.
+async fn migrate(options: &PgConnectOptions) -> Result<()> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut conn)
+        .await?;
+    let migrated = migrate_locked(&mut conn).await;
+    let closed = conn.close().await;
+    migrated?;
+    Ok(closed?)
+}
+
+async fn migrate_locked(conn: &mut PgConnection) -> Result<()> {
+    let migrator = migrator();
+    let has_migrations: bool =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    let newest_applied: Option<i64> = if has_migrations {
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&mut *conn)
+            .await?
+    } else {
+        None
+    };
+    check_schema_version(newest_applied, &migrator)?;
+    run_migrations(&migrator, conn).await?;
+    Ok(())
+}
+
+/// Applies pending migrations, boxed as a `Send` future where its lifetimes are concrete: awaited
+/// directly, rustc cannot prove the callers' futures `Send` ("implementation of `Acquire` is not
+/// general enough"), and a store could not be opened from a spawned task.
+fn run_migrations<'c>(
+    migrator: &'c Migrator,
+    conn: &'c mut PgConnection,
+) -> Pin<Box<dyn Future<Output = Result<(), MigrateError>> + Send + 'c>> {
+    Box::pin(migrator.run(conn))
+}
+
+impl_store!(PgStore);

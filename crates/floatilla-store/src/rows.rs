@@ -1,0 +1,279 @@
+//! The tables' rows as both backends return them, and their conversion to and from the domain's
+//! records. Both schemas store ids as UUID text and instants as BIGINT milliseconds since the
+//! epoch, so one set of row types decodes from either driver.
+
+use std::str::FromStr;
+
+use chrono::DateTime;
+use floatilla_domain::model::{
+    ApiToken, ConnectionRecord, Credential, Device, DeviceStatus, EnrollmentToken, Group, Tenant,
+};
+use floatilla_domain::{ConnectionState, DisconnectReason, Role, Timestamp};
+use sqlx::FromRow;
+
+use crate::{Result, StoreError};
+
+/// A timestamp as stored: milliseconds since the epoch. Finer precision is dropped.
+pub(crate) fn millis(at: Timestamp) -> i64 {
+    at.timestamp_millis()
+}
+
+pub(crate) fn opt_millis(at: Option<Timestamp>) -> Option<i64> {
+    at.map(millis)
+}
+
+/// A JSON document for the `devices.status` column.
+pub(crate) fn status_json(status: &DeviceStatus) -> Result<String> {
+    serde_json::to_string(status).map_err(|e| StoreError::Corrupt(format!("device status: {e}")))
+}
+
+fn timestamp(column: &str, millis: i64) -> Result<Timestamp> {
+    DateTime::from_timestamp_millis(millis)
+        .ok_or_else(|| StoreError::Corrupt(format!("{column}: {millis} is out of range")))
+}
+
+fn opt_timestamp(column: &str, millis: Option<i64>) -> Result<Option<Timestamp>> {
+    millis.map(|m| timestamp(column, m)).transpose()
+}
+
+/// Parses a stored name or id, blaming the column when it does not parse.
+fn parse<T>(column: &str, text: &str) -> Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e| StoreError::Corrupt(format!("{column} `{text}`: {e}")))
+}
+
+fn opt_parse<T>(column: &str, text: Option<&str>) -> Result<Option<T>>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    text.map(|t| parse(column, t)).transpose()
+}
+
+fn count(column: &str, value: i64) -> Result<u32> {
+    u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column}: {value}")))
+}
+
+#[derive(FromRow)]
+pub(crate) struct TenantRow {
+    id: String,
+    name: String,
+    created_at: i64,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = StoreError;
+    fn try_from(row: TenantRow) -> Result<Self> {
+        Ok(Tenant {
+            id: parse("tenants.id", &row.id)?,
+            name: row.name,
+            created_at: timestamp("tenants.created_at", row.created_at)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct GroupRow {
+    id: String,
+    tenant_id: String,
+    name: String,
+    created_at: i64,
+}
+
+impl TryFrom<GroupRow> for Group {
+    type Error = StoreError;
+    fn try_from(row: GroupRow) -> Result<Self> {
+        Ok(Group {
+            id: parse("groups.id", &row.id)?,
+            tenant_id: parse("groups.tenant_id", &row.tenant_id)?,
+            name: row.name,
+            created_at: timestamp("groups.created_at", row.created_at)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct EnrollmentTokenRow {
+    id: String,
+    tenant_id: String,
+    name: String,
+    secret_hash: String,
+    max_uses: Option<i64>,
+    uses: i64,
+    expires_at: Option<i64>,
+    group_id: Option<String>,
+    revoked_at: Option<i64>,
+    created_at: i64,
+}
+
+impl TryFrom<EnrollmentTokenRow> for EnrollmentToken {
+    type Error = StoreError;
+    fn try_from(row: EnrollmentTokenRow) -> Result<Self> {
+        Ok(EnrollmentToken {
+            id: parse("enrollment_tokens.id", &row.id)?,
+            tenant_id: parse("enrollment_tokens.tenant_id", &row.tenant_id)?,
+            name: row.name,
+            secret_hash: row.secret_hash,
+            max_uses: row
+                .max_uses
+                .map(|max| count("enrollment_tokens.max_uses", max))
+                .transpose()?,
+            uses: count("enrollment_tokens.uses", row.uses)?,
+            expires_at: opt_timestamp("enrollment_tokens.expires_at", row.expires_at)?,
+            group_id: opt_parse("enrollment_tokens.group_id", row.group_id.as_deref())?,
+            revoked_at: opt_timestamp("enrollment_tokens.revoked_at", row.revoked_at)?,
+            created_at: timestamp("enrollment_tokens.created_at", row.created_at)?,
+        })
+    }
+}
+
+/// A device joined with its group's name (see `DEVICE_SELECT` in the shared implementation).
+#[derive(FromRow)]
+pub(crate) struct DeviceRow {
+    id: String,
+    tenant_id: String,
+    serial: String,
+    name: String,
+    model: String,
+    firmware: String,
+    agent_version: String,
+    group_id: Option<String>,
+    group_name: Option<String>,
+    connection_state: String,
+    connected_since: Option<i64>,
+    last_seen: Option<i64>,
+    last_disconnect_at: Option<i64>,
+    last_disconnect_reason: Option<String>,
+    status: String,
+    reenroll_allowed_until: Option<i64>,
+    created_at: i64,
+}
+
+impl TryFrom<DeviceRow> for Device {
+    type Error = StoreError;
+    fn try_from(row: DeviceRow) -> Result<Self> {
+        Ok(Device {
+            id: parse("devices.id", &row.id)?,
+            tenant_id: parse("devices.tenant_id", &row.tenant_id)?,
+            serial: row.serial,
+            name: row.name,
+            model: row.model,
+            firmware: row.firmware,
+            agent_version: row.agent_version,
+            group_id: opt_parse("devices.group_id", row.group_id.as_deref())?,
+            group_name: row.group_name,
+            connection_state: parse::<ConnectionState>(
+                "devices.connection_state",
+                &row.connection_state,
+            )?,
+            connected_since: opt_timestamp("devices.connected_since", row.connected_since)?,
+            last_seen: opt_timestamp("devices.last_seen", row.last_seen)?,
+            last_disconnect_at: opt_timestamp(
+                "devices.last_disconnect_at",
+                row.last_disconnect_at,
+            )?,
+            last_disconnect_reason: opt_parse::<DisconnectReason>(
+                "devices.last_disconnect_reason",
+                row.last_disconnect_reason.as_deref(),
+            )?,
+            status: serde_json::from_str(&row.status)
+                .map_err(|e| StoreError::Corrupt(format!("devices.status: {e}")))?,
+            reenroll_allowed_until: opt_timestamp(
+                "devices.reenroll_allowed_until",
+                row.reenroll_allowed_until,
+            )?,
+            created_at: timestamp("devices.created_at", row.created_at)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct CredentialRow {
+    id: String,
+    device_id: String,
+    secret_hash: String,
+    created_at: i64,
+    expires_at: i64,
+    revoked_at: Option<i64>,
+}
+
+impl TryFrom<CredentialRow> for Credential {
+    type Error = StoreError;
+    fn try_from(row: CredentialRow) -> Result<Self> {
+        Ok(Credential {
+            id: parse("credentials.id", &row.id)?,
+            device_id: parse("credentials.device_id", &row.device_id)?,
+            secret_hash: row.secret_hash,
+            created_at: timestamp("credentials.created_at", row.created_at)?,
+            expires_at: timestamp("credentials.expires_at", row.expires_at)?,
+            revoked_at: opt_timestamp("credentials.revoked_at", row.revoked_at)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct ConnectionRow {
+    session_id: String,
+    device_id: String,
+    node_id: String,
+    remote_addr: String,
+    connected_at: i64,
+    disconnected_at: Option<i64>,
+    reason: Option<String>,
+}
+
+impl TryFrom<ConnectionRow> for ConnectionRecord {
+    type Error = StoreError;
+    fn try_from(row: ConnectionRow) -> Result<Self> {
+        Ok(ConnectionRecord {
+            session_id: parse("connection_history.session_id", &row.session_id)?,
+            device_id: parse("connection_history.device_id", &row.device_id)?,
+            node_id: row.node_id,
+            remote_addr: row.remote_addr,
+            connected_at: timestamp("connection_history.connected_at", row.connected_at)?,
+            disconnected_at: opt_timestamp(
+                "connection_history.disconnected_at",
+                row.disconnected_at,
+            )?,
+            reason: opt_parse("connection_history.reason", row.reason.as_deref())?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct ApiTokenRow {
+    id: String,
+    tenant_id: String,
+    name: String,
+    role: String,
+    secret_hash: String,
+    created_at: i64,
+    revoked_at: Option<i64>,
+}
+
+impl TryFrom<ApiTokenRow> for ApiToken {
+    type Error = StoreError;
+    fn try_from(row: ApiTokenRow) -> Result<Self> {
+        Ok(ApiToken {
+            id: parse("api_tokens.id", &row.id)?,
+            tenant_id: parse("api_tokens.tenant_id", &row.tenant_id)?,
+            name: row.name,
+            role: parse::<Role>("api_tokens.role", &row.role)?,
+            secret_hash: row.secret_hash,
+            created_at: timestamp("api_tokens.created_at", row.created_at)?,
+            revoked_at: opt_timestamp("api_tokens.revoked_at", row.revoked_at)?,
+        })
+    }
+}
+
+/// Converts fetched rows into domain records, failing on the first corrupt one.
+pub(crate) fn convert<R, T>(rows: Vec<R>) -> Result<Vec<T>>
+where
+    T: TryFrom<R, Error = StoreError>,
+{
+    rows.into_iter().map(T::try_from).collect()
+}

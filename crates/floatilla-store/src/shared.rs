@@ -1,0 +1,1094 @@
+//! What both backends share: the [`Store`](crate::Store) implementation, written once with
+//! `$n` placeholders (which the SQLite driver accepts too) and expanded for each store type by
+//! [`impl_store!`], plus the helpers it calls.
+//!
+//! The expansion relies on each store type providing:
+//! - a `pool` field (`SqlitePool` or `PgPool`);
+//! - `const BACKEND: Backend`;
+//! - `const CASE_INSENSITIVE_LIKE: &str`, the operator for case-insensitive substring matching;
+//! - `async fn begin_write(&self)` and `async fn begin_read(&self)`, which start a transaction
+//!   that will write (and must therefore take the write lock up front on SQLite) or only read
+//!   (and should see one snapshot throughout).
+
+use floatilla_domain::TenantId;
+use floatilla_domain::model::{Device, DeviceFilter, Page, PageRequest};
+use sqlx::migrate::Migrator;
+
+use crate::{Result, StoreError};
+
+/// Maps a failed write: a unique violation becomes `Conflict(conflict())` and a foreign-key
+/// violation `NotFound(missing)` (the record the row refers to does not exist).
+pub(crate) fn write_error(
+    error: sqlx::Error,
+    conflict: impl FnOnce() -> String,
+    missing: &'static str,
+) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(conflict()),
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound(missing),
+        _ => StoreError::Database(error),
+    }
+}
+
+/// Refuses a database on which a newer build applied migrations this one does not have: running
+/// on it would misread or damage data written in a shape this build does not know.
+pub(crate) fn check_schema_version(newest_applied: Option<i64>, migrator: &Migrator) -> Result<()> {
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match newest_applied {
+        Some(found) if found > known => Err(StoreError::SchemaTooNew { found, known }),
+        _ => Ok(()),
+    }
+}
+
+/// The columns of a [`DeviceRow`](crate::rows::DeviceRow): a device with its group's name.
+/// The caller appends the WHERE clause (the device table is `d`).
+macro_rules! select_devices {
+    ($where:literal) => {
+        concat!(
+            "SELECT d.id, d.tenant_id, d.serial, d.name, d.model, d.firmware, d.agent_version, ",
+            "d.group_id, g.name AS group_name, d.connection_state, d.connected_since, d.last_seen, ",
+            "d.last_disconnect_at, d.last_disconnect_reason, d.status, d.reenroll_allowed_until, ",
+            "d.created_at FROM devices d LEFT JOIN groups g ON g.id = d.group_id ",
+            $where
+        )
+    };
+}
+pub(crate) use select_devices;
+
+/// The SQL and parameters of one page of a fleet listing. The filter is assembled from only the
+/// conditions in use, rather than `($n IS NULL OR …)` for each, so that PostgreSQL can plan each
+/// shape against the matching index.
+pub(crate) struct DeviceListing {
+    pub(crate) count_sql: String,
+    pub(crate) page_sql: String,
+    /// The text parameters: the first `count_params` are the count's, all of them the page's.
+    pub(crate) params: Vec<String>,
+    pub(crate) count_params: usize,
+    /// The page query's last parameter: one row more than the page holds, to learn whether
+    /// another page follows.
+    pub(crate) fetch: i64,
+    limit: usize,
+}
+
+impl DeviceListing {
+    pub(crate) fn new(
+        tenant: TenantId,
+        filter: &DeviceFilter,
+        page: &PageRequest,
+        case_insensitive_like: &str,
+    ) -> Self {
+        let mut params = vec![tenant.to_string()];
+        let mut conditions = vec!["d.tenant_id = $1".to_owned()];
+        if let Some(state) = filter.connection_state {
+            params.push(state.as_str().to_owned());
+            conditions.push(format!("d.connection_state = ${}", params.len()));
+        }
+        if let Some(group) = filter.group_id {
+            params.push(group.to_string());
+            conditions.push(format!("d.group_id = ${}", params.len()));
+        }
+        if let Some(query) = filter.query.as_deref().filter(|q| !q.is_empty()) {
+            params.push(format!("%{}%", escape_like(query)));
+            let n = params.len();
+            conditions.push(format!(
+                "(d.serial {case_insensitive_like} ${n} ESCAPE '\\' \
+                 OR d.name {case_insensitive_like} ${n} ESCAPE '\\')"
+            ));
+        }
+        let count_sql = format!(
+            "SELECT COUNT(*) FROM devices d WHERE {}",
+            conditions.join(" AND ")
+        );
+        let count_params = params.len();
+        if let Some(after) = &page.after {
+            params.push(after.clone());
+            conditions.push(format!("d.serial > ${}", params.len()));
+        }
+        let page_sql = format!(
+            "{}WHERE {} ORDER BY d.serial LIMIT ${}",
+            select_devices!(""),
+            conditions.join(" AND "),
+            params.len() + 1
+        );
+        let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+        Self {
+            count_sql,
+            page_sql,
+            params,
+            count_params,
+            fetch: i64::from(page.limit) + 1,
+            limit,
+        }
+    }
+
+    /// The page from the fetched rows (up to one more than the limit) and the filter's count.
+    pub(crate) fn page(&self, total: i64, mut items: Vec<Device>) -> Result<Page<Device>> {
+        let more = items.len() > self.limit;
+        items.truncate(self.limit);
+        let next_after = if more {
+            items.last().map(|device| device.serial.clone())
+        } else {
+            None
+        };
+        Ok(Page {
+            items,
+            total: u64::try_from(total)
+                .map_err(|_| StoreError::Corrupt(format!("device count {total}")))?,
+            next_after,
+        })
+    }
+}
+
+/// Makes `%`, `_` and the escape character itself match literally in a `LIKE … ESCAPE '\'`.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// Implements [`Store`](crate::Store) for a store type (see the module documentation for what
+/// the type must provide). Every method that writes more than one statement, or must see one
+/// snapshot, runs in a transaction; dropping an uncommitted transaction rolls it back.
+macro_rules! impl_store {
+    ($store:ty) => {
+        #[::async_trait::async_trait]
+        impl $crate::Store for $store {
+            fn backend(&self) -> $crate::Backend {
+                Self::BACKEND
+            }
+
+            async fn setting(&self, key: &str) -> $crate::Result<Option<String>> {
+                Ok(
+                    ::sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                        .bind(key)
+                        .fetch_optional(&self.pool)
+                        .await?,
+                )
+            }
+
+            async fn init_setting(&self, key: &str, value: &str) -> $crate::Result<String> {
+                let mut tx = self.begin_write().await?;
+                // On PostgreSQL a concurrent insert of the same key makes this wait for the other
+                // transaction and then do nothing; the SELECT (a new statement, so a new snapshot
+                // under READ COMMITTED) then sees the winner's value.
+                ::sqlx::query(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+                let value: String =
+                    ::sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                        .bind(key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                Ok(value)
+            }
+
+            async fn create_tenant(
+                &self,
+                tenant: &::floatilla_domain::model::Tenant,
+            ) -> $crate::Result<()> {
+                ::sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+                    .bind(tenant.id.to_string())
+                    .bind(&tenant.name)
+                    .bind($crate::rows::millis(tenant.created_at))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| {
+                        $crate::shared::write_error(
+                            e,
+                            || format!("tenant {} already exists", tenant.id),
+                            "tenant",
+                        )
+                    })?;
+                Ok(())
+            }
+
+            async fn tenant(
+                &self,
+                id: ::floatilla_domain::TenantId,
+            ) -> $crate::Result<Option<::floatilla_domain::model::Tenant>> {
+                let row: Option<$crate::rows::TenantRow> =
+                    ::sqlx::query_as("SELECT id, name, created_at FROM tenants WHERE id = $1")
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn tenants(&self) -> $crate::Result<Vec<::floatilla_domain::model::Tenant>> {
+                let rows: Vec<$crate::rows::TenantRow> = ::sqlx::query_as(
+                    "SELECT id, name, created_at FROM tenants ORDER BY created_at, id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                $crate::rows::convert(rows)
+            }
+
+            async fn create_group(
+                &self,
+                group: &::floatilla_domain::model::Group,
+            ) -> $crate::Result<()> {
+                ::sqlx::query(
+                    "INSERT INTO groups (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(group.id.to_string())
+                .bind(group.tenant_id.to_string())
+                .bind(&group.name)
+                .bind($crate::rows::millis(group.created_at))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| {
+                    $crate::shared::write_error(
+                        e,
+                        || format!("a group named {} already exists", group.name),
+                        "tenant",
+                    )
+                })?;
+                Ok(())
+            }
+
+            async fn groups(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+            ) -> $crate::Result<Vec<::floatilla_domain::model::Group>> {
+                let rows: Vec<$crate::rows::GroupRow> = ::sqlx::query_as(
+                    "SELECT id, tenant_id, name, created_at FROM groups \
+                     WHERE tenant_id = $1 ORDER BY name",
+                )
+                .bind(tenant.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+                $crate::rows::convert(rows)
+            }
+
+            async fn group(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                id: ::floatilla_domain::GroupId,
+            ) -> $crate::Result<Option<::floatilla_domain::model::Group>> {
+                let row: Option<$crate::rows::GroupRow> = ::sqlx::query_as(
+                    "SELECT id, tenant_id, name, created_at FROM groups \
+                     WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.to_string())
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn group_by_name(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                name: &str,
+            ) -> $crate::Result<Option<::floatilla_domain::model::Group>> {
+                let row: Option<$crate::rows::GroupRow> = ::sqlx::query_as(
+                    "SELECT id, tenant_id, name, created_at FROM groups \
+                     WHERE tenant_id = $1 AND name = $2",
+                )
+                .bind(tenant.to_string())
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn rename_group(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                id: ::floatilla_domain::GroupId,
+                name: &str,
+            ) -> $crate::Result<()> {
+                let renamed =
+                    ::sqlx::query("UPDATE groups SET name = $3 WHERE tenant_id = $1 AND id = $2")
+                        .bind(tenant.to_string())
+                        .bind(id.to_string())
+                        .bind(name)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| {
+                            $crate::shared::write_error(
+                                e,
+                                || format!("a group named {name} already exists"),
+                                "group",
+                            )
+                        })?
+                        .rows_affected();
+                if renamed == 0 {
+                    return Err($crate::StoreError::NotFound("group"));
+                }
+                Ok(())
+            }
+
+            async fn delete_group(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                id: ::floatilla_domain::GroupId,
+            ) -> $crate::Result<()> {
+                // The foreign keys' ON DELETE SET NULL detaches the group's routers and tokens.
+                let deleted = ::sqlx::query("DELETE FROM groups WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant.to_string())
+                    .bind(id.to_string())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                if deleted == 0 {
+                    return Err($crate::StoreError::NotFound("group"));
+                }
+                Ok(())
+            }
+
+            async fn create_enrollment_token(
+                &self,
+                token: &::floatilla_domain::model::EnrollmentToken,
+            ) -> $crate::Result<()> {
+                ::sqlx::query(
+                    "INSERT INTO enrollment_tokens (id, tenant_id, name, secret_hash, max_uses, \
+                     uses, expires_at, group_id, revoked_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(token.id.to_string())
+                .bind(token.tenant_id.to_string())
+                .bind(&token.name)
+                .bind(&token.secret_hash)
+                .bind(token.max_uses.map(i64::from))
+                .bind(i64::from(token.uses))
+                .bind($crate::rows::opt_millis(token.expires_at))
+                .bind(token.group_id.map(|g| g.to_string()))
+                .bind($crate::rows::opt_millis(token.revoked_at))
+                .bind($crate::rows::millis(token.created_at))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| {
+                    $crate::shared::write_error(
+                        e,
+                        || "an enrollment token with this id or secret already exists".to_owned(),
+                        "tenant or group",
+                    )
+                })?;
+                Ok(())
+            }
+
+            async fn enrollment_tokens(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+            ) -> $crate::Result<Vec<::floatilla_domain::model::EnrollmentToken>> {
+                let rows: Vec<$crate::rows::EnrollmentTokenRow> = ::sqlx::query_as(
+                    "SELECT * FROM enrollment_tokens WHERE tenant_id = $1 \
+                     ORDER BY created_at DESC, id DESC",
+                )
+                .bind(tenant.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+                $crate::rows::convert(rows)
+            }
+
+            async fn enrollment_token(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                id: ::floatilla_domain::EnrollmentTokenId,
+            ) -> $crate::Result<Option<::floatilla_domain::model::EnrollmentToken>> {
+                let row: Option<$crate::rows::EnrollmentTokenRow> = ::sqlx::query_as(
+                    "SELECT * FROM enrollment_tokens WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.to_string())
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn enrollment_token_by_hash(
+                &self,
+                secret_hash: &str,
+            ) -> $crate::Result<Option<::floatilla_domain::model::EnrollmentToken>> {
+                let row: Option<$crate::rows::EnrollmentTokenRow> =
+                    ::sqlx::query_as("SELECT * FROM enrollment_tokens WHERE secret_hash = $1")
+                        .bind(secret_hash)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn revoke_enrollment_token(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                id: ::floatilla_domain::EnrollmentTokenId,
+                now: ::floatilla_domain::Timestamp,
+            ) -> $crate::Result<()> {
+                // Revoking twice keeps the first revocation time.
+                let revoked = ::sqlx::query(
+                    "UPDATE enrollment_tokens SET revoked_at = COALESCE(revoked_at, $3) \
+                     WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.to_string())
+                .bind(id.to_string())
+                .bind($crate::rows::millis(now))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                if revoked == 0 {
+                    return Err($crate::StoreError::NotFound("enrollment token"));
+                }
+                Ok(())
+            }
+
+            async fn enroll(
+                &self,
+                enrollment: &$crate::Enrollment,
+            ) -> $crate::Result<
+                Result<::floatilla_domain::model::Device, ::floatilla_domain::model::TokenRefusal>,
+            > {
+                let now = $crate::rows::millis(enrollment.now);
+                let mut tx = self.begin_write().await?;
+                // Checking and counting in one statement is what makes max_uses hold when many
+                // routers enroll at once: concurrent updates of the row are serialised (by
+                // SQLite's write lock, or PostgreSQL's row lock and re-check of the condition).
+                let counted = ::sqlx::query(
+                    "UPDATE enrollment_tokens SET uses = uses + 1 \
+                     WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL \
+                     AND (expires_at IS NULL OR expires_at > $3) \
+                     AND (max_uses IS NULL OR uses < max_uses)",
+                )
+                .bind(enrollment.token_id.to_string())
+                .bind(enrollment.tenant_id.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if counted == 0 {
+                    let row: Option<$crate::rows::EnrollmentTokenRow> = ::sqlx::query_as(
+                        "SELECT * FROM enrollment_tokens WHERE id = $1 AND tenant_id = $2",
+                    )
+                    .bind(enrollment.token_id.to_string())
+                    .bind(enrollment.tenant_id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let token: ::floatilla_domain::model::EnrollmentToken = row
+                        .ok_or($crate::StoreError::NotFound("enrollment token"))?
+                        .try_into()?;
+                    // A token never becomes usable again once refused, so the refusal is found.
+                    return token.refusal(enrollment.now).map(Err).ok_or_else(|| {
+                        $crate::StoreError::Conflict(format!(
+                            "enrollment token {} changed during enrollment",
+                            token.id
+                        ))
+                    });
+                }
+
+                let device_id = match enrollment.existing_device {
+                    Some(id) => {
+                        let updated = ::sqlx::query(
+                            "UPDATE devices SET model = $3, firmware = $4, agent_version = $5, \
+                             reenroll_allowed_until = NULL WHERE id = $1 AND tenant_id = $2",
+                        )
+                        .bind(id.to_string())
+                        .bind(enrollment.tenant_id.to_string())
+                        .bind(&enrollment.model)
+                        .bind(&enrollment.firmware)
+                        .bind(&enrollment.agent_version)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if updated == 0 {
+                            return Err($crate::StoreError::NotFound("device"));
+                        }
+                        ::sqlx::query(
+                            "UPDATE credentials SET revoked_at = $2 \
+                             WHERE device_id = $1 AND revoked_at IS NULL",
+                        )
+                        .bind(id.to_string())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        id
+                    }
+                    None => {
+                        let status = $crate::rows::status_json(
+                            &::floatilla_domain::model::DeviceStatus::default(),
+                        )?;
+                        ::sqlx::query(
+                            "INSERT INTO devices (id, tenant_id, serial, name, model, firmware, \
+                             agent_version, group_id, connection_state, status, created_at) \
+                             VALUES ($1, $2, $3, $3, $4, $5, $6, $7, 'offline', $8, $9)",
+                        )
+                        .bind(enrollment.new_device_id.to_string())
+                        .bind(enrollment.tenant_id.to_string())
+                        .bind(&enrollment.serial)
+                        .bind(&enrollment.model)
+                        .bind(&enrollment.firmware)
+                        .bind(&enrollment.agent_version)
+                        .bind(enrollment.group_id.map(|g| g.to_string()))
+                        .bind(status)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| {
+                            $crate::shared::write_error(
+                                e,
+                                || {
+                                    format!(
+                                        "a router with serial {} is already enrolled",
+                                        enrollment.serial
+                                    )
+                                },
+                                "group",
+                            )
+                        })?;
+                        enrollment.new_device_id
+                    }
+                };
+
+                // The credential always belongs to the device just created or re-keyed.
+                let credential = &enrollment.credential;
+                ::sqlx::query(
+                    "INSERT INTO credentials (id, device_id, secret_hash, created_at, expires_at, \
+                     revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(credential.id.to_string())
+                .bind(device_id.to_string())
+                .bind(&credential.secret_hash)
+                .bind($crate::rows::millis(credential.created_at))
+                .bind($crate::rows::millis(credential.expires_at))
+                .bind($crate::rows::opt_millis(credential.revoked_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    $crate::shared::write_error(
+                        e,
+                        || format!("credential {} already exists", credential.id),
+                        "device",
+                    )
+                })?;
+
+                let row: $crate::rows::DeviceRow =
+                    ::sqlx::query_as($crate::shared::select_devices!("WHERE d.id = $1"))
+                        .bind(device_id.to_string())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let device = row.try_into()?;
+                tx.commit().await?;
+                Ok(Ok(device))
+            }
+
+            async fn device(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                id: ::floatilla_domain::DeviceId,
+            ) -> $crate::Result<Option<::floatilla_domain::model::Device>> {
+                let row: Option<$crate::rows::DeviceRow> = ::sqlx::query_as(
+                    $crate::shared::select_devices!("WHERE d.tenant_id = $1 AND d.id = $2"),
+                )
+                .bind(tenant.to_string())
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn device_by_id(
+                &self,
+                id: ::floatilla_domain::DeviceId,
+            ) -> $crate::Result<Option<::floatilla_domain::model::Device>> {
+                let row: Option<$crate::rows::DeviceRow> =
+                    ::sqlx::query_as($crate::shared::select_devices!("WHERE d.id = $1"))
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn device_by_serial(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                serial: &str,
+            ) -> $crate::Result<Option<::floatilla_domain::model::Device>> {
+                let row: Option<$crate::rows::DeviceRow> = ::sqlx::query_as(
+                    $crate::shared::select_devices!("WHERE d.tenant_id = $1 AND d.serial = $2"),
+                )
+                .bind(tenant.to_string())
+                .bind(serial)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn list_devices(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                filter: &::floatilla_domain::model::DeviceFilter,
+                page: &::floatilla_domain::model::PageRequest,
+            ) -> $crate::Result<
+                ::floatilla_domain::model::Page<::floatilla_domain::model::Device>,
+            > {
+                let listing = $crate::shared::DeviceListing::new(
+                    tenant,
+                    filter,
+                    page,
+                    Self::CASE_INSENSITIVE_LIKE,
+                );
+                let mut tx = self.begin_read().await?;
+                let mut count =
+                    ::sqlx::query_scalar(::sqlx::AssertSqlSafe(listing.count_sql.as_str()));
+                for param in &listing.params[..listing.count_params] {
+                    count = count.bind(param.as_str());
+                }
+                let total: i64 = count.fetch_one(&mut *tx).await?;
+                let mut query = ::sqlx::query_as(::sqlx::AssertSqlSafe(listing.page_sql.as_str()));
+                for param in &listing.params {
+                    query = query.bind(param.as_str());
+                }
+                let rows: Vec<$crate::rows::DeviceRow> =
+                    query.bind(listing.fetch).fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                listing.page(total, $crate::rows::convert(rows)?)
+            }
+
+            async fn update_device(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                id: ::floatilla_domain::DeviceId,
+                patch: &$crate::DevicePatch,
+            ) -> $crate::Result<::floatilla_domain::model::Device> {
+                let mut tx = self.begin_write().await?;
+                if let Some(name) = &patch.name {
+                    ::sqlx::query("UPDATE devices SET name = $3 WHERE tenant_id = $1 AND id = $2")
+                        .bind(tenant.to_string())
+                        .bind(id.to_string())
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let Some(group) = patch.group_id {
+                    // The foreign key only proves the group exists; it must also be this
+                    // tenant's.
+                    if let Some(group) = group {
+                        let known: i64 = ::sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM groups WHERE tenant_id = $1 AND id = $2",
+                        )
+                        .bind(tenant.to_string())
+                        .bind(group.to_string())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        if known == 0 {
+                            return Err($crate::StoreError::NotFound("group"));
+                        }
+                    }
+                    ::sqlx::query(
+                        "UPDATE devices SET group_id = $3 WHERE tenant_id = $1 AND id = $2",
+                    )
+                    .bind(tenant.to_string())
+                    .bind(id.to_string())
+                    .bind(group.map(|g| g.to_string()))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let row: Option<$crate::rows::DeviceRow> = ::sqlx::query_as(
+                    $crate::shared::select_devices!("WHERE d.tenant_id = $1 AND d.id = $2"),
+                )
+                .bind(tenant.to_string())
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let device = row.ok_or($crate::StoreError::NotFound("device"))?.try_into()?;
+                tx.commit().await?;
+                Ok(device)
+            }
+
+            async fn delete_device(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                id: ::floatilla_domain::DeviceId,
+            ) -> $crate::Result<()> {
+                // ON DELETE CASCADE removes the credentials and the connection history.
+                let deleted =
+                    ::sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND id = $2")
+                        .bind(tenant.to_string())
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                if deleted == 0 {
+                    return Err($crate::StoreError::NotFound("device"));
+                }
+                Ok(())
+            }
+
+            async fn allow_reenrollment(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                id: ::floatilla_domain::DeviceId,
+                until: ::floatilla_domain::Timestamp,
+            ) -> $crate::Result<()> {
+                let updated = ::sqlx::query(
+                    "UPDATE devices SET reenroll_allowed_until = $3 \
+                     WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.to_string())
+                .bind(id.to_string())
+                .bind($crate::rows::millis(until))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    return Err($crate::StoreError::NotFound("device"));
+                }
+                Ok(())
+            }
+
+            async fn record_inventory(
+                &self,
+                id: ::floatilla_domain::DeviceId,
+                model: &str,
+                firmware: &str,
+                agent_version: &str,
+            ) -> $crate::Result<()> {
+                let updated = ::sqlx::query(
+                    "UPDATE devices SET model = $2, firmware = $3, agent_version = $4 \
+                     WHERE id = $1",
+                )
+                .bind(id.to_string())
+                .bind(model)
+                .bind(firmware)
+                .bind(agent_version)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    return Err($crate::StoreError::NotFound("device"));
+                }
+                Ok(())
+            }
+
+            async fn record_status(
+                &self,
+                id: ::floatilla_domain::DeviceId,
+                status: &::floatilla_domain::model::DeviceStatus,
+            ) -> $crate::Result<()> {
+                let updated = ::sqlx::query("UPDATE devices SET status = $2 WHERE id = $1")
+                    .bind(id.to_string())
+                    .bind($crate::rows::status_json(status)?)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                if updated == 0 {
+                    return Err($crate::StoreError::NotFound("device"));
+                }
+                Ok(())
+            }
+
+            async fn credential(
+                &self,
+                id: ::floatilla_domain::CredentialId,
+            ) -> $crate::Result<Option<::floatilla_domain::model::Credential>> {
+                let row: Option<$crate::rows::CredentialRow> =
+                    ::sqlx::query_as("SELECT * FROM credentials WHERE id = $1")
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn add_credential(
+                &self,
+                credential: &::floatilla_domain::model::Credential,
+            ) -> $crate::Result<()> {
+                ::sqlx::query(
+                    "INSERT INTO credentials (id, device_id, secret_hash, created_at, expires_at, \
+                     revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(credential.id.to_string())
+                .bind(credential.device_id.to_string())
+                .bind(&credential.secret_hash)
+                .bind($crate::rows::millis(credential.created_at))
+                .bind($crate::rows::millis(credential.expires_at))
+                .bind($crate::rows::opt_millis(credential.revoked_at))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| {
+                    $crate::shared::write_error(
+                        e,
+                        || format!("credential {} already exists", credential.id),
+                        "device",
+                    )
+                })?;
+                Ok(())
+            }
+
+            async fn revoke_credential(
+                &self,
+                id: ::floatilla_domain::CredentialId,
+                now: ::floatilla_domain::Timestamp,
+            ) -> $crate::Result<()> {
+                let revoked = ::sqlx::query(
+                    "UPDATE credentials SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+                )
+                .bind(id.to_string())
+                .bind($crate::rows::millis(now))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                if revoked == 0 {
+                    return Err($crate::StoreError::NotFound("credential"));
+                }
+                Ok(())
+            }
+
+            async fn revoke_device_credentials(
+                &self,
+                device: ::floatilla_domain::DeviceId,
+                now: ::floatilla_domain::Timestamp,
+            ) -> $crate::Result<u64> {
+                Ok(::sqlx::query(
+                    "UPDATE credentials SET revoked_at = $2 \
+                     WHERE device_id = $1 AND revoked_at IS NULL",
+                )
+                .bind(device.to_string())
+                .bind($crate::rows::millis(now))
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
+            async fn record_connect(
+                &self,
+                record: &::floatilla_domain::model::ConnectionRecord,
+            ) -> $crate::Result<()> {
+                let connected_at = $crate::rows::millis(record.connected_at);
+                let mut tx = self.begin_write().await?;
+                // The device row first, as in every method that touches both tables, so that
+                // PostgreSQL transactions lock rows in the same order and cannot deadlock.
+                let updated = ::sqlx::query(
+                    "UPDATE devices SET connection_state = 'online', current_session_id = $2, \
+                     connected_since = $3, last_seen = $3 WHERE id = $1",
+                )
+                .bind(record.device_id.to_string())
+                .bind(record.session_id.to_string())
+                .bind(connected_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    return Err($crate::StoreError::NotFound("device"));
+                }
+                ::sqlx::query(
+                    "INSERT INTO connection_history (session_id, device_id, node_id, remote_addr, \
+                     connected_at, disconnected_at, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(record.session_id.to_string())
+                .bind(record.device_id.to_string())
+                .bind(&record.node_id)
+                .bind(&record.remote_addr)
+                .bind(connected_at)
+                .bind($crate::rows::opt_millis(record.disconnected_at))
+                .bind(record.reason.map(|r| r.as_str()))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    $crate::shared::write_error(
+                        e,
+                        || format!("session {} was already recorded", record.session_id),
+                        "device",
+                    )
+                })?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn record_disconnect(
+                &self,
+                session: ::floatilla_domain::SessionId,
+                device: ::floatilla_domain::DeviceId,
+                at: ::floatilla_domain::Timestamp,
+                reason: ::floatilla_domain::DisconnectReason,
+            ) -> $crate::Result<()> {
+                let at = $crate::rows::millis(at);
+                let mut tx = self.begin_write().await?;
+                ::sqlx::query(
+                    "UPDATE devices SET connection_state = 'offline', last_disconnect_at = $3, \
+                     last_disconnect_reason = $4, connected_since = NULL, \
+                     current_session_id = NULL WHERE id = $1 AND current_session_id = $2",
+                )
+                .bind(device.to_string())
+                .bind(session.to_string())
+                .bind(at)
+                .bind(reason.as_str())
+                .execute(&mut *tx)
+                .await?;
+                ::sqlx::query(
+                    "UPDATE connection_history SET disconnected_at = $2, reason = $3 \
+                     WHERE session_id = $1 AND disconnected_at IS NULL",
+                )
+                .bind(session.to_string())
+                .bind(at)
+                .bind(reason.as_str())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn record_last_seen(
+                &self,
+                seen: &[(::floatilla_domain::DeviceId, ::floatilla_domain::Timestamp)],
+            ) -> $crate::Result<()> {
+                // Updating in id order keeps concurrent batches on PostgreSQL from locking the
+                // same rows in opposite orders (a deadlock).
+                let mut seen = seen.to_vec();
+                seen.sort_unstable_by_key(|(id, _)| *id);
+                let mut tx = self.begin_write().await?;
+                for (id, at) in seen {
+                    // Never moves backwards: batches from different nodes may arrive out of order.
+                    ::sqlx::query(
+                        "UPDATE devices SET last_seen = $2 \
+                         WHERE id = $1 AND (last_seen IS NULL OR last_seen < $2)",
+                    )
+                    .bind(id.to_string())
+                    .bind($crate::rows::millis(at))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn close_node_sessions(
+                &self,
+                node_id: &str,
+                at: ::floatilla_domain::Timestamp,
+                reason: ::floatilla_domain::DisconnectReason,
+            ) -> $crate::Result<u64> {
+                let at = $crate::rows::millis(at);
+                let mut tx = self.begin_write().await?;
+                // Only devices whose current session is one of the node's: a device that has
+                // since reconnected elsewhere stays online.
+                ::sqlx::query(
+                    "UPDATE devices SET connection_state = 'offline', last_disconnect_at = $2, \
+                     last_disconnect_reason = $3, connected_since = NULL, \
+                     current_session_id = NULL WHERE current_session_id IN (\
+                     SELECT session_id FROM connection_history \
+                     WHERE node_id = $1 AND disconnected_at IS NULL)",
+                )
+                .bind(node_id)
+                .bind(at)
+                .bind(reason.as_str())
+                .execute(&mut *tx)
+                .await?;
+                let closed = ::sqlx::query(
+                    "UPDATE connection_history SET disconnected_at = $2, reason = $3 \
+                     WHERE node_id = $1 AND disconnected_at IS NULL",
+                )
+                .bind(node_id)
+                .bind(at)
+                .bind(reason.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(closed)
+            }
+
+            async fn connection_history(
+                &self,
+                device: ::floatilla_domain::DeviceId,
+                limit: u32,
+            ) -> $crate::Result<Vec<::floatilla_domain::model::ConnectionRecord>> {
+                let rows: Vec<$crate::rows::ConnectionRow> = ::sqlx::query_as(
+                    "SELECT * FROM connection_history WHERE device_id = $1 \
+                     ORDER BY connected_at DESC, session_id DESC LIMIT $2",
+                )
+                .bind(device.to_string())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                $crate::rows::convert(rows)
+            }
+
+            async fn create_api_token(
+                &self,
+                token: &::floatilla_domain::model::ApiToken,
+            ) -> $crate::Result<()> {
+                ::sqlx::query(
+                    "INSERT INTO api_tokens (id, tenant_id, name, role, secret_hash, created_at, \
+                     revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(token.id.to_string())
+                .bind(token.tenant_id.to_string())
+                .bind(&token.name)
+                .bind(token.role.as_str())
+                .bind(&token.secret_hash)
+                .bind($crate::rows::millis(token.created_at))
+                .bind($crate::rows::opt_millis(token.revoked_at))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| {
+                    $crate::shared::write_error(
+                        e,
+                        || "an API token with this id or secret already exists".to_owned(),
+                        "tenant",
+                    )
+                })?;
+                Ok(())
+            }
+
+            async fn api_token_by_hash(
+                &self,
+                secret_hash: &str,
+            ) -> $crate::Result<Option<::floatilla_domain::model::ApiToken>> {
+                let row: Option<$crate::rows::ApiTokenRow> =
+                    ::sqlx::query_as("SELECT * FROM api_tokens WHERE secret_hash = $1")
+                        .bind(secret_hash)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn api_tokens(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+            ) -> $crate::Result<Vec<::floatilla_domain::model::ApiToken>> {
+                let rows: Vec<$crate::rows::ApiTokenRow> = ::sqlx::query_as(
+                    "SELECT * FROM api_tokens WHERE tenant_id = $1 \
+                     ORDER BY created_at DESC, id DESC",
+                )
+                .bind(tenant.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+                $crate::rows::convert(rows)
+            }
+
+            async fn revoke_api_token(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                id: ::floatilla_domain::ApiTokenId,
+                now: ::floatilla_domain::Timestamp,
+            ) -> $crate::Result<()> {
+                let revoked = ::sqlx::query(
+                    "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $3) \
+                     WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.to_string())
+                .bind(id.to_string())
+                .bind($crate::rows::millis(now))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                if revoked == 0 {
+                    return Err($crate::StoreError::NotFound("API token"));
+                }
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use impl_store;

@@ -1,0 +1,104 @@
+//! The embedded SQLite store, for single-node sites.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use crate::shared::{check_schema_version, impl_store};
+use crate::{Backend, Result};
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// How long a statement waits for another connection's (or process's) write lock before failing:
+/// the admin CLI writes the same file while a server runs.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections in the pool. Readers run concurrently under WAL; writers queue on the file's
+/// write lock whatever the pool size, so a few connections are enough.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// A [`Store`](crate::Store) in one SQLite database file.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    const BACKEND: Backend = Backend::Sqlite;
+    /// SQLite's `LIKE` already ignores case (for ASCII letters).
+    const CASE_INSENSITIVE_LIKE: &'static str = "LIKE";
+
+    /// Opens the database file, creating it and its directory when missing, and brings its
+    /// schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, NORMAL keeps the database consistent on power loss (only the latest
+            // commits may be lost) and saves an fsync per transaction.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        migrate(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Takes the write lock at BEGIN rather than at the first write. A deferred transaction that
+    /// reads before it writes fails outright (SQLITE_BUSY, without waiting) if another
+    /// connection committed in between; an immediate one waits up to the busy timeout instead.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// A deferred transaction: under WAL, all its reads see the snapshot of its first one.
+    async fn begin_read(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+/// Checks the schema version and applies pending migrations while holding the write lock, so a
+/// server and the admin CLI opening a new file at once cannot both try to create the schema.
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let has_migrations: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let newest_applied: Option<i64> = if has_migrations > 0 {
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&mut *tx)
+            .await?
+    } else {
+        None
+    };
+    check_schema_version(newest_applied, &MIGRATOR)?;
+    run_migrations(&MIGRATOR, &mut tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Applies pending migrations, boxed as a `Send` future where its lifetimes are concrete: awaited
+/// directly, rustc cannot prove the callers' futures `Send` ("implementation of `Acquire` is not
+/// general enough"), and a store could not be opened from a spawned task.
+fn run_migrations<'c>(
+    migrator: &'c Migrator,
+    conn: &'c mut SqliteConnection,
+) -> Pin<Box<dyn Future<Output = Result<(), MigrateError>> + Send + 'c>> {
+    Box::pin(migrator.run(conn))
+}
+
+impl_store!(SqliteStore);

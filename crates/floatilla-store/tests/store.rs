@@ -1,0 +1,1486 @@
+//! The `Store` contract, checked against both backends: every case runs once on a fresh SQLite
+//! file (module `sqlite`) and once on a fresh PostgreSQL database (module `postgres`; skipped
+//! with a notice when no server is reachable, except in CI).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration};
+use floatilla_domain::model::{
+    ApiToken, ConnectionRecord, Credential, Device, DeviceFilter, DeviceStatus, EnrollmentToken,
+    Group, PageRequest, Tenant, TokenRefusal,
+};
+use floatilla_domain::{
+    ApiTokenId, ConnectionState, CredentialId, DeviceId, DisconnectReason, EnrollmentTokenId,
+    GroupId, Role, SessionId, TenantId, Timestamp,
+};
+use floatilla_store::testing::TestDb;
+use floatilla_store::{Backend, DevicePatch, Enrollment, Location, Store, StoreError};
+use sqlx::Connection;
+
+/// Generates `sqlite::case` and `postgres::case` for each `async fn case(Arc<dyn Store>)`.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let db = floatilla_store::testing::TestDb::sqlite();
+                    let store = db.open().await.expect("open SQLite store");
+                    assert_eq!(store.backend(), floatilla_store::Backend::Sqlite);
+                    super::$case(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(db) = floatilla_store::testing::TestDb::postgres().await else {
+                        return;
+                    };
+                    let store = db.open().await.expect("open PostgreSQL store");
+                    assert_eq!(store.backend(), floatilla_store::Backend::Postgres);
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    settings_keep_the_first_value,
+    tenants_are_listed_oldest_first,
+    group_names_are_unique_per_tenant,
+    deleting_a_group_detaches_its_devices_and_tokens,
+    enrollment_creates_an_offline_device_with_its_credential,
+    max_uses_is_enforced_exactly,
+    max_uses_holds_under_concurrent_enrollment,
+    expired_revoked_and_unknown_tokens_are_refused,
+    reenrollment_keeps_the_device_and_revokes_old_credentials,
+    devices_are_listed_by_serial_with_filters_and_keyset_pages,
+    device_updates_and_reports,
+    credentials_are_revoked_once,
+    superseded_session_does_not_take_the_device_offline,
+    last_seen_is_recorded_in_batches_and_never_moves_back,
+    closing_a_nodes_sessions_spares_devices_that_reconnected_elsewhere,
+    connection_history_is_newest_first,
+    api_tokens_are_found_by_hash_and_revoked,
+    deleting_a_device_removes_its_credentials_and_history,
+);
+
+/// A fixed instant with whole milliseconds, the precision the store keeps.
+fn at(offset_ms: i64) -> Timestamp {
+    DateTime::from_timestamp_millis(1_750_000_000_000 + offset_ms).unwrap()
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn new_tenant(store: &dyn Store) -> TenantId {
+    let tenant = Tenant {
+        id: TenantId::new(),
+        name: unique("tenant"),
+        created_at: at(0),
+    };
+    store.create_tenant(&tenant).await.unwrap();
+    tenant.id
+}
+
+async fn new_group(store: &dyn Store, tenant: TenantId, name: &str) -> Group {
+    let group = Group {
+        id: GroupId::new(),
+        tenant_id: tenant,
+        name: name.into(),
+        created_at: at(0),
+    };
+    store.create_group(&group).await.unwrap();
+    group
+}
+
+async fn new_token(
+    store: &dyn Store,
+    tenant: TenantId,
+    max_uses: Option<u32>,
+    group: Option<GroupId>,
+) -> EnrollmentToken {
+    let token = EnrollmentToken {
+        id: EnrollmentTokenId::new(),
+        tenant_id: tenant,
+        name: "line 3".into(),
+        secret_hash: unique("hash"),
+        max_uses,
+        uses: 0,
+        expires_at: Some(at(86_400_000)),
+        group_id: group,
+        revoked_at: None,
+        created_at: at(0),
+    };
+    store.create_enrollment_token(&token).await.unwrap();
+    token
+}
+
+fn credential(device: DeviceId, now: Timestamp) -> Credential {
+    Credential {
+        id: CredentialId::new(),
+        device_id: device,
+        secret_hash: unique("credential"),
+        created_at: now,
+        expires_at: now + Duration::days(365),
+        revoked_at: None,
+    }
+}
+
+fn enrollment(token: &EnrollmentToken, serial: &str, now: Timestamp) -> Enrollment {
+    let device = DeviceId::new();
+    Enrollment {
+        token_id: token.id,
+        tenant_id: token.tenant_id,
+        now,
+        existing_device: None,
+        new_device_id: device,
+        serial: serial.into(),
+        model: "RUT241".into(),
+        firmware: "7.1".into(),
+        agent_version: "0.1.0".into(),
+        group_id: token.group_id,
+        credential: credential(device, now),
+    }
+}
+
+async fn enroll(store: &dyn Store, token: &EnrollmentToken, serial: &str) -> Device {
+    store
+        .enroll(&enrollment(token, serial, at(1_000)))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn connection(device: DeviceId, node: &str, connected_at: Timestamp) -> ConnectionRecord {
+    ConnectionRecord {
+        session_id: SessionId::new(),
+        device_id: device,
+        node_id: node.into(),
+        remote_addr: "192.0.2.7:40000".into(),
+        connected_at,
+        disconnected_at: None,
+        reason: None,
+    }
+}
+
+fn all() -> DeviceFilter {
+    DeviceFilter::default()
+}
+
+fn first(limit: u32) -> PageRequest {
+    PageRequest { limit, after: None }
+}
+
+fn serials(devices: &[Device]) -> Vec<&str> {
+    devices.iter().map(|d| d.serial.as_str()).collect()
+}
+
+async fn settings_keep_the_first_value(store: Arc<dyn Store>) {
+    assert_eq!(store.setting("mode").await.unwrap(), None);
+    assert_eq!(store.init_setting("mode", "cloud").await.unwrap(), "cloud");
+    assert_eq!(
+        store.init_setting("mode", "on-prem").await.unwrap(),
+        "cloud"
+    );
+    assert_eq!(
+        store.setting("mode").await.unwrap().as_deref(),
+        Some("cloud")
+    );
+
+    // Several processes initialising at once all end up with the one value that was stored.
+    let racers = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .init_setting("installation_id", &format!("candidate-{i}"))
+                .await
+                .unwrap()
+        })
+    });
+    let mut seen = HashSet::new();
+    for racer in racers.collect::<Vec<_>>() {
+        seen.insert(racer.await.unwrap());
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "every initialiser must see the same value: {seen:?}"
+    );
+    let stored = store.setting("installation_id").await.unwrap().unwrap();
+    assert!(seen.contains(&stored));
+}
+
+async fn tenants_are_listed_oldest_first(store: Arc<dyn Store>) {
+    let newer = Tenant {
+        id: TenantId::new(),
+        name: "Newer".into(),
+        created_at: at(5_000),
+    };
+    let older = Tenant {
+        id: TenantId::new(),
+        name: "Older".into(),
+        created_at: at(1_000),
+    };
+    store.create_tenant(&newer).await.unwrap();
+    store.create_tenant(&older).await.unwrap();
+    assert_eq!(
+        store.tenants().await.unwrap(),
+        vec![older.clone(), newer.clone()]
+    );
+    assert_eq!(store.tenant(newer.id).await.unwrap(), Some(newer.clone()));
+    assert_eq!(store.tenant(TenantId::new()).await.unwrap(), None);
+    let again = store.create_tenant(&newer).await.unwrap_err();
+    assert!(matches!(again, StoreError::Conflict(_)), "{again:?}");
+}
+
+async fn group_names_are_unique_per_tenant(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let other_tenant = new_tenant(&*store).await;
+    let lab = new_group(&*store, tenant, "lab").await;
+    let depot = new_group(&*store, tenant, "depot").await;
+
+    let duplicate = Group {
+        id: GroupId::new(),
+        ..lab.clone()
+    };
+    match store.create_group(&duplicate).await {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("lab"), "{message}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // The same name in another tenant is a different group.
+    let elsewhere = new_group(&*store, other_tenant, "lab").await;
+
+    assert_eq!(
+        store.groups(tenant).await.unwrap(),
+        vec![depot.clone(), lab.clone()]
+    );
+    assert_eq!(
+        store.groups(other_tenant).await.unwrap(),
+        vec![elsewhere.clone()]
+    );
+    assert_eq!(
+        store.group(tenant, lab.id).await.unwrap(),
+        Some(lab.clone())
+    );
+    assert_eq!(store.group(other_tenant, lab.id).await.unwrap(), None);
+    assert_eq!(
+        store.group_by_name(tenant, "depot").await.unwrap(),
+        Some(depot.clone())
+    );
+    assert_eq!(store.group_by_name(tenant, "nowhere").await.unwrap(), None);
+
+    let taken = store
+        .rename_group(tenant, depot.id, "lab")
+        .await
+        .unwrap_err();
+    assert!(matches!(taken, StoreError::Conflict(_)), "{taken:?}");
+    store
+        .rename_group(tenant, depot.id, "warehouse")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.group(tenant, depot.id).await.unwrap().unwrap().name,
+        "warehouse"
+    );
+    let missing = store
+        .rename_group(other_tenant, depot.id, "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound("group")),
+        "{missing:?}"
+    );
+
+    let orphan = Group {
+        id: GroupId::new(),
+        tenant_id: TenantId::new(),
+        name: "orphan".into(),
+        created_at: at(0),
+    };
+    let no_tenant = store.create_group(&orphan).await.unwrap_err();
+    assert!(
+        matches!(no_tenant, StoreError::NotFound("tenant")),
+        "{no_tenant:?}"
+    );
+}
+
+async fn deleting_a_group_detaches_its_devices_and_tokens(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let group = new_group(&*store, tenant, "field").await;
+    let token = new_token(&*store, tenant, None, Some(group.id)).await;
+    let device = enroll(&*store, &token, "RT-1").await;
+    assert_eq!(device.group_id, Some(group.id));
+    assert_eq!(device.group_name.as_deref(), Some("field"));
+
+    store.delete_group(tenant, group.id).await.unwrap();
+
+    let device = store.device(tenant, device.id).await.unwrap().unwrap();
+    assert_eq!((device.group_id, device.group_name), (None, None));
+    let token = store
+        .enrollment_token(tenant, token.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.group_id, None);
+    assert!(store.groups(tenant).await.unwrap().is_empty());
+    let again = store.delete_group(tenant, group.id).await.unwrap_err();
+    assert!(matches!(again, StoreError::NotFound("group")), "{again:?}");
+}
+
+async fn enrollment_creates_an_offline_device_with_its_credential(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let group = new_group(&*store, tenant, "north").await;
+    let token = new_token(&*store, tenant, None, Some(group.id)).await;
+    let request = enrollment(&token, "SN-0001", at(1_000));
+
+    let device = store.enroll(&request).await.unwrap().unwrap();
+
+    assert_eq!(device.id, request.new_device_id);
+    assert_eq!(device.tenant_id, tenant);
+    assert_eq!(device.serial, "SN-0001");
+    assert_eq!(
+        device.name, "SN-0001",
+        "a new router is named after its serial"
+    );
+    assert_eq!(
+        (
+            device.model.as_str(),
+            device.firmware.as_str(),
+            device.agent_version.as_str()
+        ),
+        ("RUT241", "7.1", "0.1.0")
+    );
+    assert_eq!(device.group_id, Some(group.id));
+    assert_eq!(device.group_name.as_deref(), Some("north"));
+    assert_eq!(device.connection_state, ConnectionState::Offline);
+    assert_eq!(device.connected_since, None);
+    assert_eq!(device.last_seen, None);
+    assert_eq!(device.status, DeviceStatus::default());
+    assert_eq!(device.reenroll_allowed_until, None);
+    assert_eq!(device.created_at, at(1_000));
+
+    assert_eq!(
+        store.device_by_id(device.id).await.unwrap(),
+        Some(device.clone())
+    );
+    assert_eq!(
+        store.device_by_serial(tenant, "SN-0001").await.unwrap(),
+        Some(device.clone())
+    );
+    assert_eq!(
+        store.credential(request.credential.id).await.unwrap(),
+        Some(request.credential.clone())
+    );
+    let token = store
+        .enrollment_token_by_hash(&token.secret_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.uses, 1);
+
+    // The same serial cannot be enrolled as a second device.
+    let twin = store
+        .enroll(&enrollment(&token, "SN-0001", at(2_000)))
+        .await
+        .unwrap_err();
+    assert!(matches!(twin, StoreError::Conflict(_)), "{twin:?}");
+    let token = store
+        .enrollment_token(tenant, token.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.uses, 1, "a failed enrollment must not count a use");
+}
+
+async fn max_uses_is_enforced_exactly(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, Some(2), None).await;
+    enroll(&*store, &token, "A").await;
+    enroll(&*store, &token, "B").await;
+
+    let third = enrollment(&token, "C", at(1_000));
+    assert_eq!(
+        store.enroll(&third).await.unwrap(),
+        Err(TokenRefusal::UsedUp)
+    );
+
+    assert_eq!(store.device_by_serial(tenant, "C").await.unwrap(), None);
+    assert_eq!(store.credential(third.credential.id).await.unwrap(), None);
+    let token = store
+        .enrollment_token(tenant, token.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.uses, 2);
+}
+
+async fn max_uses_holds_under_concurrent_enrollment(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, Some(3), None).await;
+
+    let attempts: Vec<_> = (0..10)
+        .map(|i| {
+            let store = store.clone();
+            let request = enrollment(&token, &format!("RACE-{i:02}"), at(1_000));
+            tokio::spawn(async move { store.enroll(&request).await.unwrap() })
+        })
+        .collect();
+    let mut enrolled = 0;
+    let mut refused = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(_) => enrolled += 1,
+            Err(refusal) => {
+                assert_eq!(refusal, TokenRefusal::UsedUp);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((enrolled, refused), (3, 7));
+    let token = store
+        .enrollment_token(tenant, token.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.uses, 3);
+    let listed = store
+        .list_devices(tenant, &all(), &first(100))
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 3);
+}
+
+async fn expired_revoked_and_unknown_tokens_are_refused(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let expiry = token.expires_at.unwrap();
+
+    let late = enrollment(&token, "LATE", expiry);
+    assert_eq!(
+        store.enroll(&late).await.unwrap(),
+        Err(TokenRefusal::Expired)
+    );
+    let just_in_time = enrollment(&token, "ON-TIME", expiry - Duration::milliseconds(1));
+    assert!(store.enroll(&just_in_time).await.unwrap().is_ok());
+
+    store
+        .revoke_enrollment_token(tenant, token.id, at(2_000))
+        .await
+        .unwrap();
+    // Revoking again keeps the first revocation time.
+    store
+        .revoke_enrollment_token(tenant, token.id, at(3_000))
+        .await
+        .unwrap();
+    let revoked = store
+        .enrollment_token(tenant, token.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(at(2_000)));
+    assert_eq!(revoked.uses, 1);
+    let after = enrollment(&token, "AFTER", at(4_000));
+    assert_eq!(
+        store.enroll(&after).await.unwrap(),
+        Err(TokenRefusal::Revoked)
+    );
+    assert_eq!(store.device_by_serial(tenant, "LATE").await.unwrap(), None);
+    assert_eq!(store.device_by_serial(tenant, "AFTER").await.unwrap(), None);
+
+    let other_tenant = new_tenant(&*store).await;
+    let wrong_tenant = store
+        .revoke_enrollment_token(other_tenant, token.id, at(5_000))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(wrong_tenant, StoreError::NotFound(_)),
+        "{wrong_tenant:?}"
+    );
+
+    let mut unknown = enrollment(&token, "GHOST", at(1_000));
+    unknown.token_id = EnrollmentTokenId::new();
+    let error = store.enroll(&unknown).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::NotFound("enrollment token")),
+        "{error:?}"
+    );
+}
+
+async fn reenrollment_keeps_the_device_and_revokes_old_credentials(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let group = new_group(&*store, tenant, "west").await;
+    let token = new_token(&*store, tenant, Some(5), None).await;
+    let original = enrollment(&token, "RE-1", at(1_000));
+    let device = store.enroll(&original).await.unwrap().unwrap();
+    let renewal = credential(device.id, at(1_500));
+    store.add_credential(&renewal).await.unwrap();
+    let patch = DevicePatch {
+        name: Some("Pump house".into()),
+        group_id: Some(Some(group.id)),
+    };
+    store
+        .update_device(tenant, device.id, &patch)
+        .await
+        .unwrap();
+    store
+        .allow_reenrollment(tenant, device.id, at(60_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .device(tenant, device.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .reenroll_allowed_until,
+        Some(at(60_000))
+    );
+
+    let mut again = enrollment(&token, "RE-1", at(10_000));
+    again.existing_device = Some(device.id);
+    again.model = "RUT956".into();
+    again.firmware = "7.4".into();
+    again.agent_version = "0.2.0".into();
+    again.credential = credential(device.id, at(10_000));
+    let rekeyed = store.enroll(&again).await.unwrap().unwrap();
+
+    assert_eq!(rekeyed.id, device.id);
+    assert_eq!(rekeyed.name, "Pump house");
+    assert_eq!(rekeyed.group_id, Some(group.id));
+    assert_eq!(
+        (
+            rekeyed.model.as_str(),
+            rekeyed.firmware.as_str(),
+            rekeyed.agent_version.as_str()
+        ),
+        ("RUT956", "7.4", "0.2.0")
+    );
+    assert_eq!(rekeyed.reenroll_allowed_until, None);
+    for old in [original.credential.id, renewal.id] {
+        let old = store.credential(old).await.unwrap().unwrap();
+        assert_eq!(old.revoked_at, Some(at(10_000)));
+    }
+    let new = store
+        .credential(again.credential.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new.is_valid_at(at(10_000)));
+    assert_eq!(
+        store
+            .list_devices(tenant, &all(), &first(50))
+            .await
+            .unwrap()
+            .total,
+        1
+    );
+    let token = store
+        .enrollment_token(tenant, token.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.uses, 2);
+
+    // Re-enrolling a device of another tenant is refused, and counts nothing.
+    let other_tenant = new_tenant(&*store).await;
+    let other_token = new_token(&*store, other_tenant, None, None).await;
+    let mut hijack = enrollment(&other_token, "RE-1", at(11_000));
+    hijack.existing_device = Some(device.id);
+    let error = store.enroll(&hijack).await.unwrap_err();
+    assert!(matches!(error, StoreError::NotFound("device")), "{error:?}");
+    let other_token = store
+        .enrollment_token(other_tenant, other_token.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other_token.uses, 0);
+}
+
+async fn devices_are_listed_by_serial_with_filters_and_keyset_pages(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let other_tenant = new_tenant(&*store).await;
+    let group = new_group(&*store, tenant, "pumps").await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let other_token = new_token(&*store, other_tenant, None, None).await;
+
+    // Enrolled out of order: the listing sorts by serial.
+    let mut devices = Vec::new();
+    for i in (0..25).rev() {
+        devices.push(enroll(&*store, &token, &format!("rt-{i:03}")).await);
+    }
+    devices.sort_by(|a, b| a.serial.cmp(&b.serial));
+    for i in 0..3 {
+        enroll(&*store, &other_token, &format!("rt-{i:03}")).await;
+    }
+    // Every third router online, every fourth in the group.
+    for device in devices.iter().step_by(3) {
+        store
+            .record_connect(&connection(device.id, "node-1", at(2_000)))
+            .await
+            .unwrap();
+    }
+    for device in devices.iter().step_by(4) {
+        let patch = DevicePatch {
+            group_id: Some(Some(group.id)),
+            ..DevicePatch::default()
+        };
+        store
+            .update_device(tenant, device.id, &patch)
+            .await
+            .unwrap();
+    }
+    let rename = |i: usize, name: &'static str| {
+        let store = store.clone();
+        let id = devices[i].id;
+        async move {
+            let patch = DevicePatch {
+                name: Some(name.into()),
+                ..DevicePatch::default()
+            };
+            store.update_device(tenant, id, &patch).await.unwrap();
+        }
+    };
+    rename(5, "Pump 50%_North").await;
+    rename(6, "pump 50xxSouth").await;
+    rename(7, "Gate\\Control").await;
+
+    // Three pages of ten, linked by next_after.
+    let page1 = store
+        .list_devices(tenant, &all(), &first(10))
+        .await
+        .unwrap();
+    assert_eq!(page1.total, 25);
+    assert_eq!(serials(&page1.items), serials(&devices[0..10]));
+    assert_eq!(page1.next_after.as_deref(), Some("rt-009"));
+    let page2 = store
+        .list_devices(
+            tenant,
+            &all(),
+            &PageRequest {
+                limit: 10,
+                after: page1.next_after.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page2.total, 25);
+    assert_eq!(serials(&page2.items), serials(&devices[10..20]));
+    assert_eq!(page2.next_after.as_deref(), Some("rt-019"));
+    let page3 = store
+        .list_devices(
+            tenant,
+            &all(),
+            &PageRequest {
+                limit: 10,
+                after: page2.next_after.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(serials(&page3.items), serials(&devices[20..25]));
+    assert_eq!(page3.next_after, None);
+    // An exactly full last page has nothing after it.
+    let exact = store
+        .list_devices(tenant, &all(), &first(25))
+        .await
+        .unwrap();
+    assert_eq!((exact.items.len(), exact.next_after), (25, None));
+    assert_eq!(exact.items, devices_now(&*store, tenant, &devices).await);
+
+    // Online routers, paged by four: serials 0, 3, 6, … 24.
+    let online = DeviceFilter {
+        connection_state: Some(ConnectionState::Online),
+        ..all()
+    };
+    let expected: Vec<String> = (0..25).step_by(3).map(|i| format!("rt-{i:03}")).collect();
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_devices(tenant, &online, &PageRequest { limit: 4, after })
+            .await
+            .unwrap();
+        assert_eq!(page.total, 9);
+        assert!(
+            page.items
+                .iter()
+                .all(|d| d.connection_state == ConnectionState::Online)
+        );
+        listed.extend(page.items.into_iter().map(|d| d.serial));
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(listed, expected);
+    let offline = DeviceFilter {
+        connection_state: Some(ConnectionState::Offline),
+        ..all()
+    };
+    assert_eq!(
+        store
+            .list_devices(tenant, &offline, &first(1))
+            .await
+            .unwrap()
+            .total,
+        16
+    );
+
+    // By group, and group combined with state: serials 0, 4, 8, … 24 and of those 0, 12, 24.
+    let in_group = DeviceFilter {
+        group_id: Some(group.id),
+        ..all()
+    };
+    let page = store
+        .list_devices(tenant, &in_group, &first(50))
+        .await
+        .unwrap();
+    assert_eq!(
+        serials(&page.items),
+        [
+            "rt-000", "rt-004", "rt-008", "rt-012", "rt-016", "rt-020", "rt-024"
+        ]
+    );
+    assert!(
+        page.items
+            .iter()
+            .all(|d| d.group_name.as_deref() == Some("pumps"))
+    );
+    let online_in_group = DeviceFilter {
+        group_id: Some(group.id),
+        connection_state: Some(ConnectionState::Online),
+        ..all()
+    };
+    let page = store
+        .list_devices(tenant, &online_in_group, &first(50))
+        .await
+        .unwrap();
+    assert_eq!(serials(&page.items), ["rt-000", "rt-012", "rt-024"]);
+    assert_eq!(page.total, 3);
+
+    // Case-insensitive substring of serial or name, with LIKE's wildcards taken literally.
+    let query = |q: &str| DeviceFilter {
+        query: Some(q.into()),
+        ..all()
+    };
+    let page = store
+        .list_devices(tenant, &query("RT-01"), &first(3))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 10);
+    assert_eq!(serials(&page.items), ["rt-010", "rt-011", "rt-012"]);
+    assert_eq!(page.next_after.as_deref(), Some("rt-012"));
+    let page = store
+        .list_devices(tenant, &query("PUMP"), &first(50))
+        .await
+        .unwrap();
+    assert_eq!(serials(&page.items), ["rt-005", "rt-006"]);
+    let page = store
+        .list_devices(tenant, &query("50%_"), &first(50))
+        .await
+        .unwrap();
+    assert_eq!(serials(&page.items), ["rt-005"]);
+    let page = store
+        .list_devices(tenant, &query("_"), &first(50))
+        .await
+        .unwrap();
+    assert_eq!(serials(&page.items), ["rt-005"]);
+    let page = store
+        .list_devices(tenant, &query("e\\c"), &first(50))
+        .await
+        .unwrap();
+    assert_eq!(serials(&page.items), ["rt-007"]);
+    let page = store
+        .list_devices(tenant, &query("%"), &first(50))
+        .await
+        .unwrap();
+    assert_eq!(serials(&page.items), ["rt-005"]);
+    let page = store
+        .list_devices(tenant, &query("nothing"), &first(50))
+        .await
+        .unwrap();
+    assert_eq!(
+        (page.total, page.items.len(), page.next_after),
+        (0, 0, None)
+    );
+    let all_online_matching = DeviceFilter {
+        query: Some("rt-00".into()),
+        connection_state: Some(ConnectionState::Online),
+        ..all()
+    };
+    let page = store
+        .list_devices(tenant, &all_online_matching, &first(50))
+        .await
+        .unwrap();
+    assert_eq!(
+        serials(&page.items),
+        ["rt-000", "rt-003", "rt-006", "rt-009"]
+    );
+
+    // Other tenants' routers never show.
+    let theirs = store
+        .list_devices(other_tenant, &all(), &first(50))
+        .await
+        .unwrap();
+    assert_eq!(theirs.total, 3);
+    assert!(theirs.items.iter().all(|d| d.tenant_id == other_tenant));
+}
+
+/// The devices as the store has them now, in the given order.
+async fn devices_now(store: &dyn Store, tenant: TenantId, devices: &[Device]) -> Vec<Device> {
+    let mut now = Vec::new();
+    for device in devices {
+        now.push(store.device(tenant, device.id).await.unwrap().unwrap());
+    }
+    now
+}
+
+async fn device_updates_and_reports(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let other_tenant = new_tenant(&*store).await;
+    let group = new_group(&*store, tenant, "east").await;
+    let foreign_group = new_group(&*store, other_tenant, "theirs").await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let device = enroll(&*store, &token, "UPD-1").await;
+
+    let renamed = store
+        .update_device(
+            tenant,
+            device.id,
+            &DevicePatch {
+                name: Some("Tower".into()),
+                group_id: Some(Some(group.id)),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(renamed.name, "Tower");
+    assert_eq!(renamed.group_name.as_deref(), Some("east"));
+    let unchanged = store
+        .update_device(tenant, device.id, &DevicePatch::default())
+        .await
+        .unwrap();
+    assert_eq!(unchanged, renamed);
+    let ungrouped = store
+        .update_device(
+            tenant,
+            device.id,
+            &DevicePatch {
+                name: None,
+                group_id: Some(None),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (ungrouped.name.as_str(), ungrouped.group_id),
+        ("Tower", None)
+    );
+
+    let foreign = store
+        .update_device(
+            tenant,
+            device.id,
+            &DevicePatch {
+                name: Some("Hijacked".into()),
+                group_id: Some(Some(foreign_group.id)),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(foreign, StoreError::NotFound("group")),
+        "{foreign:?}"
+    );
+    assert_eq!(
+        store.device(tenant, device.id).await.unwrap().unwrap().name,
+        "Tower",
+        "a refused patch changes nothing"
+    );
+    let elsewhere = store
+        .update_device(other_tenant, device.id, &DevicePatch::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(elsewhere, StoreError::NotFound("device")),
+        "{elsewhere:?}"
+    );
+    assert_eq!(store.device(other_tenant, device.id).await.unwrap(), None);
+    let missing = store
+        .allow_reenrollment(tenant, DeviceId::new(), at(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound("device")),
+        "{missing:?}"
+    );
+
+    store
+        .record_inventory(device.id, "RUT955", "7.6", "0.3.1")
+        .await
+        .unwrap();
+    let status = DeviceStatus {
+        uptime_secs: Some(86_400),
+        cellular_signal_dbm: Some(-71),
+        rx_bytes: Some(123_456_789_012),
+        tx_bytes: Some(42),
+        wan_address: Some("198.51.100.4".into()),
+        reported_at: Some(at(7_000)),
+    };
+    store.record_status(device.id, &status).await.unwrap();
+    let reported = store.device_by_id(device.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            reported.model.as_str(),
+            reported.firmware.as_str(),
+            reported.agent_version.as_str()
+        ),
+        ("RUT955", "7.6", "0.3.1")
+    );
+    assert_eq!(reported.status, status);
+    let gone = store
+        .record_status(DeviceId::new(), &status)
+        .await
+        .unwrap_err();
+    assert!(matches!(gone, StoreError::NotFound("device")), "{gone:?}");
+    let gone = store
+        .record_inventory(DeviceId::new(), "m", "f", "a")
+        .await
+        .unwrap_err();
+    assert!(matches!(gone, StoreError::NotFound("device")), "{gone:?}");
+}
+
+async fn credentials_are_revoked_once(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let device = enroll(&*store, &token, "CRED-1").await;
+    let second = credential(device.id, at(2_000));
+    let third = credential(device.id, at(3_000));
+    store.add_credential(&second).await.unwrap();
+    store.add_credential(&third).await.unwrap();
+
+    store.revoke_credential(second.id, at(4_000)).await.unwrap();
+    store.revoke_credential(second.id, at(5_000)).await.unwrap();
+    let revoked = store.credential(second.id).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(at(4_000)));
+    assert!(!revoked.is_valid_at(at(4_000)));
+
+    // The enrollment credential and the third were still valid.
+    assert_eq!(
+        store
+            .revoke_device_credentials(device.id, at(6_000))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .revoke_device_credentials(device.id, at(7_000))
+            .await
+            .unwrap(),
+        0
+    );
+    let third = store.credential(third.id).await.unwrap().unwrap();
+    assert_eq!(third.revoked_at, Some(at(6_000)));
+
+    let missing = store
+        .revoke_credential(CredentialId::new(), at(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound("credential")),
+        "{missing:?}"
+    );
+    let orphan = store
+        .add_credential(&credential(DeviceId::new(), at(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(orphan, StoreError::NotFound("device")),
+        "{orphan:?}"
+    );
+}
+
+async fn superseded_session_does_not_take_the_device_offline(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let device = enroll(&*store, &token, "SES-1").await;
+
+    let old = connection(device.id, "node-1", at(10_000));
+    store.record_connect(&old).await.unwrap();
+    let online = store.device_by_id(device.id).await.unwrap().unwrap();
+    assert_eq!(online.connection_state, ConnectionState::Online);
+    assert_eq!(online.connected_since, Some(at(10_000)));
+    assert_eq!(online.last_seen, Some(at(10_000)));
+
+    // The router reconnects (to another node) before its old connection is noticed as gone.
+    let new = connection(device.id, "node-2", at(20_000));
+    store.record_connect(&new).await.unwrap();
+    store
+        .record_disconnect(
+            old.session_id,
+            device.id,
+            at(21_000),
+            DisconnectReason::Superseded,
+        )
+        .await
+        .unwrap();
+    let still = store.device_by_id(device.id).await.unwrap().unwrap();
+    assert_eq!(still.connection_state, ConnectionState::Online);
+    assert_eq!(still.connected_since, Some(at(20_000)));
+    assert_eq!(still.last_disconnect_at, None);
+    let history = store.connection_history(device.id, 10).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1].session_id, old.session_id);
+    assert_eq!(history[1].disconnected_at, Some(at(21_000)));
+    assert_eq!(history[1].reason, Some(DisconnectReason::Superseded));
+    assert_eq!(
+        (history[0].disconnected_at, history[0].reason),
+        (None, None)
+    );
+
+    store
+        .record_disconnect(
+            new.session_id,
+            device.id,
+            at(30_000),
+            DisconnectReason::PingTimeout,
+        )
+        .await
+        .unwrap();
+    let offline = store.device_by_id(device.id).await.unwrap().unwrap();
+    assert_eq!(offline.connection_state, ConnectionState::Offline);
+    assert_eq!(offline.connected_since, None);
+    assert_eq!(offline.last_disconnect_at, Some(at(30_000)));
+    assert_eq!(
+        offline.last_disconnect_reason,
+        Some(DisconnectReason::PingTimeout)
+    );
+    assert_eq!(offline.last_seen, Some(at(20_000)));
+
+    // A repeated disconnect changes nothing.
+    store
+        .record_disconnect(
+            new.session_id,
+            device.id,
+            at(40_000),
+            DisconnectReason::CleanClose,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.device_by_id(device.id).await.unwrap().unwrap(),
+        offline
+    );
+    let history = store.connection_history(device.id, 10).await.unwrap();
+    assert_eq!(history[0].disconnected_at, Some(at(30_000)));
+    assert_eq!(history[0].reason, Some(DisconnectReason::PingTimeout));
+
+    let unknown = store
+        .record_connect(&connection(DeviceId::new(), "node-1", at(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(unknown, StoreError::NotFound("device")),
+        "{unknown:?}"
+    );
+}
+
+async fn last_seen_is_recorded_in_batches_and_never_moves_back(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let a = enroll(&*store, &token, "HB-A").await;
+    let b = enroll(&*store, &token, "HB-B").await;
+    let c = enroll(&*store, &token, "HB-C").await;
+
+    store
+        .record_last_seen(&[
+            (a.id, at(5_000)),
+            (b.id, at(6_000)),
+            (DeviceId::new(), at(6_500)),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_last_seen(&[(a.id, at(4_000)), (b.id, at(8_000))])
+        .await
+        .unwrap();
+    store.record_last_seen(&[]).await.unwrap();
+
+    let seen = |id| {
+        let store = store.clone();
+        async move { store.device_by_id(id).await.unwrap().unwrap().last_seen }
+    };
+    assert_eq!(seen(a.id).await, Some(at(5_000)));
+    assert_eq!(seen(b.id).await, Some(at(8_000)));
+    assert_eq!(seen(c.id).await, None);
+}
+
+async fn closing_a_nodes_sessions_spares_devices_that_reconnected_elsewhere(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let stranded = enroll(&*store, &token, "N-1").await;
+    let moved = enroll(&*store, &token, "N-2").await;
+    let elsewhere = enroll(&*store, &token, "N-3").await;
+    let stranded_session = connection(stranded.id, "node-1", at(1_000));
+    let moved_old = connection(moved.id, "node-1", at(1_000));
+    let moved_new = connection(moved.id, "node-2", at(2_000));
+    let elsewhere_session = connection(elsewhere.id, "node-2", at(1_000));
+    for record in [
+        &stranded_session,
+        &moved_old,
+        &moved_new,
+        &elsewhere_session,
+    ] {
+        store.record_connect(record).await.unwrap();
+    }
+
+    let closed = store
+        .close_node_sessions("node-1", at(9_000), DisconnectReason::ServerShutdown)
+        .await
+        .unwrap();
+    assert_eq!(closed, 2);
+
+    let device = store.device_by_id(stranded.id).await.unwrap().unwrap();
+    assert_eq!(device.connection_state, ConnectionState::Offline);
+    assert_eq!(device.last_disconnect_at, Some(at(9_000)));
+    assert_eq!(
+        device.last_disconnect_reason,
+        Some(DisconnectReason::ServerShutdown)
+    );
+    assert_eq!(device.connected_since, None);
+    for survivor in [moved.id, elsewhere.id] {
+        let device = store.device_by_id(survivor).await.unwrap().unwrap();
+        assert_eq!(device.connection_state, ConnectionState::Online);
+        assert_eq!(device.last_disconnect_at, None);
+    }
+    let history = store.connection_history(moved.id, 10).await.unwrap();
+    assert_eq!(history[0].session_id, moved_new.session_id);
+    assert_eq!(history[0].disconnected_at, None);
+    assert_eq!(history[1].session_id, moved_old.session_id);
+    assert_eq!(history[1].disconnected_at, Some(at(9_000)));
+    assert_eq!(history[1].reason, Some(DisconnectReason::ServerShutdown));
+
+    // A late disconnect of a closed session changes nothing; the node has nothing left open.
+    store
+        .record_disconnect(
+            stranded_session.session_id,
+            stranded.id,
+            at(9_500),
+            DisconnectReason::ConnectionLost,
+        )
+        .await
+        .unwrap();
+    let history = store.connection_history(stranded.id, 10).await.unwrap();
+    assert_eq!(history[0].reason, Some(DisconnectReason::ServerShutdown));
+    let closed = store
+        .close_node_sessions("node-1", at(10_000), DisconnectReason::ServerShutdown)
+        .await
+        .unwrap();
+    assert_eq!(closed, 0);
+}
+
+async fn connection_history_is_newest_first(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let device = enroll(&*store, &token, "HIST-1").await;
+    let other = enroll(&*store, &token, "HIST-2").await;
+    let mut sessions = Vec::new();
+    for start in [1_000, 3_000, 2_000] {
+        let record = connection(device.id, "node-1", at(start));
+        store.record_connect(&record).await.unwrap();
+        store
+            .record_disconnect(
+                record.session_id,
+                device.id,
+                at(start + 500),
+                DisconnectReason::ConnectionLost,
+            )
+            .await
+            .unwrap();
+        sessions.push(record);
+    }
+    store
+        .record_connect(&connection(other.id, "node-1", at(5_000)))
+        .await
+        .unwrap();
+
+    let history = store.connection_history(device.id, 10).await.unwrap();
+    let starts: Vec<_> = history.iter().map(|r| r.connected_at).collect();
+    assert_eq!(starts, [at(3_000), at(2_000), at(1_000)]);
+    let newest = &sessions[1];
+    assert_eq!(
+        history[0],
+        ConnectionRecord {
+            disconnected_at: Some(at(3_500)),
+            reason: Some(DisconnectReason::ConnectionLost),
+            ..newest.clone()
+        }
+    );
+    let limited = store.connection_history(device.id, 2).await.unwrap();
+    assert_eq!(limited, history[..2]);
+    assert!(
+        store
+            .connection_history(DeviceId::new(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn api_tokens_are_found_by_hash_and_revoked(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let other_tenant = new_tenant(&*store).await;
+    let token = |name: &str, role, created| ApiToken {
+        id: ApiTokenId::new(),
+        tenant_id: tenant,
+        name: name.into(),
+        role,
+        secret_hash: unique("api"),
+        created_at: at(created),
+        revoked_at: None,
+    };
+    let older = token("ci", Role::Operator, 1_000);
+    let newer = token("dashboard", Role::Viewer, 2_000);
+    store.create_api_token(&older).await.unwrap();
+    store.create_api_token(&newer).await.unwrap();
+
+    assert_eq!(
+        store.api_token_by_hash(&older.secret_hash).await.unwrap(),
+        Some(older.clone())
+    );
+    assert_eq!(store.api_token_by_hash("unknown").await.unwrap(), None);
+    assert_eq!(
+        store.api_tokens(tenant).await.unwrap(),
+        vec![newer.clone(), older.clone()]
+    );
+    assert!(store.api_tokens(other_tenant).await.unwrap().is_empty());
+
+    let copy = ApiToken {
+        id: ApiTokenId::new(),
+        ..older.clone()
+    };
+    let duplicate = store.create_api_token(&copy).await.unwrap_err();
+    assert!(
+        matches!(duplicate, StoreError::Conflict(_)),
+        "{duplicate:?}"
+    );
+
+    let wrong_tenant = store
+        .revoke_api_token(other_tenant, older.id, at(3_000))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(wrong_tenant, StoreError::NotFound(_)),
+        "{wrong_tenant:?}"
+    );
+    store
+        .revoke_api_token(tenant, older.id, at(3_000))
+        .await
+        .unwrap();
+    store
+        .revoke_api_token(tenant, older.id, at(4_000))
+        .await
+        .unwrap();
+    let revoked = store
+        .api_token_by_hash(&older.secret_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(at(3_000)));
+    let untouched = store
+        .api_token_by_hash(&newer.secret_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(untouched.revoked_at, None);
+}
+
+async fn deleting_a_device_removes_its_credentials_and_history(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let doomed = enrollment(&token, "DEL-1", at(1_000));
+    let device = store.enroll(&doomed).await.unwrap().unwrap();
+    let kept = enroll(&*store, &token, "DEL-2").await;
+    store
+        .record_connect(&connection(device.id, "node-1", at(2_000)))
+        .await
+        .unwrap();
+    store
+        .record_connect(&connection(kept.id, "node-1", at(2_000)))
+        .await
+        .unwrap();
+
+    let other_tenant = new_tenant(&*store).await;
+    let elsewhere = store
+        .delete_device(other_tenant, device.id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(elsewhere, StoreError::NotFound("device")),
+        "{elsewhere:?}"
+    );
+
+    store.delete_device(tenant, device.id).await.unwrap();
+    assert_eq!(store.device(tenant, device.id).await.unwrap(), None);
+    assert_eq!(store.credential(doomed.credential.id).await.unwrap(), None);
+    assert!(
+        store
+            .connection_history(device.id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.delete_device(tenant, device.id).await.unwrap_err();
+    assert!(matches!(again, StoreError::NotFound("device")), "{again:?}");
+
+    assert!(store.device(tenant, kept.id).await.unwrap().is_some());
+    assert_eq!(
+        store.connection_history(kept.id, 10).await.unwrap().len(),
+        1
+    );
+    // The serial is free again.
+    enroll(&*store, &token, "DEL-1").await;
+}
+
+/// The version a future Floatilla might have migrated to.
+const FUTURE_VERSION: i64 = 99_990_101_000_000;
+
+/// Records a migration this build does not have, as a newer build would.
+async fn migrate_from_the_future(location: &Location) {
+    let insert = "INSERT INTO _sqlx_migrations \
+                  (version, description, success, checksum, execution_time) \
+                  VALUES ($1, 'from the future', TRUE, $2, 0)";
+    match location {
+        Location::Sqlite(path) => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .unwrap();
+            sqlx::query(insert)
+                .bind(FUTURE_VERSION)
+                .bind(vec![0_u8; 48])
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+        Location::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query(insert)
+                .bind(FUTURE_VERSION)
+                .bind(vec![0_u8; 48])
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+    }
+}
+
+async fn refuses_a_schema_from_a_newer_build(db: TestDb) {
+    let store = db.open().await.unwrap();
+    let tenant = new_tenant(&*store).await;
+    drop(store);
+    migrate_from_the_future(db.location()).await;
+
+    match db.open().await {
+        Err(StoreError::SchemaTooNew { found, known }) => {
+            assert_eq!(found, FUTURE_VERSION);
+            assert_eq!(known, 1);
+        }
+        Err(other) => panic!("expected SchemaTooNew, got {other:?}"),
+        Ok(_) => panic!("expected SchemaTooNew, but the store opened"),
+    }
+    // Nothing was touched: the data is still there for the newer build.
+    match db.location() {
+        Location::Sqlite(path) => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .unwrap();
+            let tenants: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE id = $1")
+                .bind(tenant.to_string())
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(tenants, 1);
+        }
+        Location::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            let tenants: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE id = $1")
+                .bind(tenant.to_string())
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(tenants, 1);
+        }
+    }
+}
+
+/// Several processes opening (and so migrating) a new database at once all succeed and share it.
+async fn opens_concurrently(db: TestDb) {
+    let db = Arc::new(db);
+    let openers: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { db.open().await.unwrap() })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for opener in openers {
+        stores.push(opener.await.unwrap());
+    }
+    let tenant = new_tenant(&*stores[0]).await;
+    for store in &stores {
+        assert!(store.tenant(tenant).await.unwrap().is_some());
+    }
+    // Reopening an up-to-date database applies nothing and keeps the data.
+    let reopened = db.open().await.unwrap();
+    assert_eq!(reopened.tenants().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_refuses_a_schema_from_a_newer_build() {
+    refuses_a_schema_from_a_newer_build(TestDb::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_refuses_a_schema_from_a_newer_build() {
+    if let Some(db) = TestDb::postgres().await {
+        refuses_a_schema_from_a_newer_build(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_opens_concurrently() {
+    opens_concurrently(TestDb::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_opens_concurrently() {
+    if let Some(db) = TestDb::postgres().await {
+        opens_concurrently(db).await;
+    }
+}
+
+#[tokio::test]
+async fn sqlite_creates_the_file_and_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir
+        .path()
+        .join("nested")
+        .join("deeper")
+        .join("floatilla.db");
+    let store = floatilla_store::open(&Location::Sqlite(path.clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), Backend::Sqlite);
+    assert!(path.exists());
+}

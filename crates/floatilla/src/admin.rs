@@ -1,0 +1,87 @@
+//! `floatilla admin`: works on the database directly, so it needs no running server; a running
+//! server honours what it creates at once (it reads tokens and tenants from the database).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Subcommand};
+use floatilla_domain::model::ApiToken;
+use floatilla_domain::{ApiTokenId, Clock, Role, SystemClock, TenantId};
+use floatilla_server::Installation;
+use floatilla_server::api::auth::new_api_token_secret;
+
+use crate::options::{StorageOptions, read_config_file};
+
+#[derive(Debug, Args)]
+pub struct AdminCommand {
+    /// A TOML config file (the same as `serve` reads; only the storage keys matter here).
+    #[arg(long, env = "FLOATILLA_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    storage: StorageOptions,
+    #[command(subcommand)]
+    action: AdminAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Create a tenant (cloud mode); prints its id.
+    CreateTenant {
+        name: String,
+    },
+    /// Create an API token; prints the token.
+    CreateToken {
+        /// viewer, operator or admin.
+        #[arg(long, value_parser = Role::from_str)]
+        role: Role,
+        /// A name that says who or what uses it [default: "admin CLI"].
+        #[arg(long)]
+        name: Option<String>,
+        /// The tenant (required in cloud mode).
+        #[arg(long)]
+        tenant: Option<TenantId>,
+    },
+}
+
+/// The parts of a config file `admin` reads; other keys are ignored.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct AdminFile {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+}
+
+impl AdminCommand {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let file: AdminFile = read_config_file(self.config.as_deref())?;
+        let storage = self.storage.or(StorageOptions {
+            data_dir: file.data_dir,
+            database_url: file.database_url,
+        });
+        let store = storage.open().await?;
+        let clock = SystemClock;
+        let installation = Installation::open_existing(store.as_ref(), &clock).await?;
+        match self.action {
+            AdminAction::CreateTenant { name } => {
+                let tenant = installation.create_tenant(store.as_ref(), &clock, &name).await?;
+                println!("{}", tenant.id);
+            }
+            AdminAction::CreateToken { role, name, tenant } => {
+                let tenant = installation.resolve_tenant(store.as_ref(), tenant).await?;
+                let (text, secret_hash) = new_api_token_secret();
+                let token = ApiToken {
+                    id: ApiTokenId::new(),
+                    tenant_id: tenant,
+                    name: name.unwrap_or_else(|| "admin CLI".to_owned()),
+                    role,
+                    secret_hash,
+                    created_at: clock.now(),
+                    revoked_at: None,
+                };
+                store.create_api_token(&token).await?;
+                println!("{text}");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! `floatilla serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use floatilla_domain::{Mode, SystemClock, Timers};
+use floatilla_server::{ConsoleListener, ServerConfig};
+use serde::Deserialize;
+
+use crate::options::{StorageOptions, read_config_file};
+
+#[derive(Debug, Args)]
+pub struct ServeCommand {
+    /// A TOML file with any of the options below (keys use `_`, e.g. `ping_interval_secs`).
+    #[arg(long, env = "FLOATILLA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    options: ServeOptions,
+}
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ServeOptions {
+    #[command(flatten)]
+    #[serde(flatten)]
+    storage: StorageOptions,
+    /// Address of the device channel and API [default: 0.0.0.0:8443; port 0 picks one].
+    #[arg(long, env = "FLOATILLA_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// A name routers use to reach this server, added to its certificate (repeatable).
+    #[arg(long = "hostname", env = "FLOATILLA_HOSTNAMES", value_delimiter = ',')]
+    hostnames: Option<Vec<String>>,
+    /// on-prem (one tenant) or cloud (many) [default: on-prem].
+    #[arg(long, env = "FLOATILLA_MODE")]
+    mode: Option<Mode>,
+    /// A separate listener for the console and API with your own certificate.
+    #[arg(long, env = "FLOATILLA_CONSOLE_LISTEN", requires_all = ["console_cert", "console_key"])]
+    console_listen: Option<SocketAddr>,
+    /// PEM certificate chain for --console-listen.
+    #[arg(long, env = "FLOATILLA_CONSOLE_CERT")]
+    console_cert: Option<PathBuf>,
+    /// PEM private key for --console-listen.
+    #[arg(long, env = "FLOATILLA_CONSOLE_KEY")]
+    console_key: Option<PathBuf>,
+    /// Seconds between pings to an idle router [default: 120].
+    #[arg(long, env = "FLOATILLA_PING_INTERVAL_SECS")]
+    ping_interval_secs: Option<u32>,
+    /// Seconds to wait for a pong before dropping the router [default: 30].
+    #[arg(long, env = "FLOATILLA_PONG_TIMEOUT_SECS")]
+    pong_timeout_secs: Option<u32>,
+    /// Longest reconnect backoff routers are advised to use, in seconds [default: 60].
+    #[arg(long, env = "FLOATILLA_RECONNECT_BACKOFF_CAP_SECS")]
+    reconnect_backoff_cap_secs: Option<u32>,
+    /// Days a router credential is valid before renewal [default: 365].
+    #[arg(long, env = "FLOATILLA_CREDENTIAL_LIFETIME_DAYS")]
+    credential_lifetime_days: Option<u32>,
+    /// This node's name in connection history [default: HOST:PORT].
+    #[arg(long, env = "FLOATILLA_NODE_ID")]
+    node_id: Option<String>,
+}
+
+impl ServeOptions {
+    fn or(self, file: ServeOptions) -> Self {
+        Self {
+            storage: self.storage.or(file.storage),
+            listen: self.listen.or(file.listen),
+            hostnames: self.hostnames.or(file.hostnames),
+            mode: self.mode.or(file.mode),
+            console_listen: self.console_listen.or(file.console_listen),
+            console_cert: self.console_cert.or(file.console_cert),
+            console_key: self.console_key.or(file.console_key),
+            ping_interval_secs: self.ping_interval_secs.or(file.ping_interval_secs),
+            pong_timeout_secs: self.pong_timeout_secs.or(file.pong_timeout_secs),
+            reconnect_backoff_cap_secs: self
+                .reconnect_backoff_cap_secs
+                .or(file.reconnect_backoff_cap_secs),
+            credential_lifetime_days: self.credential_lifetime_days.or(file.credential_lifetime_days),
+            node_id: self.node_id.or(file.node_id),
+        }
+    }
+
+    fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let defaults = ServerConfig::default();
+        let default_timers = Timers::default();
+        let console = match (&self.console_listen, &self.console_cert, &self.console_key) {
+            (Some(listen), Some(certificate), Some(private_key)) => Some(ConsoleListener {
+                listen: *listen,
+                certificate: certificate.clone(),
+                private_key: private_key.clone(),
+            }),
+            (None, _, _) => None,
+            _ => anyhow::bail!("--console-listen needs --console-cert and --console-key"),
+        };
+        Ok(ServerConfig {
+            listen: self.listen.unwrap_or(defaults.listen),
+            hostnames: self.hostnames.clone().unwrap_or_default(),
+            console,
+            mode: self.mode.unwrap_or_default(),
+            timers: Timers {
+                ping_interval_secs: self.ping_interval_secs.unwrap_or(default_timers.ping_interval_secs),
+                pong_timeout_secs: self.pong_timeout_secs.unwrap_or(default_timers.pong_timeout_secs),
+                reconnect_backoff_cap_secs: self
+                    .reconnect_backoff_cap_secs
+                    .unwrap_or(default_timers.reconnect_backoff_cap_secs),
+            },
+            node_id: self.node_id.clone().unwrap_or_default(),
+            credential_lifetime: self
+                .credential_lifetime_days
+                .map_or(defaults.credential_lifetime, |days| chrono::Duration::days(days.into())),
+            ..defaults
+        })
+    }
+}
+
+impl ServeCommand {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let file: ServeOptions = read_config_file(self.config.as_deref())?;
+        let options = self.options.or(file);
+        let config = options.server_config()?;
+        let store = options.storage.open().await?;
+        let server = floatilla_server::start(config, store, Arc::new(SystemClock))
+            .await
+            .context("cannot start the server")?;
+        println!("listening on {}", server.url());
+        if let Some(console) = server.console_addr {
+            println!("console and API on https://{console}");
+        }
+        tracing::info!(
+            ca_fingerprint = %server.ca_fingerprint().to_hex(),
+            mode = %server.installation().mode,
+            "server ready"
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
