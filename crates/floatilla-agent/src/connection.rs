@@ -63,7 +63,10 @@ impl ServerAddress {
             return Err(bad());
         }
         let host = uri.host().ok_or_else(bad)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         Ok(Self {
             host,
             port: uri.port_u16().unwrap_or(443),
@@ -160,6 +163,7 @@ pub fn websocket_config() -> WebSocketConfig {
 }
 
 /// An open, welcomed control channel.
+#[derive(Debug)]
 pub struct ControlChannel {
     pub stream: ChannelStream,
     pub welcome: Welcome,
@@ -186,7 +190,9 @@ pub async fn send_message(
 }
 
 /// See [`ControlChannel::recv`].
-pub async fn recv_message(stream: &mut ChannelStream) -> Result<Option<ServerMessage>, ChannelError> {
+pub async fn recv_message(
+    stream: &mut ChannelStream,
+) -> Result<Option<ServerMessage>, ChannelError> {
     while let Some(frame) = stream.next().await {
         match frame? {
             Message::Text(text) => {
@@ -222,8 +228,12 @@ pub async fn open_channel(
             message,
             reconnect_after_secs,
         }),
-        Some(other) => Err(ChannelError::Unexpected(format!("{other:?} before WELCOME"))),
-        None => Err(ChannelError::Unexpected("connection closed before WELCOME".into())),
+        Some(other) => Err(ChannelError::Unexpected(format!(
+            "{other:?} before WELCOME"
+        ))),
+        None => Err(ChannelError::Unexpected(
+            "connection closed before WELCOME".into(),
+        )),
     }
 }
 
@@ -239,4 +249,3 @@ pub async fn open_websocket(
         tokio_tungstenite::client_async_with_config(request, tls, Some(websocket_config())).await?;
     Ok(stream)
 }
-

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use floatilla_protocol::CaFingerprint;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
@@ -76,7 +76,10 @@ struct PinnedCaVerifier {
 }
 
 impl PinnedCaVerifier {
-    fn webpki_for(&self, ca: CertificateDer<'static>) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+    fn webpki_for(
+        &self,
+        ca: CertificateDer<'static>,
+    ) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
         let mut roots = RootCertStore::empty();
         roots.add(ca)?;
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
@@ -84,7 +87,10 @@ impl PinnedCaVerifier {
             .map_err(|e| rustls::Error::General(e.to_string()))
     }
 
-    fn pinned_ca(&self, presented: &[CertificateDer<'_>]) -> Result<CertificateDer<'static>, rustls::Error> {
+    fn pinned_ca(
+        &self,
+        presented: &[CertificateDer<'_>],
+    ) -> Result<CertificateDer<'static>, rustls::Error> {
         match &self.trust {
             ServerTrust::CaCertificate(ca) => Ok(ca.clone()),
             ServerTrust::CaFingerprint(fingerprint) => presented

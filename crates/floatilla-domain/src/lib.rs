@@ -10,6 +10,8 @@ pub mod timers;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use connection::{ConnectionState, DisconnectReason};
-pub use ids::{ApiTokenId, CredentialId, DeviceId, EnrollmentTokenId, GroupId, SessionId, TenantId};
+pub use ids::{
+    ApiTokenId, CredentialId, DeviceId, EnrollmentTokenId, GroupId, SessionId, TenantId,
+};
 pub use tenancy::{Mode, Role};
 pub use timers::Timers;

@@ -184,7 +184,10 @@ mod tests {
         let now = Utc::now();
         let mut t = token(now);
         assert_eq!(t.refusal(now), None);
-        assert_eq!(t.refusal(now + Duration::days(7)), Some(TokenRefusal::Expired));
+        assert_eq!(
+            t.refusal(now + Duration::days(7)),
+            Some(TokenRefusal::Expired)
+        );
         t.uses = 2;
         assert_eq!(t.refusal(now), Some(TokenRefusal::UsedUp));
         t.revoked_at = Some(now);

@@ -37,7 +37,9 @@ impl FromStr for Mode {
         match s {
             "on-prem" => Ok(Mode::OnPrem),
             "cloud" => Ok(Mode::Cloud),
-            other => Err(format!("unknown mode `{other}` (expected on-prem or cloud)")),
+            other => Err(format!(
+                "unknown mode `{other}` (expected on-prem or cloud)"
+            )),
         }
     }
 }

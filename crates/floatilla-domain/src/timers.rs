@@ -38,7 +38,9 @@ impl Timers {
             return Err("ping interval must be at least 1 second".into());
         }
         if self.pong_timeout_secs == 0 || self.pong_timeout_secs >= self.ping_interval_secs {
-            return Err("pong timeout must be at least 1 second and shorter than the ping interval".into());
+            return Err(
+                "pong timeout must be at least 1 second and shorter than the ping interval".into(),
+            );
         }
         if self.reconnect_backoff_cap_secs == 0 {
             return Err("reconnect backoff cap must be at least 1 second".into());

@@ -186,8 +186,13 @@ impl DecodeError {
 }
 
 const DEVICE_MESSAGE_TYPES: [&str; 4] = ["hello", "status", "result", "credential_ack"];
-const SERVER_MESSAGE_TYPES: [&str; 5] =
-    ["welcome", "call", "credential_renewal", "error", "disconnect"];
+const SERVER_MESSAGE_TYPES: [&str; 5] = [
+    "welcome",
+    "call",
+    "credential_renewal",
+    "error",
+    "disconnect",
+];
 
 impl DeviceMessage {
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
@@ -260,7 +265,9 @@ mod tests {
             "malformed_message"
         );
         assert_eq!(
-            DeviceMessage::decode(r#"{"kind":"hello"}"#).unwrap_err().code(),
+            DeviceMessage::decode(r#"{"kind":"hello"}"#)
+                .unwrap_err()
+                .code(),
             "malformed_message"
         );
         assert_eq!(
@@ -275,7 +282,9 @@ mod tests {
         );
         // A server-only type is unknown in the router's direction.
         assert_eq!(
-            DeviceMessage::decode(r#"{"type":"welcome"}"#).unwrap_err().code(),
+            DeviceMessage::decode(r#"{"type":"welcome"}"#)
+                .unwrap_err()
+                .code(),
             "unknown_message_type"
         );
     }

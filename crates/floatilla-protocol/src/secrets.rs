@@ -82,7 +82,11 @@ impl fmt::Display for EnrollmentTokenString {
 
 impl fmt::Debug for EnrollmentTokenString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EnrollmentTokenString(<secret>, {:?})", self.ca_fingerprint)
+        write!(
+            f,
+            "EnrollmentTokenString(<secret>, {:?})",
+            self.ca_fingerprint
+        )
     }
 }
 
@@ -178,9 +182,21 @@ mod tests {
         };
         let text = token.to_string();
         assert_eq!(text.parse::<EnrollmentTokenString>().unwrap(), token);
-        assert!(text[..text.len() - 2].parse::<EnrollmentTokenString>().is_err());
-        assert!(format!("{text}.x").parse::<EnrollmentTokenString>().is_err());
-        assert!(text.replacen("fe1", "fe2", 1).parse::<EnrollmentTokenString>().is_err());
+        assert!(
+            text[..text.len() - 2]
+                .parse::<EnrollmentTokenString>()
+                .is_err()
+        );
+        assert!(
+            format!("{text}.x")
+                .parse::<EnrollmentTokenString>()
+                .is_err()
+        );
+        assert!(
+            text.replacen("fe1", "fe2", 1)
+                .parse::<EnrollmentTokenString>()
+                .is_err()
+        );
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub fn default_node_id(port: u16) -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
-    let host = if host.is_empty() { "node".to_owned() } else { host };
+    let host = if host.is_empty() {
+        "node".to_owned()
+    } else {
+        host
+    };
     format!("{host}:{port}")
 }

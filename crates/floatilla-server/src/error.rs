@@ -101,9 +101,7 @@ impl Error {
             | Error::CredentialRevoked => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) | Error::EnrollmentTokenRefused(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) | Error::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
-            Error::Invalid { .. } | Error::UnsupportedProtocolVersion(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Error::Invalid { .. } | Error::UnsupportedProtocolVersion(_) => StatusCode::BAD_REQUEST,
             Error::Conflict(_)
             | Error::InvalidState { .. }
             | Error::SerialAlreadyEnrolled(_)

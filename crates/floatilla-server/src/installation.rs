@@ -86,7 +86,11 @@ impl Installation {
     }
 
     /// The tenant a command acts on: the given one, or on premises the only one.
-    pub async fn resolve_tenant(&self, store: &dyn Store, given: Option<TenantId>) -> Result<TenantId> {
+    pub async fn resolve_tenant(
+        &self,
+        store: &dyn Store,
+        given: Option<TenantId>,
+    ) -> Result<TenantId> {
         match (given, self.on_prem_tenant) {
             (Some(id), _) => store
                 .tenant(id)
@@ -101,7 +105,12 @@ impl Installation {
         }
     }
 
-    pub async fn create_tenant(&self, store: &dyn Store, clock: &dyn Clock, name: &str) -> Result<Tenant> {
+    pub async fn create_tenant(
+        &self,
+        store: &dyn Store,
+        clock: &dyn Clock,
+        name: &str,
+    ) -> Result<Tenant> {
         if self.mode != Mode::Cloud {
             return Err(Error::invalid(
                 "single_tenant",
@@ -110,7 +119,10 @@ impl Installation {
         }
         let name = name.trim();
         if name.is_empty() || name.len() > 200 {
-            return Err(Error::invalid("invalid_name", "a tenant name has 1 to 200 characters"));
+            return Err(Error::invalid(
+                "invalid_name",
+                "a tenant name has 1 to 200 characters",
+            ));
         }
         let tenant = Tenant {
             id: TenantId::new(),

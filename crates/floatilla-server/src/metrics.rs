@@ -29,10 +29,16 @@ pub fn handle() -> PrometheusHandle {
 }
 
 fn describe() {
-    metrics::describe_gauge!(ROUTERS_CONNECTED, "Routers with an open control channel on this node.");
+    metrics::describe_gauge!(
+        ROUTERS_CONNECTED,
+        "Routers with an open control channel on this node."
+    );
     metrics::describe_counter!(ROUTER_CONNECTS, "Control channels welcomed.");
     metrics::describe_counter!(ROUTER_DISCONNECTS, "Control channels ended, by reason.");
-    metrics::describe_counter!(DEVICE_MESSAGES, "Control-channel messages, by direction and type.");
+    metrics::describe_counter!(
+        DEVICE_MESSAGES,
+        "Control-channel messages, by direction and type."
+    );
     metrics::describe_counter!(DEVICE_REFUSALS, "Bad input from routers, by error code.");
     metrics::describe_counter!(ENROLLMENTS, "Enrollment attempts, by result.");
 }

@@ -117,6 +117,8 @@ pub async fn start(
         .timers
         .validate()
         .map_err(|message| Error::invalid("invalid_timers", message))?;
+    // Install the recorder before anything is counted.
+    crate::metrics::handle();
     let installation = Installation::open(store.as_ref(), clock.as_ref(), config.mode).await?;
     let ca = Arc::new(CertificateAuthority::load_or_create(store.as_ref()).await?);
 
@@ -136,7 +138,11 @@ pub async fn start(
     }
     // Sessions this node left open when it last stopped uncleanly are over.
     let closed = store
-        .close_node_sessions(&config.node_id, clock.now(), floatilla_domain::DisconnectReason::ConnectionLost)
+        .close_node_sessions(
+            &config.node_id,
+            clock.now(),
+            floatilla_domain::DisconnectReason::ConnectionLost,
+        )
         .await
         .map_err(Error::from)?;
     if closed > 0 {
@@ -150,12 +156,13 @@ pub async fn start(
     let console = match &config.console {
         Some(console) => {
             let tls = tls::config_from_files(&console.certificate, &console.private_key)?;
-            let listener = TcpListener::bind(console.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: console.listen,
-                    source,
-                })?;
+            let listener =
+                TcpListener::bind(console.listen)
+                    .await
+                    .map_err(|source| StartError::Listen {
+                        addr: console.listen,
+                        source,
+                    })?;
             Some((listener, tls))
         }
         None => None,
@@ -180,7 +187,12 @@ pub async fn start(
         .merge(crate::api::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone());
-    background.spawn(serve(listener, device_tls, device_routes, http_shutdown.clone()));
+    background.spawn(serve(
+        listener,
+        device_tls,
+        device_routes,
+        http_shutdown.clone(),
+    ));
 
     let console_addr = match console {
         Some((listener, tls)) => {
@@ -237,7 +249,8 @@ async fn serve(
         let routes = routes.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(%error, %remote, "TLS handshake failed");
@@ -254,11 +267,13 @@ async fn serve(
                     request
                 },
             ));
-            let mut connection = std::pin::pin!(hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades());
+            let mut connection = std::pin::pin!(
+                hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades()
+            );
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 () = shutdown.cancelled() => {
@@ -285,12 +300,16 @@ async fn rotate_leaf(state: AppState, resolver: Arc<LeafResolver>, names: Vec<St
         }
         match state.ca.issue_leaf(&names, state.clock.now()) {
             Ok(leaf) => match resolver.replace(leaf) {
-                Ok(()) => tracing::info!(expires_at = %resolver.expires_at(), "rotated the device certificate"),
+                Ok(()) => {
+                    tracing::info!(expires_at = %resolver.expires_at(), "rotated the device certificate")
+                }
                 Err(error) => tracing::error!(%error, "cannot use the new device certificate"),
             },
             Err(error) => tracing::error!(%error, "cannot issue a new device certificate"),
         }
-        if resolver.expires_at() - chrono::Duration::days(LEAF_RENEW_BEFORE_DAYS) <= state.clock.now() {
+        if resolver.expires_at() - chrono::Duration::days(LEAF_RENEW_BEFORE_DAYS)
+            <= state.clock.now()
+        {
             // Issuing failed: try again in an hour rather than in a tight loop.
             let retry = state.clock.now() + chrono::Duration::hours(1);
             tokio::select! {

@@ -66,7 +66,8 @@ fn backdated_not_before() -> time::OffsetDateTime {
 }
 
 fn to_offset(at: Timestamp) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(at.timestamp()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    time::OffsetDateTime::from_unix_timestamp(at.timestamp())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 impl CertificateAuthority {
@@ -105,7 +106,8 @@ impl CertificateAuthority {
             what: "the stored certificate authority".into(),
             detail,
         };
-        let stored: StoredAuthority = serde_json::from_str(stored).map_err(|e| read(e.to_string()))?;
+        let stored: StoredAuthority =
+            serde_json::from_str(stored).map_err(|e| read(e.to_string()))?;
         let key = KeyPair::from_pem(&stored.private_key_pem)?;
         let certificate = CertificateDer::from_pem_slice(stored.certificate_pem.as_bytes())
             .map_err(|e| read(e.to_string()))?;
@@ -244,7 +246,11 @@ pub fn config_from_files(
 /// The names a leaf covers: the listen address (every local address when it is unspecified),
 /// `localhost`, the loopback addresses and every configured host name.
 pub fn leaf_names(listen_ip: IpAddr, hostnames: &[String]) -> Vec<String> {
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if listen_ip.is_unspecified() {
         if let Ok(interfaces) = if_addrs::get_if_addrs() {
             names.extend(interfaces.into_iter().map(|i| i.ip().to_string()));
@@ -277,9 +283,14 @@ mod tests {
         let again = CertificateAuthority::from_stored(&stored).unwrap();
         assert_eq!(ca.fingerprint(), again.fingerprint());
         let now = chrono::Utc::now();
-        let leaf = ca.issue_leaf(&["localhost".into(), "127.0.0.1".into()], now).unwrap();
+        let leaf = ca
+            .issue_leaf(&["localhost".into(), "127.0.0.1".into()], now)
+            .unwrap();
         assert_eq!(leaf.chain.len(), 2);
         assert_eq!(leaf.chain[1], ca.certificate);
-        assert_eq!(leaf.expires_at, now + chrono::Duration::days(LEAF_LIFETIME_DAYS));
+        assert_eq!(
+            leaf.expires_at,
+            now + chrono::Duration::days(LEAF_LIFETIME_DAYS)
+        );
     }
 }

@@ -1,9 +1,8 @@
 //! The PostgreSQL store, for several nodes sharing one database.
 
-use std::pin::Pin;
 use std::str::FromStr;
 
-use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
@@ -88,18 +87,9 @@ async fn migrate_locked(conn: &mut PgConnection) -> Result<()> {
         None
     };
     check_schema_version(newest_applied, &migrator)?;
-    run_migrations(&migrator, conn).await?;
+    // `run_direct` rather than `run`: see the SQLite store's `migrate`.
+    migrator.run_direct(None, conn, false).await?;
     Ok(())
-}
-
-/// Applies pending migrations, boxed as a `Send` future where its lifetimes are concrete: awaited
-/// directly, rustc cannot prove the callers' futures `Send` ("implementation of `Acquire` is not
-/// general enough"), and a store could not be opened from a spawned task.
-fn run_migrations<'c>(
-    migrator: &'c Migrator,
-    conn: &'c mut PgConnection,
-) -> Pin<Box<dyn Future<Output = Result<(), MigrateError>> + Send + 'c>> {
-    Box::pin(migrator.run(conn))
 }
 
 impl_store!(PgStore);

@@ -31,12 +31,17 @@ pub(crate) fn write_error(
 }
 
 /// Refuses a database on which a newer build applied migrations this one does not have: running
-/// on it would misread or damage data written in a shape this build does not know.
+/// on it would misread or damage data written in a shape this build does not know. Otherwise
+/// logs the upgrade about to happen, if any.
 pub(crate) fn check_schema_version(newest_applied: Option<i64>, migrator: &Migrator) -> Result<()> {
     let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
     match newest_applied {
         Some(found) if found > known => Err(StoreError::SchemaTooNew { found, known }),
-        _ => Ok(()),
+        Some(found) if found == known => Ok(()),
+        _ => {
+            tracing::info!(from = ?newest_applied, to = known, "migrating the database schema");
+            Ok(())
+        }
     }
 }
 

@@ -1,12 +1,11 @@
 //! The embedded SQLite store, for single-node sites.
 
 use std::path::Path;
-use std::pin::Pin;
 use std::time::Duration;
 
-use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
 
@@ -37,7 +36,11 @@ impl SqliteStore {
     /// schema up to date.
     pub async fn open(path: &Path) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                sqlx::Error::Configuration(
+                    format!("cannot create directory {}: {e}", parent.display()).into(),
+                )
+            })?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -86,19 +89,12 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
         None
     };
     check_schema_version(newest_applied, &MIGRATOR)?;
-    run_migrations(&MIGRATOR, &mut tx).await?;
+    // `run_direct` is `run` on a connection we already hold: `run` takes an `Acquire` with a
+    // lifetime rustc cannot relate to this transaction, which makes the future of `open` not
+    // `Send` (the "implementation of `Acquire` is not general enough" error).
+    MIGRATOR.run_direct(None, &mut *tx, false).await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// Applies pending migrations, boxed as a `Send` future where its lifetimes are concrete: awaited
-/// directly, rustc cannot prove the callers' futures `Send` ("implementation of `Acquire` is not
-/// general enough"), and a store could not be opened from a spawned task.
-fn run_migrations<'c>(
-    migrator: &'c Migrator,
-    conn: &'c mut SqliteConnection,
-) -> Pin<Box<dyn Future<Output = Result<(), MigrateError>> + Send + 'c>> {
-    Box::pin(migrator.run(conn))
 }
 
 impl_store!(SqliteStore);

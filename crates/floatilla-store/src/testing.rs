@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
@@ -16,6 +17,8 @@ pub const POSTGRES_URL_VAR: &str = "FLOATILLA_TEST_POSTGRES_URL";
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A fresh, empty database that is removed when this value drops.
 pub struct TestDb {
     location: Location,
@@ -24,9 +27,11 @@ pub struct TestDb {
 
 enum Cleanup {
     /// Removing the directory removes the database file with its WAL and shared-memory files.
-    Sqlite { _dir: TempDir },
+    Sqlite {
+        _dir: TempDir,
+    },
     Postgres {
-        admin: PgConnectOptions,
+        admin_url: String,
         database: String,
     },
 }
@@ -51,7 +56,15 @@ impl TestDb {
             Ok(options) => options,
             Err(e) => panic!("{POSTGRES_URL_VAR}={url} is not a PostgreSQL URL: {e}"),
         };
-        let mut conn = match PgConnection::connect_with(&admin).await {
+        // Bounded, so that an unroutable address fails fast instead of hanging every test.
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            PgConnection::connect_with(&admin)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {CONNECT_TIMEOUT:?}")));
+        let mut conn = match connected {
             Ok(conn) => conn,
             Err(e) if std::env::var("CI").is_ok_and(|ci| ci == "true") => panic!(
                 "PostgreSQL not reachable at {url} ({e}); PostgreSQL tests are mandatory in CI \
@@ -78,7 +91,10 @@ impl TestDb {
             Location::Postgres(admin.clone().database(&database).to_url_lossy().to_string());
         Some(TestDb {
             location,
-            cleanup: Cleanup::Postgres { admin, database },
+            cleanup: Cleanup::Postgres {
+                admin_url: url,
+                database,
+            },
         })
     }
 
@@ -94,13 +110,17 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Cleanup::Postgres { admin, database } = &self.cleanup else {
+        let Cleanup::Postgres {
+            admin_url,
+            database,
+        } = &self.cleanup
+        else {
             return;
         };
         // Drop cannot await, and may run inside (or outside) a runtime, so the database is
         // dropped from a thread with its own runtime. FORCE ends the connections that stores
         // opened on it still hold.
-        let admin = admin.clone();
+        let admin_url = admin_url.clone();
         let sql = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
         let dropped = std::thread::spawn(move || -> std::result::Result<(), String> {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -108,7 +128,7 @@ impl Drop for TestDb {
                 .build()
                 .map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                let mut conn = PgConnection::connect_with(&admin)
+                let mut conn = PgConnection::connect(&admin_url)
                     .await
                     .map_err(|e| e.to_string())?;
                 sqlx::query(AssertSqlSafe(sql))

@@ -26,9 +26,7 @@ pub struct AdminCommand {
 #[derive(Debug, Subcommand)]
 enum AdminAction {
     /// Create a tenant (cloud mode); prints its id.
-    CreateTenant {
-        name: String,
-    },
+    CreateTenant { name: String },
     /// Create an API token; prints the token.
     CreateToken {
         /// viewer, operator or admin.
@@ -63,7 +61,9 @@ impl AdminCommand {
         let installation = Installation::open_existing(store.as_ref(), &clock).await?;
         match self.action {
             AdminAction::CreateTenant { name } => {
-                let tenant = installation.create_tenant(store.as_ref(), &clock, &name).await?;
+                let tenant = installation
+                    .create_tenant(store.as_ref(), &clock, &name)
+                    .await?;
                 println!("{}", tenant.id);
             }
             AdminAction::CreateToken { role, name, tenant } => {

@@ -7,7 +7,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "floatilla", version, about = "Manage fleets of industrial routers under a floating license model.")]
+#[command(
+    name = "floatilla",
+    version,
+    about = "Manage fleets of industrial routers under a floating license model."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +34,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Serve(command) => command.run().await,

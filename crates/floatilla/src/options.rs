@@ -60,7 +60,9 @@ fn describe(location: &Location) -> String {
 }
 
 /// Reads a TOML config file into `T` (its keys are the long flag names with `_` for `-`).
-pub fn read_config_file<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+pub fn read_config_file<T: for<'de> Deserialize<'de> + Default>(
+    path: Option<&Path>,
+) -> anyhow::Result<T> {
     let Some(path) = path else {
         return Ok(T::default());
     };

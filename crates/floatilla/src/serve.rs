@@ -77,7 +77,9 @@ impl ServeOptions {
             reconnect_backoff_cap_secs: self
                 .reconnect_backoff_cap_secs
                 .or(file.reconnect_backoff_cap_secs),
-            credential_lifetime_days: self.credential_lifetime_days.or(file.credential_lifetime_days),
+            credential_lifetime_days: self
+                .credential_lifetime_days
+                .or(file.credential_lifetime_days),
             node_id: self.node_id.or(file.node_id),
         }
     }
@@ -100,8 +102,12 @@ impl ServeOptions {
             console,
             mode: self.mode.unwrap_or_default(),
             timers: Timers {
-                ping_interval_secs: self.ping_interval_secs.unwrap_or(default_timers.ping_interval_secs),
-                pong_timeout_secs: self.pong_timeout_secs.unwrap_or(default_timers.pong_timeout_secs),
+                ping_interval_secs: self
+                    .ping_interval_secs
+                    .unwrap_or(default_timers.ping_interval_secs),
+                pong_timeout_secs: self
+                    .pong_timeout_secs
+                    .unwrap_or(default_timers.pong_timeout_secs),
                 reconnect_backoff_cap_secs: self
                     .reconnect_backoff_cap_secs
                     .unwrap_or(default_timers.reconnect_backoff_cap_secs),
@@ -109,7 +115,9 @@ impl ServeOptions {
             node_id: self.node_id.clone().unwrap_or_default(),
             credential_lifetime: self
                 .credential_lifetime_days
-                .map_or(defaults.credential_lifetime, |days| chrono::Duration::days(days.into())),
+                .map_or(defaults.credential_lifetime, |days| {
+                    chrono::Duration::days(days.into())
+                }),
             ..defaults
         })
     }

@@ -46,7 +46,11 @@ pub fn parse_device_id(id: &str) -> Result<DeviceId> {
     id.parse().map_err(|_| Error::NotFound("device"))
 }
 
-async fn load(state: &AppState, tenant: TenantId, id: &str) -> Result<floatilla_domain::model::Device> {
+async fn load(
+    state: &AppState,
+    tenant: TenantId,
+    id: &str,
+) -> Result<floatilla_domain::model::Device> {
     state
         .store
         .device(tenant, parse_device_id(id)?)
@@ -65,7 +69,10 @@ pub async fn list(
     let tenant = caller.require(Role::Viewer)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Error::invalid("invalid_limit", format!("limit must be 1 to {MAX_PAGE}")));
+        return Err(Error::invalid(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        ));
     }
     let connection_state = query
         .connection_state
@@ -85,7 +92,9 @@ pub async fn list(
                 .decode(cursor)
                 .ok()
                 .and_then(|bytes| String::from_utf8(bytes).ok())
-                .ok_or_else(|| Error::invalid("invalid_cursor", "cursor is not one this server made"))
+                .ok_or_else(|| {
+                    Error::invalid("invalid_cursor", "cursor is not one this server made")
+                })
         })
         .transpose()?;
     let filter = DeviceFilter {
@@ -114,7 +123,10 @@ pub async fn get(
 ) -> Result<Json<DeviceDetail>> {
     let tenant = caller.require(Role::Viewer)?;
     let device = load(&state, tenant, &id).await?;
-    let history = state.store.connection_history(device.id, HISTORY_SHOWN).await?;
+    let history = state
+        .store
+        .connection_history(device.id, HISTORY_SHOWN)
+        .await?;
     Ok(Json(DeviceDetail {
         device: DeviceView::from(&device),
         status: StatusView::from(&device.status),
@@ -138,7 +150,10 @@ pub async fn patch(
         .map(|name| {
             let name = name.trim().to_owned();
             if name.is_empty() || name.len() > 200 {
-                Err(Error::invalid("invalid_name", "a router name has 1 to 200 characters"))
+                Err(Error::invalid(
+                    "invalid_name",
+                    "a router name has 1 to 200 characters",
+                ))
             } else {
                 Ok(name)
             }
@@ -167,7 +182,9 @@ pub async fn delete(
     let tenant = caller.require(Role::Operator)?;
     let id = parse_device_id(&id)?;
     state.store.delete_device(tenant, id).await?;
-    state.sessions.disconnect(id, DisconnectReason::CredentialRevoked);
+    state
+        .sessions
+        .disconnect(id, DisconnectReason::CredentialRevoked);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -203,7 +220,10 @@ pub async fn allow_reenrollment(
     let tenant = caller.require(Role::Admin)?;
     let hours = request.valid_for_hours.unwrap_or(24);
     if !(1..=24 * 30).contains(&hours) {
-        return Err(Error::invalid("invalid_duration", "valid_for_hours must be 1 to 720"));
+        return Err(Error::invalid(
+            "invalid_duration",
+            "valid_for_hours must be 1 to 720",
+        ));
     }
     let until = state.clock.now() + chrono::Duration::hours(hours.into());
     state
@@ -243,14 +263,24 @@ pub async fn refresh_status(
         .map_err(|_| Error::CallTimeout)?
         .map_err(|_| Error::invalid_state("device_offline", "the router disconnected"))?;
     if !result.ok {
-        let detail = result.error.map_or_else(|| "no reason given".to_owned(), |e| e.to_string());
-        return Err(Error::invalid_state("call_failed", format!("the router could not report: {detail}")));
+        let detail = result
+            .error
+            .map_or_else(|| "no reason given".to_owned(), |e| e.to_string());
+        return Err(Error::invalid_state(
+            "call_failed",
+            format!("the router could not report: {detail}"),
+        ));
     }
     let reported: floatilla_protocol::Status = result
         .result
         .map(serde_json::from_value)
         .transpose()
-        .map_err(|e| Error::invalid_state("call_failed", format!("the router's report is invalid: {e}")))?
+        .map_err(|e| {
+            Error::invalid_state(
+                "call_failed",
+                format!("the router's report is invalid: {e}"),
+            )
+        })?
         .unwrap_or_default();
     let status = DeviceStatus {
         uptime_secs: reported.uptime_secs,
@@ -263,4 +293,3 @@ pub async fn refresh_status(
     state.store.record_status(device.id, &status).await?;
     Ok(Json(StatusView::from(&status)))
 }
-

@@ -24,7 +24,10 @@ pub async fn group_id_by_name(state: &AppState, tenant: TenantId, name: &str) ->
 fn checked_name(name: &str) -> Result<String> {
     let name = name.trim();
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-        return Err(Error::invalid("invalid_name", "a group name has 1 to 100 printable characters"));
+        return Err(Error::invalid(
+            "invalid_name",
+            "a group name has 1 to 100 printable characters",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -73,7 +76,11 @@ pub async fn rename(
         .store
         .rename_group(tenant, id, &checked_name(&request.name)?)
         .await?;
-    let group = state.store.group(tenant, id).await?.ok_or(Error::NotFound("group"))?;
+    let group = state
+        .store
+        .group(tenant, id)
+        .await?
+        .ok_or(Error::NotFound("group"))?;
     Ok(Json(GroupView::from(&group)))
 }
 
@@ -86,6 +93,9 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let tenant = caller.require(Role::Operator)?;
-    state.store.delete_group(tenant, parse_group_id(&id)?).await?;
+    state
+        .store
+        .delete_group(tenant, parse_group_id(&id)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

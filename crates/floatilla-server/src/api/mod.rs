@@ -39,10 +39,13 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        openapi.components.get_or_insert_with(Default::default).add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
     }
 }
 
@@ -53,20 +56,43 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/devices", get(devices::list))
         .route(
             "/api/v1/devices/{id}",
-            get(devices::get).patch(devices::patch).delete(devices::delete),
+            get(devices::get)
+                .patch(devices::patch)
+                .delete(devices::delete),
         )
-        .route("/api/v1/devices/{id}/revoke-credentials", post(devices::revoke_credentials))
-        .route("/api/v1/devices/{id}/allow-reenrollment", post(devices::allow_reenrollment))
-        .route("/api/v1/devices/{id}/refresh-status", post(devices::refresh_status))
+        .route(
+            "/api/v1/devices/{id}/revoke-credentials",
+            post(devices::revoke_credentials),
+        )
+        .route(
+            "/api/v1/devices/{id}/allow-reenrollment",
+            post(devices::allow_reenrollment),
+        )
+        .route(
+            "/api/v1/devices/{id}/refresh-status",
+            post(devices::refresh_status),
+        )
         .route("/api/v1/groups", get(groups::list).post(groups::create))
-        .route("/api/v1/groups/{id}", axum::routing::patch(groups::rename).delete(groups::delete))
+        .route(
+            "/api/v1/groups/{id}",
+            axum::routing::patch(groups::rename).delete(groups::delete),
+        )
         .route(
             "/api/v1/enrollment-tokens",
             get(tokens::list_enrollment_tokens).post(tokens::create_enrollment_token),
         )
-        .route("/api/v1/enrollment-tokens/{id}", axum::routing::delete(tokens::revoke_enrollment_token))
-        .route("/api/v1/api-tokens", get(tokens::list_api_tokens).post(tokens::create_api_token))
-        .route("/api/v1/api-tokens/{id}", axum::routing::delete(tokens::revoke_api_token))
+        .route(
+            "/api/v1/enrollment-tokens/{id}",
+            axum::routing::delete(tokens::revoke_enrollment_token),
+        )
+        .route(
+            "/api/v1/api-tokens",
+            get(tokens::list_api_tokens).post(tokens::create_api_token),
+        )
+        .route(
+            "/api/v1/api-tokens/{id}",
+            axum::routing::delete(tokens::revoke_api_token),
+        )
         .fallback(not_found)
 }
 

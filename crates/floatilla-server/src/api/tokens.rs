@@ -23,12 +23,18 @@ const DEFAULT_TOKEN_LIFETIME_DAYS: i64 = 7;
 fn checked_name(name: &str) -> Result<String> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 {
-        return Err(Error::invalid("invalid_name", "a name has 1 to 200 characters"));
+        return Err(Error::invalid(
+            "invalid_name",
+            "a name has 1 to 200 characters",
+        ));
     }
     Ok(name.to_owned())
 }
 
-async fn group_names(state: &AppState, tenant: TenantId) -> Result<std::collections::HashMap<floatilla_domain::GroupId, String>> {
+async fn group_names(
+    state: &AppState,
+    tenant: TenantId,
+) -> Result<std::collections::HashMap<floatilla_domain::GroupId, String>> {
     Ok(state
         .store
         .groups(tenant)
@@ -51,7 +57,9 @@ pub async fn list_enrollment_tokens(
     Ok(Json(
         tokens
             .iter()
-            .map(|t| EnrollmentTokenView::new(t, t.group_id.and_then(|g| names.get(&g).cloned()), None))
+            .map(|t| {
+                EnrollmentTokenView::new(t, t.group_id.and_then(|g| names.get(&g).cloned()), None)
+            })
             .collect(),
     ))
 }
@@ -72,10 +80,16 @@ pub async fn create_enrollment_token(
         Some(explicit) => explicit,
     };
     if expires_at.is_some_and(|at| at <= now) {
-        return Err(Error::invalid("invalid_expiry", "expires_at must be in the future"));
+        return Err(Error::invalid(
+            "invalid_expiry",
+            "expires_at must be in the future",
+        ));
     }
     if request.max_uses == Some(0) {
-        return Err(Error::invalid("invalid_max_uses", "max_uses must be at least 1, or null"));
+        return Err(Error::invalid(
+            "invalid_max_uses",
+            "max_uses must be at least 1, or null",
+        ));
     }
     let group_id = match request.group.as_deref() {
         Some(name) => Some(group_id_by_name(&state, tenant, name).await?),
@@ -100,7 +114,11 @@ pub async fn create_enrollment_token(
     state.store.create_enrollment_token(&token).await?;
     Ok((
         StatusCode::CREATED,
-        Json(EnrollmentTokenView::new(&token, request.group, Some(secret.to_string()))),
+        Json(EnrollmentTokenView::new(
+            &token,
+            request.group,
+            Some(secret.to_string()),
+        )),
     ))
 }
 
@@ -113,7 +131,9 @@ pub async fn revoke_enrollment_token(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let tenant = caller.require(Role::Admin)?;
-    let id: EnrollmentTokenId = id.parse().map_err(|_| Error::NotFound("enrollment token"))?;
+    let id: EnrollmentTokenId = id
+        .parse()
+        .map_err(|_| Error::NotFound("enrollment token"))?;
     state
         .store
         .revoke_enrollment_token(tenant, id, state.clock.now())
@@ -143,10 +163,15 @@ pub async fn issue_api_token(
 }
 
 #[utoipa::path(get, path = "/api/v1/api-tokens", tag = "api tokens", responses((status = 200, body = Vec<ApiTokenView>)))]
-pub async fn list_api_tokens(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<ApiTokenView>>> {
+pub async fn list_api_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<ApiTokenView>>> {
     let tenant = caller.require(Role::Admin)?;
     let tokens = state.store.api_tokens(tenant).await?;
-    Ok(Json(tokens.iter().map(|t| ApiTokenView::new(t, None)).collect()))
+    Ok(Json(
+        tokens.iter().map(|t| ApiTokenView::new(t, None)).collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/api-tokens", request_body = CreateApiTokenRequest, tag = "api tokens",
@@ -162,7 +187,10 @@ pub async fn create_api_token(
         .parse()
         .map_err(|e: String| Error::invalid("invalid_role", e))?;
     let (token, text) = issue_api_token(&state, tenant, &request.name, role).await?;
-    Ok((StatusCode::CREATED, Json(ApiTokenView::new(&token, Some(text)))))
+    Ok((
+        StatusCode::CREATED,
+        Json(ApiTokenView::new(&token, Some(text))),
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", tag = "api tokens",
@@ -174,6 +202,9 @@ pub async fn revoke_api_token(
 ) -> Result<StatusCode> {
     let tenant = caller.require(Role::Admin)?;
     let id: ApiTokenId = id.parse().map_err(|_| Error::NotFound("API token"))?;
-    state.store.revoke_api_token(tenant, id, state.clock.now()).await?;
+    state
+        .store
+        .revoke_api_token(tenant, id, state.clock.now())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

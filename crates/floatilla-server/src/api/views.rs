@@ -1,7 +1,9 @@
 //! The JSON shapes of API answers and requests.
 
 use chrono::{DateTime, Utc};
-use floatilla_domain::model::{ApiToken, ConnectionRecord, Device, DeviceStatus, EnrollmentToken, Group};
+use floatilla_domain::model::{
+    ApiToken, ConnectionRecord, Device, DeviceStatus, EnrollmentToken, Group,
+};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
@@ -121,7 +123,9 @@ pub struct DevicePatchRequest {
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 

@@ -47,9 +47,14 @@ async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<Enrol
         return Err(Error::EnrollmentTokenRefused(refusal));
     }
 
-    let existing = state.store.device_by_serial(token.tenant_id, serial).await?;
+    let existing = state
+        .store
+        .device_by_serial(token.tenant_id, serial)
+        .await?;
     if let Some(device) = &existing {
-        let consented = device.reenroll_allowed_until.is_some_and(|until| now < until);
+        let consented = device
+            .reenroll_allowed_until
+            .is_some_and(|until| now < until);
         let proven = match &request.credential {
             Some(credential) => holds_credential(state, device.id, credential).await?,
             None => false,
@@ -127,7 +132,10 @@ async fn holds_credential(state: &AppState, device: DeviceId, presented: &str) -
 fn checked_field<'a>(name: &'static str, value: &'a str, required: bool) -> Result<&'a str> {
     let value = value.trim();
     if required && value.is_empty() {
-        return Err(Error::invalid("invalid_field", format!("{name} must not be empty")));
+        return Err(Error::invalid(
+            "invalid_field",
+            format!("{name} must not be empty"),
+        ));
     }
     if value.len() > MAX_FIELD_LEN || value.chars().any(char::is_control) {
         return Err(Error::invalid(

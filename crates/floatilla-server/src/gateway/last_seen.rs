@@ -40,7 +40,12 @@ impl LastSeen {
     }
 
     /// Flushes every `interval` until `shutdown`, then once more.
-    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, interval: Duration, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -53,6 +58,8 @@ impl LastSeen {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Timestamp>> {
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

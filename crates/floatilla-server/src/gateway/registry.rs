@@ -50,7 +50,10 @@ impl SessionRegistry {
     /// Forgets the device's session if it is still `session`.
     pub fn unregister(&self, device: DeviceId, session: SessionId) {
         let mut sessions = self.lock();
-        if sessions.get(&device).is_some_and(|h| h.session_id == session) {
+        if sessions
+            .get(&device)
+            .is_some_and(|h| h.session_id == session)
+        {
             sessions.remove(&device);
         }
         drop(sessions);
@@ -77,6 +80,8 @@ impl SessionRegistry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, SessionHandle>> {
-        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -131,9 +131,10 @@ fn read_error_refusal(error: &tungstenite::Error) -> Option<Refusal> {
             },
             close: CloseCode::Size,
         }),
-        tungstenite::Error::Protocol(detail) => {
-            Some(Refusal::protocol("websocket_protocol_error", detail.to_string()))
-        }
+        tungstenite::Error::Protocol(detail) => Some(Refusal::protocol(
+            "websocket_protocol_error",
+            detail.to_string(),
+        )),
         tungstenite::Error::Utf8(_) => Some(Refusal::protocol(
             "malformed_message",
             "text frame is not valid UTF-8",
@@ -169,7 +170,11 @@ fn static_code(code: &str) -> &'static str {
         "unsupported_protocol_version",
         "unknown_credential",
     ];
-    CODES.iter().copied().find(|c| *c == code).unwrap_or("other")
+    CODES
+        .iter()
+        .copied()
+        .find(|c| *c == code)
+        .unwrap_or("other")
 }
 
 async fn send_text(socket: &mut Socket, message: &ServerMessage) -> Result<(), ()> {
@@ -283,7 +288,12 @@ impl Session {
             {
                 state
                     .store
-                    .record_inventory(device.id, &hello.model, &hello.firmware, &hello.agent_version)
+                    .record_inventory(
+                        device.id,
+                        &hello.model,
+                        &hello.firmware,
+                        &hello.agent_version,
+                    )
                     .await?;
             }
             state.store.record_connect(&record).await
@@ -405,7 +415,10 @@ impl Session {
                     if now >= next_ping {
                         // Deadlines follow the schedule, not the moment this task ran, so a
                         // late wake-up never grants a router extra time.
-                        let scheduled = next_ping;
+                        // Woken so late that the pong deadline has passed already (a suspended
+                        // host, a clock step): restart the schedule from now rather than drop a
+                        // router that never had the chance to answer.
+                        let scheduled = if now - next_ping >= timers.pong_timeout() { now } else { next_ping };
                         next_ping = scheduled + timers.ping_interval();
                         pong_deadline.get_or_insert(scheduled + timers.pong_timeout());
                         let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Default::default()))).await;
@@ -440,9 +453,15 @@ impl Session {
     }
 
     /// Hands the router a new credential once its current one is close to expiry.
-    async fn renew_credential_if_due(&mut self, socket: &mut Socket, now: Timestamp) -> Result<(), ()> {
+    async fn renew_credential_if_due(
+        &mut self,
+        socket: &mut Socket,
+        now: Timestamp,
+    ) -> Result<(), ()> {
         let config = &self.state.config;
-        if self.renewal.is_some() || self.credential.expires_at - now > config.credential_renew_before {
+        if self.renewal.is_some()
+            || self.credential.expires_at - now > config.credential_renew_before
+        {
             return Ok(());
         }
         let secret: [u8; 32] = rand::rng().random();
@@ -493,7 +512,9 @@ impl Session {
                     Some(reply) => {
                         let _ = reply.send(result);
                     }
-                    None => tracing::debug!(call = %result.call_id, "answer to a call nobody waits for"),
+                    None => {
+                        tracing::debug!(call = %result.call_id, "answer to a call nobody waits for")
+                    }
                 }
             }
             DeviceMessage::CredentialAck { credential_id } => {
@@ -507,8 +528,14 @@ impl Session {
     async fn record_status(&mut self, status: Status) {
         let now = self.state.clock.now();
         let store = &self.state.store;
-        let inventory_changed = status.firmware.as_ref().is_some_and(|f| *f != self.device.firmware)
-            || status.model.as_ref().is_some_and(|m| *m != self.device.model);
+        let inventory_changed = status
+            .firmware
+            .as_ref()
+            .is_some_and(|f| *f != self.device.firmware)
+            || status
+                .model
+                .as_ref()
+                .is_some_and(|m| *m != self.device.model);
         if inventory_changed {
             if let Some(firmware) = status.firmware.clone() {
                 self.device.firmware = firmware;
@@ -517,7 +544,12 @@ impl Session {
                 self.device.model = model;
             }
             if let Err(error) = store
-                .record_inventory(self.device.id, &self.device.model, &self.device.firmware, &self.device.agent_version)
+                .record_inventory(
+                    self.device.id,
+                    &self.device.model,
+                    &self.device.firmware,
+                    &self.device.agent_version,
+                )
                 .await
             {
                 tracing::warn!(%error, device = %self.device.id, "cannot record inventory");
@@ -544,7 +576,12 @@ impl Session {
             )));
         };
         let now = self.state.clock.now();
-        if let Err(error) = self.state.store.revoke_credential(self.credential.id, now).await {
+        if let Err(error) = self
+            .state
+            .store
+            .revoke_credential(self.credential.id, now)
+            .await
+        {
             tracing::warn!(%error, device = %self.device.id, "cannot retire the old credential");
         }
         self.credential = renewed;
@@ -562,7 +599,15 @@ impl Session {
         self.pending_calls.retain(|_, waiting| !waiting.is_closed());
         self.pending_calls.insert(call_id.clone(), reply);
         metrics::message("out", "call");
-        send_text(socket, &ServerMessage::Call { call_id, method, params }).await
+        send_text(
+            socket,
+            &ServerMessage::Call {
+                call_id,
+                method,
+                params,
+            },
+        )
+        .await
     }
 
     fn shutdown_reconnect_after(&self) -> u32 {
@@ -573,8 +618,11 @@ impl Session {
     /// Records the end everywhere: registry, heartbeat bookkeeping, history, metrics.
     async fn finish(self, reason: DisconnectReason) {
         let now = self.state.clock.now();
-        self.state.sessions.unregister(self.device.id, self.session_id);
+        self.state
+            .sessions
+            .unregister(self.device.id, self.session_id);
         self.state.last_seen.forget(self.device.id);
+        metrics::disconnect(reason);
         if let Err(error) = self
             .state
             .store
@@ -583,7 +631,6 @@ impl Session {
         {
             tracing::error!(%error, device = %self.device.id, %reason, "cannot record disconnect");
         }
-        metrics::disconnect(reason);
         tracing::debug!(device = %self.device.id, %reason, "router disconnected");
     }
 }

@@ -1,0 +1,467 @@
+//! A real server on an ephemeral port with a controllable clock, and clients that talk to it as
+//! routers and operators do.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::{SubsecRound, Utc};
+use floatilla_agent::connection::{ChannelStream, recv_message, send_message};
+use floatilla_agent::{ControlChannel, ServerAddress, ServerTrust};
+use floatilla_domain::model::ApiToken;
+use floatilla_domain::{ApiTokenId, Clock, ManualClock, Role};
+use floatilla_protocol::{
+    CallResult, DeviceMessage, EnrollRequest, EnrollResponse, Hello, PROTOCOL_VERSION,
+    ServerMessage, Status,
+};
+use floatilla_server::api::auth::new_api_token_secret;
+use floatilla_server::{RunningServer, ServerConfig};
+use floatilla_store::Store;
+use floatilla_store::testing::TestDb;
+use futures_util::{SinkExt, StreamExt};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Generates one test per backend from `async fn name(db: TestDb)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(floatilla_store::testing::TestDb::sqlite()).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(db) = floatilla_store::testing::TestDb::postgres().await {
+                        super::$name(db).await;
+                    }
+                }
+            )+
+        }
+    };
+}
+
+/// How long a test waits for something that should happen promptly.
+pub const PROMPTLY: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub clock: ManualClock,
+    pub store: Arc<dyn Store>,
+    pub http: reqwest::Client,
+    pub admin_token: String,
+    pub address: ServerAddress,
+    pub url: String,
+    pub ca_pem: String,
+    _db: TestDb,
+}
+
+pub fn test_config() -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        last_seen_flush_interval: Duration::from_millis(50),
+        shutdown_reconnect_after_secs: 5,
+        call_timeout: Duration::from_secs(5),
+        ..ServerConfig::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start(db: TestDb) -> Self {
+        Self::start_with(db, test_config()).await
+    }
+
+    pub async fn start_with(db: TestDb, config: ServerConfig) -> Self {
+        let store = db.open().await.expect("open test database");
+        let clock = ManualClock::new(Utc::now().trunc_subsecs(0));
+        let server = floatilla_server::start(config, store.clone(), Arc::new(clock.clone()))
+            .await
+            .expect("start server");
+        let tenant = server
+            .installation()
+            .on_prem_tenant
+            .expect("on-prem tenant");
+        let admin_token = Self::token_for(store.as_ref(), &clock, tenant, Role::Admin).await;
+        let trust = ServerTrust::from_ca_pem(server.ca_certificate_pem()).unwrap();
+        let tls = Arc::unwrap_or_clone(trust.client_config().unwrap());
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap();
+        let url = server.url();
+        Self {
+            address: ServerAddress::parse(&url).unwrap(),
+            url,
+            ca_pem: server.ca_certificate_pem().to_owned(),
+            server: Some(server),
+            clock,
+            store,
+            http,
+            admin_token,
+            _db: db,
+        }
+    }
+
+    pub async fn token_for(
+        store: &dyn Store,
+        clock: &ManualClock,
+        tenant: floatilla_domain::TenantId,
+        role: Role,
+    ) -> String {
+        let (text, secret_hash) = new_api_token_secret();
+        store
+            .create_api_token(&ApiToken {
+                id: ApiTokenId::new(),
+                tenant_id: tenant,
+                name: format!("test {role}"),
+                role,
+                secret_hash,
+                created_at: clock.now(),
+                revoked_at: None,
+            })
+            .await
+            .unwrap();
+        text
+    }
+
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("server running")
+    }
+
+    pub fn trust(&self) -> ServerTrust {
+        ServerTrust::from_ca_pem(&self.ca_pem).unwrap()
+    }
+
+    /// An API request with the admin token; answers status and JSON body (Null when empty).
+    pub async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.api_as(&self.admin_token, method, path, body).await
+    }
+
+    pub async fn api_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("API request");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.api(Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// A new enrollment token's text.
+    pub async fn enrollment_token(&self, body: Value) -> String {
+        let (status, body) = self
+            .api(Method::POST, "/api/v1/enrollment-tokens", Some(body))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn enroll(&self, token: &str, serial: &str) -> EnrollResponse {
+        self.try_enroll(token, serial, None)
+            .await
+            .unwrap_or_else(|e| panic!("enroll {serial}: {e}"))
+    }
+
+    pub async fn try_enroll(
+        &self,
+        token: &str,
+        serial: &str,
+        credential: Option<String>,
+    ) -> Result<EnrollResponse, floatilla_agent::ChannelError> {
+        let trust = ServerTrust::CaFingerprint(
+            token
+                .parse::<floatilla_protocol::EnrollmentTokenString>()
+                .unwrap()
+                .ca_fingerprint,
+        );
+        floatilla_agent::enroll(
+            &self.address,
+            &trust,
+            &EnrollRequest {
+                token: token.to_owned(),
+                serial: serial.to_owned(),
+                model: "MRX5".into(),
+                firmware: "5.2.1".into(),
+                agent_version: "test".into(),
+                credential,
+            },
+        )
+        .await
+    }
+
+    /// Enrolls a router with a fresh unlimited token.
+    pub async fn enrolled(&self, serial: &str) -> EnrollResponse {
+        let token = self.enrollment_token(json!({"name": serial})).await;
+        self.enroll(&token, serial).await
+    }
+
+    pub async fn open_channel(
+        &self,
+        credential: &str,
+        serial: &str,
+    ) -> Result<ControlChannel, floatilla_agent::ChannelError> {
+        floatilla_agent::open_channel(
+            &self.address,
+            &self.trust(),
+            hello(credential, serial),
+            None,
+        )
+        .await
+    }
+
+    pub async fn raw_socket(&self) -> ChannelStream {
+        floatilla_agent::open_websocket(&self.address, &self.trust(), None)
+            .await
+            .expect("open WebSocket")
+    }
+
+    /// Polls the device until `check` holds.
+    pub async fn wait_for_device(
+        &self,
+        id: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + PROMPTLY;
+        loop {
+            let device = self.get(&format!("/api/v1/devices/{id}")).await;
+            if check(&device) {
+                return device;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "device never became {what}: {device}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_offline_with(&self, id: &str, reason: &str) -> Value {
+        self.wait_for_device(id, reason, |d| {
+            d["connection_state"] == "offline" && d["last_disconnect_reason"] == reason
+        })
+        .await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+pub fn hello(credential: &str, serial: &str) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        credential: credential.to_owned(),
+        serial: serial.to_owned(),
+        model: "MRX5".into(),
+        firmware: "5.2.1".into(),
+        clock: Utc::now(),
+    }
+}
+
+/// Reads the next server message, failing the test if none comes promptly.
+pub async fn next_message(stream: &mut ChannelStream) -> Option<ServerMessage> {
+    tokio::time::timeout(PROMPTLY, recv_message(stream))
+        .await
+        .expect("server answered in time")
+        .expect("readable message")
+}
+
+/// Sends HELLO and expects WELCOME.
+pub async fn say_hello(stream: &mut ChannelStream, credential: &str, serial: &str) {
+    send_message(stream, &DeviceMessage::Hello(hello(credential, serial)))
+        .await
+        .unwrap();
+    match next_message(stream).await {
+        Some(ServerMessage::Welcome(_)) => {}
+        other => panic!("expected WELCOME, got {other:?}"),
+    }
+}
+
+/// Expects an error frame with `code`, then the end of the connection.
+pub async fn expect_refusal(stream: &mut ChannelStream, code: &str) {
+    match next_message(stream).await {
+        Some(ServerMessage::Error(error)) => assert_eq!(error.code, code, "{error}"),
+        other => panic!("expected error {code}, got {other:?}"),
+    }
+    expect_closed(stream).await;
+}
+
+pub async fn expect_closed(stream: &mut ChannelStream) {
+    let end = tokio::time::timeout(PROMPTLY, async {
+        while let Some(frame) = stream.next().await {
+            match frame {
+                Ok(Message::Close(_)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "connection was not closed");
+}
+
+/// A well-behaved router on its own task: answers pings and `report_status` calls, and hands
+/// every other server message to the test.
+pub struct TestRouter {
+    pub welcome: floatilla_protocol::Welcome,
+    pub pings: Arc<AtomicUsize>,
+    ping_seen: Arc<Notify>,
+    pub messages: mpsc::UnboundedReceiver<ServerMessage>,
+    control: mpsc::UnboundedSender<RouterControl>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+enum RouterControl {
+    Send(DeviceMessage),
+    Close,
+}
+
+impl TestRouter {
+    pub fn spawn(channel: ControlChannel) -> Self {
+        let ControlChannel {
+            mut stream,
+            welcome,
+        } = channel;
+        let pings = Arc::new(AtomicUsize::new(0));
+        let ping_seen = Arc::new(Notify::new());
+        let (forward, messages) = mpsc::unbounded_channel();
+        let (control, mut commands) = mpsc::unbounded_channel();
+        let (task_pings, task_ping_seen) = (pings.clone(), ping_seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    command = commands.recv() => match command {
+                        Some(RouterControl::Send(message)) => {
+                            if send_message(&mut stream, &message).await.is_err() { return; }
+                        }
+                        Some(RouterControl::Close) | None => {
+                            let _ = stream.close(None).await;
+                            while let Some(Ok(_)) = stream.next().await {}
+                            return;
+                        }
+                    },
+                    frame = stream.next() => match frame {
+                        Some(Ok(Message::Ping(_))) => {
+                            // Sends the queued pong now.
+                            let _ = stream.flush().await;
+                            task_pings.fetch_add(1, Ordering::SeqCst);
+                            task_ping_seen.notify_waiters();
+                        }
+                        Some(Ok(Message::Text(text))) => {
+                            let message = ServerMessage::decode(&text).expect("server message");
+                            if let ServerMessage::Call { call_id, method, .. } = &message
+                                && method == "report_status"
+                            {
+                                let status = Status { uptime_secs: Some(42), wan_address: Some("198.51.100.7".into()), ..Status::default() };
+                                let answer = DeviceMessage::Result(CallResult {
+                                    call_id: call_id.clone(),
+                                    ok: true,
+                                    result: Some(serde_json::to_value(status).unwrap()),
+                                    error: None,
+                                });
+                                if send_message(&mut stream, &answer).await.is_err() { return; }
+                                continue;
+                            }
+                            let _ = forward.send(message);
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return,
+                    },
+                }
+            }
+        });
+        Self {
+            welcome,
+            pings,
+            ping_seen,
+            messages,
+            control,
+            task,
+        }
+    }
+
+    pub fn send(&self, message: DeviceMessage) {
+        let _ = self.control.send(RouterControl::Send(message));
+    }
+
+    /// Waits until the router has answered `count` pings in all.
+    pub async fn wait_for_pings(&self, count: usize) {
+        tokio::time::timeout(PROMPTLY, async {
+            loop {
+                let notified = self.ping_seen.notified();
+                if self.pings.load(Ordering::SeqCst) >= count {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("router never saw ping {count}"));
+    }
+
+    pub async fn next_message(&mut self) -> Option<ServerMessage> {
+        tokio::time::timeout(PROMPTLY, self.messages.recv())
+            .await
+            .expect("server message in time")
+    }
+
+    /// Closes properly (WebSocket close handshake).
+    pub async fn close(self) {
+        let _ = self.control.send(RouterControl::Close);
+        let _ = tokio::time::timeout(PROMPTLY, self.task).await;
+    }
+
+    /// Vanishes: the TCP connection is dropped without a close handshake.
+    pub fn vanish(self) {
+        self.task.abort();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
