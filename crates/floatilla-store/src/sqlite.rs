@@ -1,13 +1,14 @@
 //! The embedded SQLite store, for single-node sites.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Connection, Sqlite, Transaction};
 
 use crate::shared::{check_schema_version, impl_store};
 use crate::{Backend, Result};
@@ -21,6 +22,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in the pool. Readers run concurrently under WAL; writers queue on the file's
 /// write lock whatever the pool size, so a few connections are enough.
 const MAX_CONNECTIONS: u32 = 8;
+
+const WAL_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 
 /// A [`Store`](crate::Store) in one SQLite database file.
 pub struct SqliteStore {
@@ -51,6 +54,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        enable_wal(&options).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
@@ -69,6 +73,36 @@ impl SqliteStore {
     /// A deferred transaction: under WAL, all its reads see the snapshot of its first one.
     async fn begin_read(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin().await?)
+    }
+}
+
+/// Switches a new file to WAL (a persistent setting) before the pool opens it. The switch needs an
+/// exclusive lock that SQLite does not wait for (busy_timeout does not apply), so of two
+/// processes opening the same new file at once one fails with SQLITE_BUSY at once: this retries
+/// for as long as the busy timeout. Once the file is in WAL mode, connecting no longer needs
+/// that lock.
+async fn enable_wal(options: &SqliteConnectOptions) -> Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match SqliteConnection::connect_with(options).await {
+            Ok(conn) => return Ok(conn.close().await?),
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(WAL_RETRY_INTERVAL).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// SQLITE_BUSY, or one of its extended codes.
+fn is_busy(error: &sqlx::Error) -> bool {
+    const SQLITE_BUSY: i32 = 5;
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| code & 0xff == SQLITE_BUSY),
+        _ => false,
     }
 }
 

@@ -1427,7 +1427,7 @@ async fn refuses_a_schema_from_a_newer_build(db: TestDb) {
 /// Several processes opening (and so migrating) a new database at once all succeed and share it.
 async fn opens_concurrently(db: TestDb) {
     let db = Arc::new(db);
-    let openers: Vec<_> = (0..4)
+    let openers: Vec<_> = (0..8)
         .map(|_| {
             let db = db.clone();
             tokio::spawn(async move { db.open().await.unwrap() })
