@@ -31,9 +31,18 @@ async fn routes_need_a_valid_token_except_openapi_and_metrics(db: TestDb) {
     assert_eq!(anonymous.status(), 401);
     let body: Value = anonymous.json().await.unwrap();
     assert_eq!(body["code"], "unauthenticated");
-    for token in ["fat1.nonsense", "fat1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", ""] {
-        let (status, body) = server.api_as(token, Method::GET, "/api/v1/groups", None).await;
-        assert_eq!((status, body["code"].as_str()), (401, Some("unauthenticated")));
+    for token in [
+        "fat1.nonsense",
+        "fat1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "",
+    ] {
+        let (status, body) = server
+            .api_as(token, Method::GET, "/api/v1/groups", None)
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthenticated"))
+        );
     }
 
     let openapi: Value = server
@@ -54,27 +63,50 @@ async fn routes_need_a_valid_token_except_openapi_and_metrics(db: TestDb) {
 async fn roles_limit_what_a_token_may_do(db: TestDb) {
     let server = TestServer::start(db).await;
     let tenant = server.running().installation().on_prem_tenant.unwrap();
-    let viewer = TestServer::token_for(server.store.as_ref(), &server.clock, tenant, Role::Viewer).await;
-    let operator = TestServer::token_for(server.store.as_ref(), &server.clock, tenant, Role::Operator).await;
+    let viewer =
+        TestServer::token_for(server.store.as_ref(), &server.clock, tenant, Role::Viewer).await;
+    let operator =
+        TestServer::token_for(server.store.as_ref(), &server.clock, tenant, Role::Operator).await;
 
-    let (status, _) = server.api_as(&viewer, Method::GET, "/api/v1/devices", None).await;
+    let (status, _) = server
+        .api_as(&viewer, Method::GET, "/api/v1/devices", None)
+        .await;
     assert_eq!(status, 200);
     let (status, body) = server
-        .api_as(&viewer, Method::POST, "/api/v1/groups", Some(json!({"name": "g"})))
+        .api_as(
+            &viewer,
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": "g"})),
+        )
         .await;
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
     let (status, _) = server
-        .api_as(&operator, Method::POST, "/api/v1/groups", Some(json!({"name": "g"})))
+        .api_as(
+            &operator,
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": "g"})),
+        )
         .await;
     assert_eq!(status, 201);
     let (status, _) = server
-        .api_as(&operator, Method::POST, "/api/v1/enrollment-tokens", Some(json!({"name": "t"})))
+        .api_as(
+            &operator,
+            Method::POST,
+            "/api/v1/enrollment-tokens",
+            Some(json!({"name": "t"})),
+        )
         .await;
     assert_eq!(status, 403, "enrollment is an admin's business");
 }
 
 /// Enrolls routers `prefix-001` … in a shuffled order.
-async fn enroll_fleet(server: &TestServer, prefix: &str, count: usize) -> Vec<floatilla_protocol::EnrollResponse> {
+async fn enroll_fleet(
+    server: &TestServer,
+    prefix: &str,
+    count: usize,
+) -> Vec<floatilla_protocol::EnrollResponse> {
     let token = server.enrollment_token(json!({"name": prefix})).await;
     let mut enrolled = Vec::new();
     for i in (1..=count).rev() {
@@ -101,7 +133,15 @@ async fn the_device_list_pages_through_the_fleet_in_serial_order(db: TestDb) {
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 10);
         for item in items {
-            for field in ["id", "serial", "name", "group", "connection_state", "connected_since", "last_seen"] {
+            for field in [
+                "id",
+                "serial",
+                "name",
+                "group",
+                "connection_state",
+                "connected_since",
+                "last_seen",
+            ] {
                 assert!(item.get(field).is_some(), "{field} missing in {item}");
             }
             serials.push(item["serial"].as_str().unwrap().to_owned());
@@ -126,35 +166,68 @@ async fn the_device_list_filters_by_state_text_and_group(db: TestDb) {
     let mut routers = Vec::new();
     for (i, router) in fleet.iter().enumerate().take(2) {
         let serial = format!("FL-{:03}", i + 1);
-        routers.push(TestRouter::spawn(server.open_channel(&router.credential, &serial).await.unwrap()));
+        routers.push(TestRouter::spawn(
+            server
+                .open_channel(&router.credential, &serial)
+                .await
+                .unwrap(),
+        ));
     }
-    let (status, _) = server.api(Method::POST, "/api/v1/groups", Some(json!({"name": "pumps"}))).await;
+    let (status, _) = server
+        .api(
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": "pumps"})),
+        )
+        .await;
     assert_eq!(status, 201);
     for router in &fleet[3..5] {
         let (status, body) = server
-            .api(Method::PATCH, &format!("/api/v1/devices/{}", router.device_id), Some(json!({"group": "pumps"})))
+            .api(
+                Method::PATCH,
+                &format!("/api/v1/devices/{}", router.device_id),
+                Some(json!({"group": "pumps"})),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
     }
     let (status, _) = server
-        .api(Method::PATCH, &format!("/api/v1/devices/{}", fleet[5].device_id), Some(json!({"name": "Pump Station West"})))
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/devices/{}", fleet[5].device_id),
+            Some(json!({"name": "Pump Station West"})),
+        )
         .await;
     assert_eq!(status, 200);
 
     let serials = |page: &Value| -> Vec<String> {
-        page["items"].as_array().unwrap().iter().map(|d| d["serial"].as_str().unwrap().to_owned()).collect()
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["serial"].as_str().unwrap().to_owned())
+            .collect()
     };
     let online = server.get("/api/v1/devices?connection_state=online").await;
-    assert_eq!((online["total"].as_u64(), serials(&online)), (Some(2), vec!["FL-001".to_owned(), "FL-002".to_owned()]));
+    assert_eq!(
+        (online["total"].as_u64(), serials(&online)),
+        (Some(2), vec!["FL-001".to_owned(), "FL-002".to_owned()])
+    );
     let offline = server.get("/api/v1/devices?connection_state=offline").await;
     assert_eq!(offline["total"], 4);
     let grouped = server.get("/api/v1/devices?group=pumps").await;
     assert_eq!(serials(&grouped), vec!["FL-004", "FL-005"]);
     let by_name = server.get("/api/v1/devices?q=station").await;
-    assert_eq!(serials(&by_name), vec!["FL-006"], "name matches case-insensitively");
+    assert_eq!(
+        serials(&by_name),
+        vec!["FL-006"],
+        "name matches case-insensitively"
+    );
     let by_serial = server.get("/api/v1/devices?q=fl-00").await;
     assert_eq!(by_serial["total"], 6);
-    let combined = server.get("/api/v1/devices?q=FL-005&group=pumps&connection_state=offline").await;
+    let combined = server
+        .get("/api/v1/devices?q=FL-005&group=pumps&connection_state=offline")
+        .await;
     assert_eq!(serials(&combined), vec!["FL-005"]);
     let literal = server.get("/api/v1/devices?q=%25").await;
     assert_eq!(literal["total"], 0, "% is matched literally");
@@ -171,11 +244,19 @@ async fn bad_list_parameters_get_clear_errors(db: TestDb) {
         ("group=nowhere", "unknown_group"),
         ("colour=red", "invalid_query"),
     ] {
-        let (status, body) = server.api(Method::GET, &format!("/api/v1/devices?{query}"), None).await;
-        assert_eq!((status, body["code"].as_str()), (400, Some(code)), "{query}: {body}");
+        let (status, body) = server
+            .api(Method::GET, &format!("/api/v1/devices?{query}"), None)
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some(code)),
+            "{query}: {body}"
+        );
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let (status, body) = server.api(Method::GET, "/api/v1/devices/not-an-id", None).await;
+    let (status, body) = server
+        .api(Method::GET, "/api/v1/devices/not-an-id", None)
+        .await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
     let (status, body) = server.api(Method::GET, "/api/v1/nothing-here", None).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
@@ -197,54 +278,113 @@ async fn routers_are_renamed_moved_and_deleted(db: TestDb) {
     let server = TestServer::start(db).await;
     let enrolled = server.enrolled("ED-1").await;
     let path = format!("/api/v1/devices/{}", enrolled.device_id);
-    server.api(Method::POST, "/api/v1/groups", Some(json!({"name": "east"}))).await;
+    server
+        .api(
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": "east"})),
+        )
+        .await;
 
     let (status, device) = server
-        .api(Method::PATCH, &path, Some(json!({"name": "  Gate 4 ", "group": "east"})))
+        .api(
+            Method::PATCH,
+            &path,
+            Some(json!({"name": "  Gate 4 ", "group": "east"})),
+        )
         .await;
     assert_eq!(status, 200, "{device}");
-    assert_eq!((device["name"].as_str(), device["group"].as_str()), (Some("Gate 4"), Some("east")));
-    let (_, device) = server.api(Method::PATCH, &path, Some(json!({"name": "Gate 5"}))).await;
+    assert_eq!(
+        (device["name"].as_str(), device["group"].as_str()),
+        (Some("Gate 4"), Some("east"))
+    );
+    let (_, device) = server
+        .api(Method::PATCH, &path, Some(json!({"name": "Gate 5"})))
+        .await;
     assert_eq!(device["group"], "east", "an absent field is left alone");
-    let (_, device) = server.api(Method::PATCH, &path, Some(json!({"group": null}))).await;
+    let (_, device) = server
+        .api(Method::PATCH, &path, Some(json!({"group": null})))
+        .await;
     assert!(device["group"].is_null(), "null takes it out of its group");
-    let (status, body) = server.api(Method::PATCH, &path, Some(json!({"group": "west"}))).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("unknown_group")));
-    let (status, body) = server.api(Method::PATCH, &path, Some(json!({"name": ""}))).await;
+    let (status, body) = server
+        .api(Method::PATCH, &path, Some(json!({"group": "west"})))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("unknown_group"))
+    );
+    let (status, body) = server
+        .api(Method::PATCH, &path, Some(json!({"name": ""})))
+        .await;
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_name")));
 
     // Deleting a connected router ends its connection.
-    let mut router = TestRouter::spawn(server.open_channel(&enrolled.credential, "ED-1").await.unwrap());
+    let mut router = TestRouter::spawn(
+        server
+            .open_channel(&enrolled.credential, "ED-1")
+            .await
+            .unwrap(),
+    );
     let (status, _) = server.api(Method::DELETE, &path, None).await;
     assert_eq!(status, 204);
     match router.next_message().await {
-        Some(floatilla_protocol::ServerMessage::Disconnect { reason, .. }) => assert_eq!(reason, "credential_revoked"),
+        Some(floatilla_protocol::ServerMessage::Disconnect { reason, .. }) => {
+            assert_eq!(reason, "credential_revoked")
+        }
         other => panic!("expected DISCONNECT, got {other:?}"),
     }
     let (status, _) = server.api(Method::GET, &path, None).await;
     assert_eq!(status, 404);
     let (status, _) = server.api(Method::DELETE, &path, None).await;
     assert_eq!(status, 404);
-    assert!(server.open_channel(&enrolled.credential, "ED-1").await.is_err());
+    assert!(
+        server
+            .open_channel(&enrolled.credential, "ED-1")
+            .await
+            .is_err()
+    );
 }
 
 async fn groups_are_created_renamed_and_deleted(db: TestDb) {
     let server = TestServer::start(db).await;
-    let (status, group) = server.api(Method::POST, "/api/v1/groups", Some(json!({"name": "north"}))).await;
+    let (status, group) = server
+        .api(
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": "north"})),
+        )
+        .await;
     assert_eq!(status, 201);
-    let (status, body) = server.api(Method::POST, "/api/v1/groups", Some(json!({"name": "north"}))).await;
+    let (status, body) = server
+        .api(
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": "north"})),
+        )
+        .await;
     assert_eq!((status, body["code"].as_str()), (409, Some("conflict")));
     let group_path = format!("/api/v1/groups/{}", group["id"].as_str().unwrap());
-    let (status, renamed) = server.api(Method::PATCH, &group_path, Some(json!({"name": "north-2"}))).await;
+    let (status, renamed) = server
+        .api(Method::PATCH, &group_path, Some(json!({"name": "north-2"})))
+        .await;
     assert_eq!((status, renamed["name"].as_str()), (200, Some("north-2")));
 
     let enrolled = server.enrolled("GR-1").await;
     let device_path = format!("/api/v1/devices/{}", enrolled.device_id);
-    server.api(Method::PATCH, &device_path, Some(json!({"group": "north-2"}))).await;
+    server
+        .api(
+            Method::PATCH,
+            &device_path,
+            Some(json!({"group": "north-2"})),
+        )
+        .await;
     let (status, _) = server.api(Method::DELETE, &group_path, None).await;
     assert_eq!(status, 204);
     let device = server.get(&device_path).await;
-    assert!(device["group"].is_null(), "its routers stay, without a group");
+    assert!(
+        device["group"].is_null(),
+        "its routers stay, without a group"
+    );
     let groups = server.get("/api/v1/groups").await;
     assert_eq!(groups, json!([]));
     let (status, _) = server.api(Method::DELETE, &group_path, None).await;
@@ -254,22 +394,44 @@ async fn groups_are_created_renamed_and_deleted(db: TestDb) {
 async fn api_tokens_are_managed_through_the_api(db: TestDb) {
     let server = TestServer::start(db).await;
     let (status, created) = server
-        .api(Method::POST, "/api/v1/api-tokens", Some(json!({"name": "ci pipeline", "role": "viewer"})))
+        .api(
+            Method::POST,
+            "/api/v1/api-tokens",
+            Some(json!({"name": "ci pipeline", "role": "viewer"})),
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let token = created["token"].as_str().unwrap().to_owned();
-    let (status, _) = server.api_as(&token, Method::GET, "/api/v1/devices", None).await;
+    let (status, _) = server
+        .api_as(&token, Method::GET, "/api/v1/devices", None)
+        .await;
     assert_eq!(status, 200);
     let (_, listed) = server.api(Method::GET, "/api/v1/api-tokens", None).await;
-    assert!(listed.as_array().unwrap().iter().all(|t| t.get("token").is_none()));
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.get("token").is_none())
+    );
     let (status, _) = server
-        .api(Method::DELETE, &format!("/api/v1/api-tokens/{}", created["id"].as_str().unwrap()), None)
+        .api(
+            Method::DELETE,
+            &format!("/api/v1/api-tokens/{}", created["id"].as_str().unwrap()),
+            None,
+        )
         .await;
     assert_eq!(status, 204);
-    let (status, _) = server.api_as(&token, Method::GET, "/api/v1/devices", None).await;
+    let (status, _) = server
+        .api_as(&token, Method::GET, "/api/v1/devices", None)
+        .await;
     assert_eq!(status, 401, "a revoked token stops working at once");
     let (status, body) = server
-        .api(Method::POST, "/api/v1/api-tokens", Some(json!({"name": "x", "role": "root"})))
+        .api(
+            Method::POST,
+            "/api/v1/api-tokens",
+            Some(json!({"name": "x", "role": "root"})),
+        )
         .await;
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_role")));
 }

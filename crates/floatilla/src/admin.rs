@@ -9,6 +9,7 @@ use floatilla_domain::model::ApiToken;
 use floatilla_domain::{ApiTokenId, Clock, Role, SystemClock, TenantId};
 use floatilla_server::Installation;
 use floatilla_server::api::auth::new_api_token_secret;
+use floatilla_server::tls::CertificateAuthority;
 
 use crate::options::{StorageOptions, read_config_file};
 
@@ -25,6 +26,8 @@ pub struct AdminCommand {
 
 #[derive(Debug, Subcommand)]
 enum AdminAction {
+    /// Print the installation's CA certificate (PEM), for routers given `--ca-cert`.
+    CaCertificate,
     /// Create a tenant (cloud mode); prints its id.
     CreateTenant { name: String },
     /// Create an API token; prints the token.
@@ -60,6 +63,10 @@ impl AdminCommand {
         let clock = SystemClock;
         let installation = Installation::open_existing(store.as_ref(), &clock).await?;
         match self.action {
+            AdminAction::CaCertificate => {
+                let ca = CertificateAuthority::load_or_create(store.as_ref()).await?;
+                print!("{}", ca.certificate_pem());
+            }
             AdminAction::CreateTenant { name } => {
                 let tenant = installation
                     .create_tenant(store.as_ref(), &clock, &name)

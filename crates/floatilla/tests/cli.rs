@@ -1,0 +1,281 @@
+//! The `floatilla` binary as an operator runs it: `serve` on an ephemeral port, `admin` commands
+//! against the same data while it runs, options from flags, environment and a config file.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use floatilla_agent::{ServerAddress, ServerTrust};
+use floatilla_protocol::{EnrollRequest, Hello, PROTOCOL_VERSION};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_floatilla");
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `floatilla serve ARGS` and waits for its `listening on` line.
+fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("FLOATILLA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start floatilla serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a line").expect("readable");
+    let url = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .to_owned();
+    Served { child, url }
+}
+
+fn admin(data_dir: &Path, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(BIN)
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("FLOATILLA_LOG", "warn")
+        .output()
+        .expect("run floatilla admin");
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+async fn client(data_dir: &Path) -> (reqwest::Client, ServerTrust) {
+    let pem = admin(data_dir, &["ca-certificate"]).unwrap();
+    let trust = ServerTrust::from_ca_pem(&pem).unwrap();
+    let tls = std::sync::Arc::unwrap_or_clone(trust.client_config().unwrap());
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    (client, trust)
+}
+
+async fn get(client: &reqwest::Client, url: &str, token: &str) -> (u16, Value) {
+    let response = client.get(url).bearer_auth(token).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn serve_prints_its_address_and_honours_admin_tokens_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let served = serve(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(
+        served.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        served.url
+    );
+    assert!(!served.url.ends_with(":0"));
+    let (client, _) = client(&data).await;
+
+    let token = admin(&data, &["create-token", "--role", "admin"]).unwrap();
+    let token = token.trim();
+    assert!(
+        token.starts_with("fat1.") && !token.contains('\n'),
+        "only the token: {token}"
+    );
+    let (status, body) = get(&client, &format!("{}/api/v1/devices", served.url), token).await;
+    assert_eq!((status, body["total"].as_u64()), (200, Some(0)));
+
+    let named = admin(
+        &data,
+        &["create-token", "--role", "viewer", "--name", "dashboard"],
+    )
+    .unwrap();
+    let (status, _) = get(
+        &client,
+        &format!("{}/api/v1/groups", served.url),
+        named.trim(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let error = admin(&data, &["create-tenant", "acme"]).unwrap_err();
+    assert!(error.contains("exactly one tenant"), "{error}");
+}
+
+#[tokio::test]
+async fn cloud_mode_has_tenants_created_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let served = serve(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--mode",
+            "cloud",
+        ],
+        &[],
+    );
+    let tenant = admin(&data, &["create-tenant", "Acme Water"]).unwrap();
+    let tenant = tenant.trim();
+    assert_eq!(tenant.len(), 36, "only the id: {tenant}");
+    let error = admin(&data, &["create-token", "--role", "admin"]).unwrap_err();
+    assert!(error.contains("--tenant"), "{error}");
+    let token = admin(
+        &data,
+        &["create-token", "--role", "admin", "--tenant", tenant],
+    )
+    .unwrap();
+    let (client, _) = client(&data).await;
+    let (status, _) = get(
+        &client,
+        &format!("{}/api/v1/devices", served.url),
+        token.trim(),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let other = admin(&data, &["create-tenant", "Other"]).unwrap();
+    let other_token = admin(
+        &data,
+        &["create-token", "--role", "admin", "--tenant", other.trim()],
+    )
+    .unwrap();
+    let created = client
+        .post(format!("{}/api/v1/groups", served.url))
+        .bearer_auth(token.trim())
+        .json(&json!({"name": "acme-only"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (_, groups) = get(
+        &client,
+        &format!("{}/api/v1/groups", served.url),
+        other_token.trim(),
+    )
+    .await;
+    assert_eq!(groups, json!([]), "tenants never see each other's groups");
+}
+
+#[tokio::test]
+async fn options_come_from_flags_then_environment_then_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("floatilla.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nping_interval_secs = 50\npong_timeout_secs = 20\nreconnect_backoff_cap_secs = 40\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let served = serve(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--reconnect-backoff-cap-secs",
+            "33",
+        ],
+        &[
+            ("FLOATILLA_PING_INTERVAL_SECS", "77"),
+            ("FLOATILLA_RECONNECT_BACKOFF_CAP_SECS", "99"),
+        ],
+    );
+    let (client, trust) = client(&data).await;
+    let token = admin(&data, &["create-token", "--role", "admin"]).unwrap();
+    let created: Value = client
+        .post(format!("{}/api/v1/enrollment-tokens", served.url))
+        .bearer_auth(token.trim())
+        .json(&json!({"name": "cli"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let address = ServerAddress::parse(&served.url).unwrap();
+    let enrolled = floatilla_agent::enroll(
+        &address,
+        &trust,
+        &EnrollRequest {
+            token: created["token"].as_str().unwrap().to_owned(),
+            serial: "CFG-1".into(),
+            model: "m".into(),
+            firmware: "f".into(),
+            agent_version: "a".into(),
+            credential: None,
+        },
+    )
+    .await
+    .unwrap();
+    let channel = floatilla_agent::open_channel(
+        &address,
+        &trust,
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "a".into(),
+            credential: enrolled.credential,
+            serial: "CFG-1".into(),
+            model: "m".into(),
+            firmware: "f".into(),
+            clock: chrono::Utc::now(),
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let timers = channel.welcome.timers;
+    assert_eq!(
+        timers.ping_interval_secs, 77,
+        "environment beats the config file"
+    );
+    assert_eq!(
+        timers.pong_timeout_secs, 20,
+        "the config file beats the default"
+    );
+    assert_eq!(
+        timers.reconnect_backoff_cap_secs, 33,
+        "a flag beats the environment"
+    );
+}
+
+#[test]
+fn invalid_options_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pong-timeout-secs",
+            "500",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("pong timeout"), "{stderr}");
+}
