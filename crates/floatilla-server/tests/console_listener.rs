@@ -17,7 +17,10 @@ async fn the_console_listener_serves_the_api_with_the_operators_certificate() {
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let (cert_path, key_path) = (dir.path().join("console.pem"), dir.path().join("console.key"));
+    let (cert_path, key_path) = (
+        dir.path().join("console.pem"),
+        dir.path().join("console.key"),
+    );
     std::fs::write(&cert_path, certificate.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
 
@@ -28,13 +31,18 @@ async fn the_console_listener_serves_the_api_with_the_operators_certificate() {
         private_key: key_path,
     });
     let server = TestServer::start_with(TestDb::sqlite(), config).await;
-    let console = server.running().console_addr.expect("console listener bound");
+    let console = server
+        .running()
+        .console_addr
+        .expect("console listener bound");
 
     let operator_trust = floatilla_agent::ServerTrust::CaCertificate(
         CertificateDer::from_pem_slice(certificate.pem().as_bytes()).unwrap(),
     );
     let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(std::sync::Arc::unwrap_or_clone(operator_trust.client_config().unwrap()))
+        .tls_backend_preconfigured(std::sync::Arc::unwrap_or_clone(
+            operator_trust.client_config().unwrap(),
+        ))
         .resolve("localhost", console)
         .build()
         .unwrap();

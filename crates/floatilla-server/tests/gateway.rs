@@ -762,21 +762,20 @@ async fn heartbeats_update_last_seen_in_batches(db: TestDb) {
 async fn the_device_certificate_is_rotated_before_it_expires(db: TestDb) {
     let server = TestServer::start(db).await;
     let enrolled = server.enrolled("TLS-1").await;
-    let leaf_expiry = || async {
+    let presented_leaf = || async {
         let stream = server
             .address
             .connect_tls(&server.trust(), None)
             .await
             .unwrap();
         let (_, connection) = stream.get_ref();
-        let leaf = connection.peer_certificates().unwrap()[0].clone();
-        leaf
+        connection.peer_certificates().unwrap()[0].clone()
     };
-    let before = leaf_expiry().await;
+    let before = presented_leaf().await;
     server.clock.advance(Duration::days(336));
     let deadline = tokio::time::Instant::now() + PROMPTLY;
     loop {
-        let now = leaf_expiry().await;
+        let now = presented_leaf().await;
         if now != before {
             break;
         }
