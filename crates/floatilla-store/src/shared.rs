@@ -51,9 +51,10 @@ macro_rules! select_devices {
     ($where:literal) => {
         concat!(
             "SELECT d.id, d.tenant_id, d.serial, d.name, d.model, d.firmware, d.agent_version, ",
-            "d.group_id, g.name AS group_name, d.connection_state, d.connected_since, d.last_seen, ",
-            "d.last_disconnect_at, d.last_disconnect_reason, d.status, d.reenroll_allowed_until, ",
-            "d.created_at FROM devices d LEFT JOIN groups g ON g.id = d.group_id ",
+            "d.group_id, g.name AS group_name, d.connection_state, d.connected_since, ",
+            "d.last_seen, d.last_disconnect_at, d.last_disconnect_reason, d.status, ",
+            "d.reenroll_allowed_until, d.created_at ",
+            "FROM devices d LEFT JOIN groups g ON g.id = d.group_id ",
             $where
         )
     };
