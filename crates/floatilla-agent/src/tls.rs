@@ -20,7 +20,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 pub const BUILT_AT_UNIX_SECS: u64 = match u64::from_str_radix(env!("FLOATILLA_AGENT_BUILT_AT"), 10)
 {
     Ok(secs) => secs,
-    Err(_) => 0,
+    Err(_) => panic!("FLOATILLA_AGENT_BUILT_AT must be seconds since the epoch"),
 };
 
 /// What a router trusts the server by.

@@ -70,6 +70,28 @@ pub struct DeviceStatus {
     pub tx_bytes: Option<u64>,
     pub wan_address: Option<String>,
     pub reported_at: Option<Timestamp>,
+    /// How far the router's clock was off at its last HELLO (router minus server), in seconds,
+    /// when that was more than [`DeviceStatus::CLOCK_SKEW_TOLERANCE_SECS`].
+    #[serde(default)]
+    pub clock_skew_secs: Option<i64>,
+}
+
+impl DeviceStatus {
+    /// A router clock further off than this is reported.
+    pub const CLOCK_SKEW_TOLERANCE_SECS: i64 = 300;
+
+    /// This status updated with what a router reported; fields it left out keep their values.
+    pub fn merged(&self, update: DeviceStatus) -> DeviceStatus {
+        DeviceStatus {
+            uptime_secs: update.uptime_secs.or(self.uptime_secs),
+            cellular_signal_dbm: update.cellular_signal_dbm.or(self.cellular_signal_dbm),
+            rx_bytes: update.rx_bytes.or(self.rx_bytes),
+            tx_bytes: update.tx_bytes.or(self.tx_bytes),
+            wan_address: update.wan_address.or_else(|| self.wan_address.clone()),
+            reported_at: update.reported_at.or(self.reported_at),
+            clock_skew_secs: self.clock_skew_secs,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +224,23 @@ mod tests {
         t.expires_at = None;
         t.uses = 1_000_000;
         assert_eq!(t.refusal(now + Duration::days(3650)), None);
+    }
+
+    #[test]
+    fn a_partial_status_keeps_what_it_does_not_mention() {
+        let before = DeviceStatus {
+            uptime_secs: Some(10),
+            cellular_signal_dbm: Some(-80),
+            clock_skew_secs: Some(-3600),
+            ..DeviceStatus::default()
+        };
+        let after = before.merged(DeviceStatus {
+            uptime_secs: Some(20),
+            ..DeviceStatus::default()
+        });
+        assert_eq!(after.uptime_secs, Some(20));
+        assert_eq!(after.cellular_signal_dbm, Some(-80));
+        assert_eq!(after.clock_skew_secs, Some(-3600));
     }
 
     #[test]

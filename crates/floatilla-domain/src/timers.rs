@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// The heartbeat and reconnect timing a server hands a router in WELCOME.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timers {
-    /// How often the server pings an idle router.
+    /// How often the server pings a connected router.
     pub ping_interval_secs: u32,
     /// How long the server waits for the pong before it drops the connection.
     pub pong_timeout_secs: u32,

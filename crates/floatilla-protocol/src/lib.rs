@@ -194,9 +194,56 @@ const SERVER_MESSAGE_TYPES: [&str; 5] = [
     "disconnect",
 ];
 
+/// The longest text field a router may send (serial, model, firmware, versions, ids).
+pub const MAX_FIELD_CHARS: usize = 128;
+
 impl DeviceMessage {
+    /// Parses and checks a router's message: text fields are bounded and printable.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
-        decode_tagged(text, &DEVICE_MESSAGE_TYPES)
+        let message: Self = decode_tagged(text, &DEVICE_MESSAGE_TYPES)?;
+        message.check_fields()?;
+        Ok(message)
+    }
+
+    fn check_fields(&self) -> Result<(), DecodeError> {
+        let (kind, fields): (&str, Vec<(&str, Option<&str>)>) = match self {
+            DeviceMessage::Hello(h) => (
+                "hello",
+                vec![
+                    ("serial", Some(&h.serial)),
+                    ("model", Some(&h.model)),
+                    ("firmware", Some(&h.firmware)),
+                    ("agent_version", Some(&h.agent_version)),
+                    ("credential", Some(&h.credential)),
+                ],
+            ),
+            DeviceMessage::Status(s) => (
+                "status",
+                vec![
+                    ("firmware", s.firmware.as_deref()),
+                    ("model", s.model.as_deref()),
+                    ("wan_address", s.wan_address.as_deref()),
+                ],
+            ),
+            DeviceMessage::Result(r) => ("result", vec![("call_id", Some(&r.call_id))]),
+            DeviceMessage::CredentialAck { credential_id } => (
+                "credential_ack",
+                vec![("credential_id", Some(credential_id))],
+            ),
+        };
+        for (name, value) in fields {
+            if let Some(value) = value
+                && (value.chars().count() > MAX_FIELD_CHARS || value.chars().any(char::is_control))
+            {
+                return Err(DecodeError::Invalid {
+                    kind: kind.to_owned(),
+                    detail: format!(
+                        "`{name}` must be at most {MAX_FIELD_CHARS} printable characters"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -287,6 +334,26 @@ mod tests {
                 .code(),
             "unknown_message_type"
         );
+    }
+
+    #[test]
+    fn overlong_or_unprintable_fields_are_invalid() {
+        let long = "x".repeat(MAX_FIELD_CHARS + 1);
+        let status = format!(r#"{{"type":"status","firmware":"{long}"}}"#);
+        assert_eq!(
+            DeviceMessage::decode(&status).unwrap_err().code(),
+            "invalid_message"
+        );
+        let control = r#"{"type":"status","wan_address":"10.0.0.1\u0000"}"#;
+        assert_eq!(
+            DeviceMessage::decode(control).unwrap_err().code(),
+            "invalid_message"
+        );
+        let fine = format!(
+            r#"{{"type":"status","firmware":"{}"}}"#,
+            "x".repeat(MAX_FIELD_CHARS)
+        );
+        assert!(DeviceMessage::decode(&fine).is_ok());
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub struct ServerConfig {
     pub node_id: String,
     /// How long a router credential is valid.
     pub credential_lifetime: chrono::Duration,
-    /// A credential is renewed over the channel once less than this remains.
+    /// A credential is renewed over the channel once less than this remains (at most half its
+    /// lifetime, see [`ServerConfig::renewal_window`]).
     pub credential_renew_before: chrono::Duration,
     /// How often heartbeat bookkeeping (last seen) is written, in one batch.
     pub last_seen_flush_interval: Duration,
@@ -54,6 +55,15 @@ impl Default for ServerConfig {
             shutdown_reconnect_after_secs: 10,
             call_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl ServerConfig {
+    /// How long before expiry a credential is renewed: the configured time, but never more than
+    /// half a lifetime, so a fresh credential is not itself due for renewal at once.
+    pub fn renewal_window(&self) -> chrono::Duration {
+        self.credential_renew_before
+            .min(self.credential_lifetime / 2)
     }
 }
 

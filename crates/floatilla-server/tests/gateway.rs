@@ -34,6 +34,7 @@ on_both_backends!(
     bad_credentials_are_refused,
     hello_must_come_first_and_in_time,
     status_reports_and_calls_reach_the_api,
+    a_wrong_router_clock_is_reported,
     heartbeats_update_last_seen_in_batches,
     the_device_certificate_is_rotated_before_it_expires,
 );
@@ -268,51 +269,21 @@ async fn credentials_are_renewed_over_the_channel_before_they_expire(db: TestDb)
     config.credential_renew_before = Duration::days(30);
     let server = TestServer::start_with(db, config).await;
     let enrolled = server.enrolled("REN-1").await;
-    let mut router = TestRouter::spawn(
+    // The renewal window is capped at half the lifetime: nothing to renew yet.
+    let router = TestRouter::spawn(
         server
             .open_channel(&enrolled.credential, "REN-1")
             .await
             .unwrap(),
     );
-    let Some(ServerMessage::CredentialRenewal {
-        credential_id: unacknowledged,
-        expires_at,
-        ..
-    }) = router.next_message().await
-    else {
-        panic!("expected a credential renewal right after WELCOME");
-    };
-    assert_eq!(expires_at, server.clock.now() + Duration::days(20));
     router.close().await;
     server
         .wait_offline_with(&enrolled.device_id, "clean_close")
         .await;
 
-    // Not acknowledged: the router may not have stored it, so the old credential still works and
-    // the next session offers a renewal again.
-    let mut router = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "REN-1")
-            .await
-            .unwrap(),
-    );
-    let Some(ServerMessage::CredentialRenewal {
-        credential_id,
-        credential: renewed,
-        ..
-    }) = router.next_message().await
-    else {
-        panic!("expected a renewal on the next session");
-    };
-    assert_ne!(credential_id, unacknowledged);
-    router.send(DeviceMessage::CredentialAck { credential_id });
-    router.close().await;
-    server
-        .wait_for_device(&enrolled.device_id, "closed twice", |d| {
-            d["connection_history"].as_array().unwrap().len() == 2
-                && d["connection_history"][0]["reason"] == "clean_close"
-        })
-        .await;
+    // Eleven days on, 9 of 20 days remain: WELCOME is followed by a renewal.
+    server.clock.advance(Duration::days(11));
+    let (renewed, _) = renew(&server, &enrolled.credential, true).await;
     assert_refused(
         &server
             .open_channel(&enrolled.credential, "REN-1")
@@ -321,7 +292,49 @@ async fn credentials_are_renewed_over_the_channel_before_they_expire(db: TestDb)
             .unwrap(),
         "credential_revoked",
     );
-    server.open_channel(&renewed, "REN-1").await.unwrap();
+
+    // The next renewal's acknowledgement is lost, but the router stored the new credential and
+    // uses it: that retires the previous one just the same.
+    server.clock.advance(Duration::days(11));
+    let (unacknowledged, expires_at) = renew(&server, &renewed, false).await;
+    assert_eq!(expires_at, server.clock.now() + Duration::days(20));
+    TestRouter::spawn(server.open_channel(&unacknowledged, "REN-1").await.unwrap())
+        .close()
+        .await;
+    assert_refused(
+        &server.open_channel(&renewed, "REN-1").await.err().unwrap(),
+        "credential_revoked",
+    );
+}
+
+/// Connects with `credential`, expects a renewal, acknowledges it if asked, and closes.
+async fn renew(
+    server: &TestServer,
+    credential: &str,
+    acknowledge: bool,
+) -> (String, chrono::DateTime<chrono::Utc>) {
+    let mut router = TestRouter::spawn(server.open_channel(credential, "REN-1").await.unwrap());
+    let Some(ServerMessage::CredentialRenewal {
+        credential_id,
+        credential: renewed,
+        expires_at,
+    }) = router.next_message().await
+    else {
+        panic!("expected a credential renewal right after WELCOME");
+    };
+    if acknowledge {
+        router.send(DeviceMessage::CredentialAck { credential_id });
+    }
+    let session = router.welcome.session_id.clone();
+    let device_id = router.welcome.device_id.clone();
+    router.close().await;
+    server
+        .wait_for_device(&device_id, "closed", |d| {
+            d["connection_history"][0]["session_id"] == session.as_str()
+                && d["connection_history"][0]["reason"] == "clean_close"
+        })
+        .await;
+    (renewed, expires_at)
 }
 
 async fn a_renewal_is_offered_when_expiry_approaches_during_a_session(db: TestDb) {
@@ -713,6 +726,19 @@ async fn status_reports_and_calls_reach_the_api(db: TestDb) {
         .await;
     assert_eq!(device["firmware"], "5.3.0");
     assert_eq!(device["status"]["tx_bytes"], 2000);
+    router.send(DeviceMessage::Status(Status {
+        uptime_secs: Some(7),
+        ..Status::default()
+    }));
+    let device = server
+        .wait_for_device(&enrolled.device_id, "reported again", |d| {
+            d["status"]["uptime_secs"] == 7
+        })
+        .await;
+    assert_eq!(
+        device["status"]["cellular_signal_dbm"], -71,
+        "what a report leaves out is kept"
+    );
 
     let (status, body) = server
         .api(
@@ -739,6 +765,39 @@ async fn status_reports_and_calls_reach_the_api(db: TestDb) {
         (status, body["code"].as_str()),
         (409, Some("device_offline"))
     );
+}
+
+async fn a_wrong_router_clock_is_reported(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let enrolled = server.enrolled("CLK-1").await;
+    let mut socket = server.raw_socket().await;
+    let mut behind = hello(&enrolled.credential, "CLK-1");
+    behind.clock = server.clock.now() - Duration::hours(1);
+    send_message(&mut socket, &DeviceMessage::Hello(behind))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_message(&mut socket).await,
+        Some(ServerMessage::Welcome(_))
+    ));
+    let device = server
+        .get(&format!("/api/v1/devices/{}", enrolled.device_id))
+        .await;
+    assert_eq!(device["status"]["clock_skew_secs"], -3600);
+
+    // Once the clock is right again, the report clears.
+    drop(socket);
+    let router = TestRouter::spawn(
+        server
+            .open_channel(&enrolled.credential, "CLK-1")
+            .await
+            .unwrap(),
+    );
+    let device = server
+        .get(&format!("/api/v1/devices/{}", enrolled.device_id))
+        .await;
+    assert!(device["status"]["clock_skew_secs"].is_null(), "{device}");
+    router.close().await;
 }
 
 async fn heartbeats_update_last_seen_in_batches(db: TestDb) {

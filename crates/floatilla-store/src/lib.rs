@@ -171,8 +171,14 @@ pub trait Store: Send + Sync + 'static {
     async fn credential(&self, id: CredentialId) -> Result<Option<Credential>>;
     async fn add_credential(&self, credential: &Credential) -> Result<()>;
     async fn revoke_credential(&self, id: CredentialId, now: Timestamp) -> Result<()>;
-    /// Revokes every credential of the device; returns how many were still unrevoked.
-    async fn revoke_device_credentials(&self, device: DeviceId, now: Timestamp) -> Result<u64>;
+    /// Revokes every credential of the device but `except`; returns how many were still
+    /// unrevoked.
+    async fn revoke_device_credentials(
+        &self,
+        device: DeviceId,
+        except: Option<CredentialId>,
+        now: Timestamp,
+    ) -> Result<u64>;
 
     // Connections.
     /// Opens a connection-history row and marks the device online with this as its current

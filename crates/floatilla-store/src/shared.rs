@@ -853,14 +853,16 @@ macro_rules! impl_store {
             async fn revoke_device_credentials(
                 &self,
                 device: ::floatilla_domain::DeviceId,
+                except: Option<::floatilla_domain::CredentialId>,
                 now: ::floatilla_domain::Timestamp,
             ) -> $crate::Result<u64> {
                 Ok(::sqlx::query(
                     "UPDATE credentials SET revoked_at = $2 \
-                     WHERE device_id = $1 AND revoked_at IS NULL",
+                     WHERE device_id = $1 AND revoked_at IS NULL AND id <> COALESCE($3, '')",
                 )
                 .bind(device.to_string())
                 .bind($crate::rows::millis(now))
+                .bind(except.map(|id| id.to_string()))
                 .execute(&self.pool)
                 .await?
                 .rows_affected())

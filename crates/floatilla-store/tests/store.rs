@@ -932,6 +932,7 @@ async fn device_updates_and_reports(store: Arc<dyn Store>) {
         tx_bytes: Some(42),
         wan_address: Some("198.51.100.4".into()),
         reported_at: Some(at(7_000)),
+        clock_skew_secs: Some(-3_600),
     };
     store.record_status(device.id, &status).await.unwrap();
     let reported = store.device_by_id(device.id).await.unwrap().unwrap();
@@ -971,17 +972,33 @@ async fn credentials_are_revoked_once(store: Arc<dyn Store>) {
     assert_eq!(revoked.revoked_at, Some(at(4_000)));
     assert!(!revoked.is_valid_at(at(4_000)));
 
-    // The enrollment credential and the third were still valid.
+    // Keeping the third: only the enrollment credential goes.
     assert_eq!(
         store
-            .revoke_device_credentials(device.id, at(6_000))
+            .revoke_device_credentials(device.id, Some(third.id), at(5_500))
             .await
             .unwrap(),
-        2
+        1
+    );
+    assert!(
+        store
+            .credential(third.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
     );
     assert_eq!(
         store
-            .revoke_device_credentials(device.id, at(7_000))
+            .revoke_device_credentials(device.id, None, at(6_000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .revoke_device_credentials(device.id, None, at(7_000))
             .await
             .unwrap(),
         0

@@ -200,7 +200,7 @@ pub async fn revoke_credentials(
     let device = load(&state, tenant, &id).await?;
     state
         .store
-        .revoke_device_credentials(device.id, state.clock.now())
+        .revoke_device_credentials(device.id, None, state.clock.now())
         .await?;
     state
         .sessions
@@ -282,14 +282,15 @@ pub async fn refresh_status(
             )
         })?
         .unwrap_or_default();
-    let status = DeviceStatus {
+    let status = device.status.merged(DeviceStatus {
         uptime_secs: reported.uptime_secs,
         cellular_signal_dbm: reported.cellular_signal_dbm,
         rx_bytes: reported.rx_bytes,
         tx_bytes: reported.tx_bytes,
         wan_address: reported.wan_address,
         reported_at: Some(state.clock.now()),
-    };
+        clock_skew_secs: None,
+    });
     state.store.record_status(device.id, &status).await?;
     Ok(Json(StatusView::from(&status)))
 }

@@ -56,6 +56,9 @@ pub struct StatusView {
     pub tx_bytes: Option<u64>,
     pub wan_address: Option<String>,
     pub reported_at: Option<DateTime<Utc>>,
+    /// How far the router's clock was off at its last connection (router minus server), in
+    /// seconds; null when within 5 minutes.
+    pub clock_skew_secs: Option<i64>,
 }
 
 impl From<&DeviceStatus> for StatusView {
@@ -67,6 +70,7 @@ impl From<&DeviceStatus> for StatusView {
             tx_bytes: s.tx_bytes,
             wan_address: s.wan_address.clone(),
             reported_at: s.reported_at,
+            clock_skew_secs: s.clock_skew_secs,
         }
     }
 }

@@ -226,7 +226,7 @@ async fn authenticate(state: &AppState, hello: &Hello) -> Result<(Device, Creden
         .device_by_id(credential.device_id)
         .await?
         .ok_or(Error::InvalidCredential)?;
-    if device.serial != hello.serial {
+    if device.serial != hello.serial.trim() {
         return Err(Error::invalid(
             "serial_mismatch",
             format!(
@@ -281,24 +281,38 @@ impl Session {
             disconnected_at: None,
             reason: None,
         };
-        let write = async {
-            if device.model != hello.model
-                || device.firmware != hello.firmware
-                || device.agent_version != hello.agent_version
-            {
-                state
-                    .store
-                    .record_inventory(
-                        device.id,
-                        &hello.model,
-                        &hello.firmware,
-                        &hello.agent_version,
-                    )
-                    .await?;
+        let mut device = device;
+        let store = &state.store;
+        if device.model != hello.model
+            || device.firmware != hello.firmware
+            || device.agent_version != hello.agent_version
+        {
+            store
+                .record_inventory(
+                    device.id,
+                    &hello.model,
+                    &hello.firmware,
+                    &hello.agent_version,
+                )
+                .await?;
+            device.model.clone_from(&hello.model);
+            device.firmware.clone_from(&hello.firmware);
+            device.agent_version.clone_from(&hello.agent_version);
+        }
+        // A router holds exactly one credential: the one it just used. Any other (the one a
+        // renewal replaced, when its acknowledgement was lost) is retired.
+        store
+            .revoke_device_credentials(device.id, Some(credential.id), now)
+            .await?;
+        let skew = clock_skew(hello.clock, now);
+        if skew != device.status.clock_skew_secs {
+            if let Some(skew) = skew {
+                tracing::warn!(device = %device.id, skew_secs = skew, "router clock is off");
             }
-            state.store.record_connect(&record).await
-        };
-        write.await?;
+            device.status.clock_skew_secs = skew;
+            store.record_status(device.id, &device.status).await?;
+        }
+        store.record_connect(&record).await?;
         let (sender, commands) = mpsc::channel(16);
         state.sessions.register(
             device.id,
@@ -459,9 +473,7 @@ impl Session {
         now: Timestamp,
     ) -> Result<(), ()> {
         let config = &self.state.config;
-        if self.renewal.is_some()
-            || self.credential.expires_at - now > config.credential_renew_before
-        {
+        if self.renewal.is_some() || self.credential.expires_at - now > config.renewal_window() {
             return Ok(());
         }
         let secret: [u8; 32] = rand::rng().random();
@@ -555,15 +567,19 @@ impl Session {
                 tracing::warn!(%error, device = %self.device.id, "cannot record inventory");
             }
         }
-        let recorded = DeviceStatus {
+        self.device.status = self.device.status.merged(DeviceStatus {
             uptime_secs: status.uptime_secs,
             cellular_signal_dbm: status.cellular_signal_dbm,
             rx_bytes: status.rx_bytes,
             tx_bytes: status.tx_bytes,
             wan_address: status.wan_address,
             reported_at: Some(now),
-        };
-        if let Err(error) = store.record_status(self.device.id, &recorded).await {
+            clock_skew_secs: None,
+        });
+        if let Err(error) = store
+            .record_status(self.device.id, &self.device.status)
+            .await
+        {
             tracing::warn!(%error, device = %self.device.id, "cannot record status");
         }
     }
@@ -579,7 +595,7 @@ impl Session {
         if let Err(error) = self
             .state
             .store
-            .revoke_credential(self.credential.id, now)
+            .revoke_device_credentials(self.device.id, Some(renewed.id), now)
             .await
         {
             tracing::warn!(%error, device = %self.device.id, "cannot retire the old credential");
@@ -633,6 +649,12 @@ impl Session {
         }
         tracing::debug!(device = %self.device.id, %reason, "router disconnected");
     }
+}
+
+/// The router's clock error in whole seconds, when it is beyond the tolerance.
+fn clock_skew(router_clock: Timestamp, now: Timestamp) -> Option<i64> {
+    let skew = (router_clock - now).num_seconds();
+    (skew.abs() > DeviceStatus::CLOCK_SKEW_TOLERANCE_SECS).then_some(skew)
 }
 
 fn announce_text(reason: DisconnectReason) -> &'static str {
