@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use floatilla_domain::model::Credential;
 use floatilla_domain::{CredentialId, DeviceId, DisconnectReason};
-use floatilla_protocol::{DeviceCredential, EnrollRequest, EnrollResponse, EnrollmentTokenString};
+use floatilla_protocol::{
+    DeviceCredential, EnrollRequest, EnrollResponse, EnrollmentTokenString, MAX_FIELD_CHARS,
+};
 use floatilla_store::Enrollment;
 use rand::Rng;
 use subtle::ConstantTimeEq;
@@ -13,8 +15,6 @@ use crate::api::extract::ApiJson;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::state::AppState;
-
-const MAX_FIELD_LEN: usize = 128;
 
 pub async fn enroll(
     State(state): State<AppState>,
@@ -137,10 +137,10 @@ fn checked_field<'a>(name: &'static str, value: &'a str, required: bool) -> Resu
             format!("{name} must not be empty"),
         ));
     }
-    if value.len() > MAX_FIELD_LEN || value.chars().any(char::is_control) {
+    if value.chars().count() > MAX_FIELD_CHARS || value.chars().any(char::is_control) {
         return Err(Error::invalid(
             "invalid_field",
-            format!("{name} must be at most {MAX_FIELD_LEN} printable characters"),
+            format!("{name} must be at most {MAX_FIELD_CHARS} printable characters"),
         ));
     }
     Ok(value)
