@@ -1,6 +1,7 @@
 //! Enrollment over HTTPS and the control-channel WebSocket, both verified with [`ServerTrust`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use floatilla_protocol::{
     CONNECT_PATH, DeviceMessage, ENROLL_PATH, EnrollRequest, EnrollResponse, ErrorBody, Hello,
@@ -19,6 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::clock::RouterClock;
 use crate::tls::{ServerTrust, TrustError};
 
 /// The WebSocket a router holds, over TLS.
@@ -84,20 +86,53 @@ impl ServerAddress {
     fn server_name(&self) -> Result<ServerName<'static>, ChannelError> {
         ServerName::try_from(self.host.clone()).map_err(|_| ChannelError::BadUrl(self.host.clone()))
     }
+}
 
-    /// Opens TCP, optionally from a chosen local address, then TLS verified with `trust`.
+/// Opens verified connections to one server. Made once and shared: the TLS configuration is the
+/// expensive part.
+#[derive(Clone)]
+pub struct Connector {
+    server: ServerAddress,
+    tls: TlsConnector,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+impl Connector {
+    pub fn new(
+        server: ServerAddress,
+        trust: &ServerTrust,
+        clock: Arc<RouterClock>,
+    ) -> Result<Self, ChannelError> {
+        Ok(Self {
+            server,
+            tls: TlsConnector::from(trust.client_config(clock)?),
+        })
+    }
+
+    pub fn server(&self) -> &ServerAddress {
+        &self.server
+    }
+
+    /// Opens TCP, optionally from a chosen local address, then TLS.
     pub async fn connect_tls(
         &self,
-        trust: &ServerTrust,
         local_addr: Option<SocketAddr>,
     ) -> Result<TlsStream<TcpStream>, ChannelError> {
+        let authority = self.server.authority();
         let tcp = match local_addr {
-            None => TcpStream::connect(self.authority()).await?,
+            None => TcpStream::connect(&authority).await?,
             Some(local) => {
-                let remote = tokio::net::lookup_host(self.authority())
+                let remote = tokio::net::lookup_host(&authority)
                     .await?
                     .find(|addr| addr.is_ipv4() == local.is_ipv4())
-                    .ok_or_else(|| ChannelError::BadUrl(self.authority()))?;
+                    .ok_or_else(|| ChannelError::BadUrl(authority.clone()))?;
                 let socket = if local.is_ipv4() {
                     tokio::net::TcpSocket::new_v4()?
                 } else {
@@ -108,48 +143,86 @@ impl ServerAddress {
             }
         };
         tcp.set_nodelay(true)?;
-        let connector = TlsConnector::from(trust.client_config()?);
-        Ok(connector.connect(self.server_name()?, tcp).await?)
+        Ok(self.tls.connect(self.server.server_name()?, tcp).await?)
     }
-}
 
-/// Enrolls a router: trades an enrollment token for the router's own credential.
-pub async fn enroll(
-    server: &ServerAddress,
-    trust: &ServerTrust,
-    request: &EnrollRequest,
-) -> Result<EnrollResponse, ChannelError> {
-    let tls = server.connect_tls(trust, None).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| ChannelError::Http(e.to_string()))?;
-    let driver = tokio::spawn(connection);
-    let http_request = http::Request::post(ENROLL_PATH)
-        .header(http::header::HOST, server.authority())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(encode(request))))
-        .map_err(|e| ChannelError::Http(e.to_string()))?;
-    let response = sender
-        .send_request(http_request)
-        .await
-        .map_err(|e| ChannelError::Http(e.to_string()))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ChannelError::Http(e.to_string()))?
-        .to_bytes();
-    driver.abort();
-    if status.is_success() {
-        serde_json::from_slice(&body).map_err(|e| ChannelError::Unexpected(e.to_string()))
-    } else {
-        Err(ChannelError::Refused(
-            serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
-                code: format!("http_{}", status.as_u16()),
-                message: String::from_utf8_lossy(&body).into_owned(),
+    /// Enrolls a router: trades an enrollment token for the router's own credential.
+    pub async fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, ChannelError> {
+        let tls = self.connect_tls(None).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ChannelError::Http(e.to_string()))?;
+        let driver = tokio::spawn(connection);
+        let http_request = http::Request::post(ENROLL_PATH)
+            .header(http::header::HOST, self.server.authority())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(encode(request))))
+            .map_err(|e| ChannelError::Http(e.to_string()))?;
+        let response = sender
+            .send_request(http_request)
+            .await
+            .map_err(|e| ChannelError::Http(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ChannelError::Http(e.to_string()))?
+            .to_bytes();
+        driver.abort();
+        if status.is_success() {
+            serde_json::from_slice(&body).map_err(|e| ChannelError::Unexpected(e.to_string()))
+        } else {
+            Err(ChannelError::Refused(
+                serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
+                    code: format!("http_{}", status.as_u16()),
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                }),
+            ))
+        }
+    }
+
+    /// Opens the WebSocket without saying HELLO: for callers that speak the protocol themselves.
+    pub async fn open_websocket(
+        &self,
+        local_addr: Option<SocketAddr>,
+    ) -> Result<ChannelStream, ChannelError> {
+        let tls = self.connect_tls(local_addr).await?;
+        let request =
+            format!("wss://{}{CONNECT_PATH}", self.server.authority()).into_client_request()?;
+        let (stream, _response) =
+            tokio_tungstenite::client_async_with_config(request, tls, Some(websocket_config()))
+                .await?;
+        Ok(stream)
+    }
+
+    /// Opens the control channel: TLS, WebSocket upgrade, HELLO, and waits for WELCOME.
+    pub async fn open_channel(
+        &self,
+        hello: Hello,
+        local_addr: Option<SocketAddr>,
+    ) -> Result<ControlChannel, ChannelError> {
+        let mut stream = self.open_websocket(local_addr).await?;
+        send_message(&mut stream, &DeviceMessage::Hello(hello)).await?;
+        match recv_message(&mut stream).await? {
+            Some(ServerMessage::Welcome(welcome)) => Ok(ControlChannel { stream, welcome }),
+            Some(ServerMessage::Error(error)) => Err(ChannelError::Refused(error)),
+            Some(ServerMessage::Disconnect {
+                reason,
+                message,
+                reconnect_after_secs,
+            }) => Err(ChannelError::Disconnected {
+                reason,
+                message,
+                reconnect_after_secs,
             }),
-        ))
+            Some(other) => Err(ChannelError::Unexpected(format!(
+                "{other:?} before WELCOME"
+            ))),
+            None => Err(ChannelError::Unexpected(
+                "connection closed before WELCOME".into(),
+            )),
+        }
     }
 }
 
@@ -205,47 +278,4 @@ pub async fn recv_message(
         }
     }
     Ok(None)
-}
-
-/// Opens the control channel: TLS, WebSocket upgrade, HELLO, and waits for WELCOME.
-pub async fn open_channel(
-    server: &ServerAddress,
-    trust: &ServerTrust,
-    hello: Hello,
-    local_addr: Option<SocketAddr>,
-) -> Result<ControlChannel, ChannelError> {
-    let mut stream = open_websocket(server, trust, local_addr).await?;
-    send_message(&mut stream, &DeviceMessage::Hello(hello)).await?;
-    match recv_message(&mut stream).await? {
-        Some(ServerMessage::Welcome(welcome)) => Ok(ControlChannel { stream, welcome }),
-        Some(ServerMessage::Error(error)) => Err(ChannelError::Refused(error)),
-        Some(ServerMessage::Disconnect {
-            reason,
-            message,
-            reconnect_after_secs,
-        }) => Err(ChannelError::Disconnected {
-            reason,
-            message,
-            reconnect_after_secs,
-        }),
-        Some(other) => Err(ChannelError::Unexpected(format!(
-            "{other:?} before WELCOME"
-        ))),
-        None => Err(ChannelError::Unexpected(
-            "connection closed before WELCOME".into(),
-        )),
-    }
-}
-
-/// Opens the WebSocket without saying HELLO: for callers that speak the protocol themselves.
-pub async fn open_websocket(
-    server: &ServerAddress,
-    trust: &ServerTrust,
-    local_addr: Option<SocketAddr>,
-) -> Result<ChannelStream, ChannelError> {
-    let tls = server.connect_tls(trust, local_addr).await?;
-    let request = format!("wss://{}{CONNECT_PATH}", server.authority()).into_client_request()?;
-    let (stream, _response) =
-        tokio_tungstenite::client_async_with_config(request, tls, Some(websocket_config())).await?;
-    Ok(stream)
 }

@@ -2,10 +2,10 @@
 //!
 //! This crate never links server code: a router build contains only what is here.
 
+pub mod clock;
 pub mod connection;
 pub mod tls;
 
-pub use connection::{
-    ChannelError, ControlChannel, ServerAddress, enroll, open_channel, open_websocket,
-};
+pub use clock::RouterClock;
+pub use connection::{ChannelError, Connector, ControlChannel, ServerAddress};
 pub use tls::{ServerTrust, TrustError};

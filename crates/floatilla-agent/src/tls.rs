@@ -3,25 +3,20 @@
 //! Before enrollment a router knows only the SHA-256 fingerprint of the server's CA (carried in the
 //! enrollment token) or the CA certificate itself (`--ca-cert`). The server presents its leaf
 //! certificate followed by that CA; the router accepts the connection only if the CA matches what it
-//! knows and the leaf is validly signed by it. A router whose clock is behind its own build date
-//! verifies as of the build date.
+//! knows and the leaf is validly signed by it, at the time the router's clock trusts
+//! ([`RouterClock`]: never earlier than the agent's build date).
 
 use std::sync::Arc;
 
 use floatilla_protocol::CaFingerprint;
+
+use crate::clock::RouterClock;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-
-/// When this agent was built, in seconds since the epoch.
-pub const BUILT_AT_UNIX_SECS: u64 = match u64::from_str_radix(env!("FLOATILLA_AGENT_BUILT_AT"), 10)
-{
-    Ok(secs) => secs,
-    Err(_) => panic!("FLOATILLA_AGENT_BUILT_AT must be seconds since the epoch"),
-};
 
 /// What a router trusts the server by.
 #[derive(Debug, Clone)]
@@ -48,14 +43,15 @@ impl ServerTrust {
             .map_err(|e| TrustError::BadCaCertificate(e.to_string()))
     }
 
-    /// A TLS client configuration that verifies the server against this trust.
-    pub fn client_config(&self) -> Result<Arc<ClientConfig>, TrustError> {
+    /// A TLS client configuration that verifies the server against this trust, at the time the
+    /// router's clock trusts (see [`RouterClock`]).
+    pub fn client_config(&self, clock: Arc<RouterClock>) -> Result<Arc<ClientConfig>, TrustError> {
         let provider = provider();
         let verifier = Arc::new(PinnedCaVerifier {
             trust: self.clone(),
             provider: provider.clone(),
         });
-        let config = ClientConfig::builder_with_provider(provider)
+        let config = ClientConfig::builder_with_details(provider, clock)
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
@@ -117,15 +113,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let ca = self.pinned_ca(intermediates)?;
-        let not_before_build = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-            now.as_secs().max(BUILT_AT_UNIX_SECS),
-        ));
         self.webpki_for(ca)?.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
-            not_before_build,
+            now,
         )
     }
 

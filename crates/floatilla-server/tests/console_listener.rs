@@ -41,7 +41,7 @@ async fn the_console_listener_serves_the_api_with_the_operators_certificate() {
     );
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured(std::sync::Arc::unwrap_or_clone(
-            operator_trust.client_config().unwrap(),
+            operator_trust.client_config(Default::default()).unwrap(),
         ))
         .resolve("localhost", console)
         .build()

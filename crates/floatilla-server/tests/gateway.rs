@@ -77,19 +77,17 @@ async fn a_wrong_ca_fingerprint_is_refused_on_first_contact(db: TestDb) {
     let token = server.enrollment_token(json!({"name": "t"})).await;
     let mut forged: floatilla_protocol::EnrollmentTokenString = token.parse().unwrap();
     forged.ca_fingerprint = CaFingerprint::of_der(b"another CA");
-    let result = floatilla_agent::enroll(
-        &server.address,
-        &ServerTrust::CaFingerprint(forged.ca_fingerprint),
-        &floatilla_protocol::EnrollRequest {
+    let result = server
+        .connector_for(&ServerTrust::CaFingerprint(forged.ca_fingerprint))
+        .enroll(&floatilla_protocol::EnrollRequest {
             token: forged.to_string(),
             serial: "SN-X".into(),
             model: "m".into(),
             firmware: "f".into(),
             agent_version: "a".into(),
             credential: None,
-        },
-    )
-    .await;
+        })
+        .await;
     let error = result.expect_err("an unknown server must not be accepted");
     assert!(matches!(error, ChannelError::Io(_)), "{error:?}");
     assert!(error.to_string().contains("fingerprint"), "{error}");
@@ -102,24 +100,18 @@ async fn the_ca_certificate_file_is_accepted_as_trust(db: TestDb) {
     let enrolled = server.enrolled("SN-CA").await;
     // The CA returned by enrollment is the one the server presents.
     let trust = ServerTrust::from_ca_pem(&enrolled.ca_certificate).unwrap();
-    floatilla_agent::open_channel(
-        &server.address,
-        &trust,
-        hello(&enrolled.credential, "SN-CA"),
-        None,
-    )
-    .await
-    .unwrap();
+    server
+        .connector_for(&trust)
+        .open_channel(hello(&enrolled.credential, "SN-CA"), None)
+        .await
+        .unwrap();
     // Another installation's CA is not.
     let other = TestServer::start(TestDb::sqlite()).await;
-    let error = floatilla_agent::open_channel(
-        &server.address,
-        &other.trust(),
-        hello(&enrolled.credential, "SN-CA"),
-        None,
-    )
-    .await
-    .expect_err("a different CA must be refused");
+    let error = server
+        .connector_for(&other.trust())
+        .open_channel(hello(&enrolled.credential, "SN-CA"), None)
+        .await
+        .expect_err("a different CA must be refused");
     assert!(matches!(error, ChannelError::Io(_)), "{error:?}");
 }
 
@@ -822,11 +814,7 @@ async fn the_device_certificate_is_rotated_before_it_expires(db: TestDb) {
     let server = TestServer::start(db).await;
     let enrolled = server.enrolled("TLS-1").await;
     let presented_leaf = || async {
-        let stream = server
-            .address
-            .connect_tls(&server.trust(), None)
-            .await
-            .unwrap();
+        let stream = server.connector.connect_tls(None).await.unwrap();
         let (_, connection) = stream.get_ref();
         connection.peer_certificates().unwrap()[0].clone()
     };

@@ -47,6 +47,10 @@ pub(crate) fn check_schema_version(newest_applied: Option<i64>, migrator: &Migra
 
 /// The columns of a [`DeviceRow`](crate::rows::DeviceRow): a device with its group's name.
 /// The caller appends the WHERE clause (the device table is `d`).
+/// Routers per statement when recording heartbeats: two parameters each, well inside both
+/// backends' limits.
+pub(crate) const LAST_SEEN_CHUNK: usize = 500;
+
 macro_rules! select_devices {
     ($where:literal) => {
         concat!(
@@ -955,16 +959,24 @@ macro_rules! impl_store {
                 let mut seen = seen.to_vec();
                 seen.sort_unstable_by_key(|(id, _)| *id);
                 let mut tx = self.begin_write().await?;
-                for (id, at) in seen {
+                // One statement per chunk, not one per router: a round trip each on PostgreSQL.
+                for chunk in seen.chunks($crate::shared::LAST_SEEN_CHUNK) {
+                    let rows = (0..chunk.len())
+                        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     // Never moves backwards: batches from different nodes may arrive out of order.
-                    ::sqlx::query(
-                        "UPDATE devices SET last_seen = $2 \
-                         WHERE id = $1 AND (last_seen IS NULL OR last_seen < $2)",
-                    )
-                    .bind(id.to_string())
-                    .bind($crate::rows::millis(at))
-                    .execute(&mut *tx)
-                    .await?;
+                    let sql = format!(
+                        "WITH seen (id, at) AS (VALUES {rows}) \
+                         UPDATE devices SET last_seen = seen.at FROM seen \
+                         WHERE devices.id = seen.id \
+                         AND (devices.last_seen IS NULL OR devices.last_seen < seen.at)"
+                    );
+                    let mut query = ::sqlx::query(::sqlx::AssertSqlSafe(sql));
+                    for (id, at) in chunk {
+                        query = query.bind(id.to_string()).bind($crate::rows::millis(*at));
+                    }
+                    query.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())

@@ -1137,6 +1137,17 @@ async fn last_seen_is_recorded_in_batches_and_never_moves_back(store: Arc<dyn St
     assert_eq!(seen(a.id).await, Some(at(5_000)));
     assert_eq!(seen(b.id).await, Some(at(8_000)));
     assert_eq!(seen(c.id).await, None);
+
+    // A batch larger than one statement's chunk reaches every router in it.
+    let mut many = Vec::new();
+    for i in 0..1_100 {
+        many.push(enroll(&*store, &token, &format!("HB-{i:04}")).await.id);
+    }
+    let batch: Vec<_> = many.iter().map(|id| (*id, at(9_000))).collect();
+    store.record_last_seen(&batch).await.unwrap();
+    for id in [many[0], many[499], many[500], many[1_099]] {
+        assert_eq!(seen(id).await, Some(at(9_000)));
+    }
 }
 
 async fn closing_a_nodes_sessions_spares_devices_that_reconnected_elsewhere(store: Arc<dyn Store>) {

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use floatilla_agent::{ServerAddress, ServerTrust};
+use floatilla_agent::{Connector, ServerAddress, ServerTrust};
 use floatilla_protocol::{EnrollRequest, Hello, PROTOCOL_VERSION};
 use serde_json::{Value, json};
 
@@ -61,7 +61,7 @@ fn admin(data_dir: &Path, args: &[&str]) -> Result<String, String> {
 async fn client(data_dir: &Path) -> (reqwest::Client, ServerTrust) {
     let pem = admin(data_dir, &["ca-certificate"]).unwrap();
     let trust = ServerTrust::from_ca_pem(&pem).unwrap();
-    let tls = std::sync::Arc::unwrap_or_clone(trust.client_config().unwrap());
+    let tls = std::sync::Arc::unwrap_or_clone(trust.client_config(Default::default()).unwrap());
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .build()
@@ -214,37 +214,38 @@ async fn options_come_from_flags_then_environment_then_config_file() {
         .json()
         .await
         .unwrap();
-    let address = ServerAddress::parse(&served.url).unwrap();
-    let enrolled = floatilla_agent::enroll(
-        &address,
+    let connector = Connector::new(
+        ServerAddress::parse(&served.url).unwrap(),
         &trust,
-        &EnrollRequest {
+        Default::default(),
+    )
+    .unwrap();
+    let enrolled = connector
+        .enroll(&EnrollRequest {
             token: created["token"].as_str().unwrap().to_owned(),
             serial: "CFG-1".into(),
             model: "m".into(),
             firmware: "f".into(),
             agent_version: "a".into(),
             credential: None,
-        },
-    )
-    .await
-    .unwrap();
-    let channel = floatilla_agent::open_channel(
-        &address,
-        &trust,
-        Hello {
-            protocol_version: PROTOCOL_VERSION,
-            agent_version: "a".into(),
-            credential: enrolled.credential,
-            serial: "CFG-1".into(),
-            model: "m".into(),
-            firmware: "f".into(),
-            clock: chrono::Utc::now(),
-        },
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
+    let channel = connector
+        .open_channel(
+            Hello {
+                protocol_version: PROTOCOL_VERSION,
+                agent_version: "a".into(),
+                credential: enrolled.credential,
+                serial: "CFG-1".into(),
+                model: "m".into(),
+                firmware: "f".into(),
+                clock: chrono::Utc::now(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
     let timers = channel.welcome.timers;
     assert_eq!(
         timers.ping_interval_secs, 77,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
 use floatilla_agent::connection::{ChannelStream, recv_message, send_message};
-use floatilla_agent::{ControlChannel, ServerAddress, ServerTrust};
+use floatilla_agent::{Connector, ControlChannel, ServerAddress, ServerTrust};
 use floatilla_domain::model::ApiToken;
 use floatilla_domain::{ApiTokenId, Clock, ManualClock, Role};
 use floatilla_protocol::{
@@ -61,6 +61,8 @@ pub struct TestServer {
     pub http: reqwest::Client,
     pub admin_token: String,
     pub address: ServerAddress,
+    /// Connections that trust this server's CA certificate.
+    pub connector: Connector,
     pub url: String,
     pub ca_pem: String,
     _db: TestDb,
@@ -93,14 +95,16 @@ impl TestServer {
             .expect("on-prem tenant");
         let admin_token = Self::token_for(store.as_ref(), &clock, tenant, Role::Admin).await;
         let trust = ServerTrust::from_ca_pem(server.ca_certificate_pem()).unwrap();
-        let tls = Arc::unwrap_or_clone(trust.client_config().unwrap());
+        let tls = Arc::unwrap_or_clone(trust.client_config(Arc::default()).unwrap());
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .build()
             .unwrap();
         let url = server.url();
+        let address = ServerAddress::parse(&url).unwrap();
         Self {
-            address: ServerAddress::parse(&url).unwrap(),
+            connector: Connector::new(address.clone(), &trust, Arc::default()).unwrap(),
+            address,
             url,
             ca_pem: server.ca_certificate_pem().to_owned(),
             server: Some(server),
@@ -140,6 +144,11 @@ impl TestServer {
 
     pub fn trust(&self) -> ServerTrust {
         ServerTrust::from_ca_pem(&self.ca_pem).unwrap()
+    }
+
+    /// Connections to this server that trust `trust`.
+    pub fn connector_for(&self, trust: &ServerTrust) -> Connector {
+        Connector::new(self.address.clone(), trust, Arc::default()).unwrap()
     }
 
     /// An API request with the admin token; answers status and JSON body (Null when empty).
@@ -205,19 +214,16 @@ impl TestServer {
                 .unwrap()
                 .ca_fingerprint,
         );
-        floatilla_agent::enroll(
-            &self.address,
-            &trust,
-            &EnrollRequest {
+        self.connector_for(&trust)
+            .enroll(&EnrollRequest {
                 token: token.to_owned(),
                 serial: serial.to_owned(),
                 model: "MRX5".into(),
                 firmware: "5.2.1".into(),
                 agent_version: "test".into(),
                 credential,
-            },
-        )
-        .await
+            })
+            .await
     }
 
     /// Enrolls a router with a fresh unlimited token.
@@ -231,17 +237,14 @@ impl TestServer {
         credential: &str,
         serial: &str,
     ) -> Result<ControlChannel, floatilla_agent::ChannelError> {
-        floatilla_agent::open_channel(
-            &self.address,
-            &self.trust(),
-            hello(credential, serial),
-            None,
-        )
-        .await
+        self.connector
+            .open_channel(hello(credential, serial), None)
+            .await
     }
 
     pub async fn raw_socket(&self) -> ChannelStream {
-        floatilla_agent::open_websocket(&self.address, &self.trust(), None)
+        self.connector
+            .open_websocket(None)
             .await
             .expect("open WebSocket")
     }
