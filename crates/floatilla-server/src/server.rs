@@ -80,6 +80,45 @@ impl RunningServer {
         self.state.sessions.len()
     }
 
+    /// Creates an enrollment token for the on-premises tenant, valid for `valid_for`: for
+    /// programs that embed a server (the demo).
+    pub async fn create_enrollment_token(
+        &self,
+        name: &str,
+        valid_for: chrono::Duration,
+    ) -> Result<String, Error> {
+        let tenant = self.on_prem_tenant()?;
+        let expires_at = Some(self.state.clock.now() + valid_for);
+        let (_, text) = crate::api::tokens::issue_enrollment_token(
+            &self.state,
+            tenant,
+            name,
+            None,
+            expires_at,
+            None,
+        )
+        .await?;
+        Ok(text)
+    }
+
+    /// Creates an API token for the on-premises tenant.
+    pub async fn create_api_token(
+        &self,
+        name: &str,
+        role: floatilla_domain::Role,
+    ) -> Result<String, Error> {
+        let tenant = self.on_prem_tenant()?;
+        let (_, text) =
+            crate::api::tokens::issue_api_token(&self.state, tenant, name, role).await?;
+        Ok(text)
+    }
+
+    fn on_prem_tenant(&self) -> Result<floatilla_domain::TenantId, Error> {
+        self.state.installation.on_prem_tenant.ok_or_else(|| {
+            Error::invalid("tenant_required", "a cloud installation has many tenants")
+        })
+    }
+
     /// Writes pending heartbeat bookkeeping now instead of at the next interval.
     pub async fn flush_last_seen(&self) {
         self.state.last_seen.flush(self.state.store.as_ref()).await;

@@ -11,7 +11,8 @@ use floatilla_server::Installation;
 use floatilla_server::api::auth::new_api_token_secret;
 use floatilla_server::tls::CertificateAuthority;
 
-use crate::options::{StorageOptions, read_config_file};
+use crate::options::read_config_file;
+use crate::storage::StorageOptions;
 
 #[derive(Debug, Args)]
 pub struct AdminCommand {

@@ -1,8 +1,16 @@
-//! `floatilla`: the server, its administration, and (in later releases) the router agent.
+//! `floatilla`: the server, its administration, the router agent and the fleet simulator.
 
+#[cfg(feature = "server")]
 mod admin;
+mod agent;
+#[cfg(feature = "server")]
+mod demo;
 mod options;
+#[cfg(feature = "server")]
 mod serve;
+mod simulate;
+#[cfg(feature = "server")]
+mod storage;
 
 use clap::{Parser, Subcommand};
 
@@ -20,9 +28,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a server node.
+    #[cfg(feature = "server")]
     Serve(serve::ServeCommand),
     /// Administer an installation directly through its database (works while servers run).
+    #[cfg(feature = "server")]
     Admin(admin::AdminCommand),
+    /// Run a server with a simulated fleet, to try Floatilla out.
+    #[cfg(feature = "server")]
+    Demo(demo::DemoCommand),
+    /// Run the router agent: enroll once, then keep the control channel to the server.
+    Agent(agent::AgentCommand),
+    /// Simulate a fleet of routers speaking the real protocol.
+    Simulate(simulate::SimulateCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,8 +56,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.command {
+            #[cfg(feature = "server")]
             Command::Serve(command) => command.run().await,
+            #[cfg(feature = "server")]
             Command::Admin(command) => command.run().await,
+            #[cfg(feature = "server")]
+            Command::Demo(command) => command.run().await,
+            Command::Agent(command) => command.run().await,
+            Command::Simulate(command) => command.run().await,
         }
     })
 }

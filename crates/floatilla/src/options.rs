@@ -1,63 +1,11 @@
-//! Options shared by subcommands, and how a config file fills what flags and the environment
-//! leave open. Precedence: flag, then environment variable, then config file, then default.
+//! What subcommands share: how a config file fills what flags and the environment leave open
+//! (precedence: flag, then environment variable, then config file, then default), signals, and
+//! the open-file limit.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use anyhow::Context;
-use clap::Args;
-use floatilla_store::{Location, Store};
 use serde::Deserialize;
-
-/// Where the installation's data lives.
-#[derive(Debug, Clone, Default, Args, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageOptions {
-    /// Directory for the embedded SQLite database (default ./floatilla-data).
-    #[arg(long, env = "FLOATILLA_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Use PostgreSQL instead of SQLite, e.g. postgres://user@host/floatilla.
-    #[arg(long, env = "FLOATILLA_DATABASE_URL")]
-    pub database_url: Option<String>,
-}
-
-impl StorageOptions {
-    pub fn or(self, file: StorageOptions) -> Self {
-        Self {
-            data_dir: self.data_dir.or(file.data_dir),
-            database_url: self.database_url.or(file.database_url),
-        }
-    }
-
-    pub fn location(&self) -> anyhow::Result<Location> {
-        match &self.database_url {
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Ok(Location::Postgres(url.clone()))
-            }
-            Some(url) => anyhow::bail!("unsupported database URL `{url}`: expected postgres://…"),
-            None => Ok(Location::Sqlite(
-                self.data_dir
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("floatilla-data"))
-                    .join("floatilla.db"),
-            )),
-        }
-    }
-
-    pub async fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
-        let location = self.location()?;
-        floatilla_store::open(&location)
-            .await
-            .with_context(|| format!("cannot open the database ({})", describe(&location)))
-    }
-}
-
-fn describe(location: &Location) -> String {
-    match location {
-        Location::Sqlite(path) => path.display().to_string(),
-        Location::Postgres(url) => url.split('@').next_back().unwrap_or(url).to_owned(),
-    }
-}
 
 /// Reads a TOML config file into `T` (its keys are the long flag names with `_` for `-`).
 pub fn read_config_file<T: for<'de> Deserialize<'de> + Default>(
@@ -69,4 +17,22 @@ pub fn read_config_file<T: for<'de> Deserialize<'de> + Default>(
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Raises this process's open-file limit to the hard limit: every router connection is one.
+pub fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
 }

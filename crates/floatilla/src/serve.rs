@@ -10,7 +10,8 @@ use floatilla_domain::{Mode, SystemClock, Timers};
 use floatilla_server::{ConsoleListener, ServerConfig};
 use serde::Deserialize;
 
-use crate::options::{StorageOptions, read_config_file};
+use crate::options::{raise_open_file_limit, read_config_file, wait_for_signal};
+use crate::storage::StorageOptions;
 
 #[derive(Debug, Args)]
 pub struct ServeCommand {
@@ -128,6 +129,7 @@ impl ServeCommand {
         let file: ServeOptions = read_config_file(self.config.as_deref())?;
         let options = self.options.or(file);
         let config = options.server_config()?;
+        raise_open_file_limit();
         let store = options.storage.open().await?;
         let server = floatilla_server::start(config, store, Arc::new(SystemClock))
             .await
@@ -145,14 +147,5 @@ impl ServeCommand {
         tracing::info!("shutting down");
         server.shutdown().await;
         Ok(())
-    }
-}
-
-async fn wait_for_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("can install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
     }
 }

@@ -95,6 +95,30 @@ pub async fn create_enrollment_token(
         Some(name) => Some(group_id_by_name(&state, tenant, name).await?),
         None => None,
     };
+    let (token, text) = issue_enrollment_token(
+        &state,
+        tenant,
+        &request.name,
+        request.max_uses,
+        expires_at,
+        group_id,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollmentTokenView::new(&token, request.group, Some(text))),
+    ))
+}
+
+/// Creates an enrollment token; answers it with its text (secret and CA fingerprint).
+pub async fn issue_enrollment_token(
+    state: &AppState,
+    tenant: TenantId,
+    name: &str,
+    max_uses: Option<u32>,
+    expires_at: Option<floatilla_domain::Timestamp>,
+    group_id: Option<floatilla_domain::GroupId>,
+) -> Result<(EnrollmentToken, String)> {
     let secret = EnrollmentTokenString {
         secret: rand::rng().random(),
         ca_fingerprint: state.ca.fingerprint(),
@@ -102,24 +126,17 @@ pub async fn create_enrollment_token(
     let token = EnrollmentToken {
         id: EnrollmentTokenId::new(),
         tenant_id: tenant,
-        name: checked_name(&request.name)?,
+        name: checked_name(name)?,
         secret_hash: secret.secret_hash(),
-        max_uses: request.max_uses,
+        max_uses,
         uses: 0,
         expires_at,
         group_id,
         revoked_at: None,
-        created_at: now,
+        created_at: state.clock.now(),
     };
     state.store.create_enrollment_token(&token).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(EnrollmentTokenView::new(
-            &token,
-            request.group,
-            Some(secret.to_string()),
-        )),
-    ))
+    Ok((token, secret.to_string()))
 }
 
 /// Revokes an enrollment token: routers already enrolled with it are not affected.

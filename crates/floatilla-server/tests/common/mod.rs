@@ -56,6 +56,7 @@ pub const PROMPTLY: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     pub server: Option<RunningServer>,
+    config: ServerConfig,
     pub clock: ManualClock,
     pub store: Arc<dyn Store>,
     pub http: reqwest::Client,
@@ -86,9 +87,10 @@ impl TestServer {
     pub async fn start_with(db: TestDb, config: ServerConfig) -> Self {
         let store = db.open().await.expect("open test database");
         let clock = ManualClock::new(Utc::now().trunc_subsecs(0));
-        let server = floatilla_server::start(config, store.clone(), Arc::new(clock.clone()))
-            .await
-            .expect("start server");
+        let server =
+            floatilla_server::start(config.clone(), store.clone(), Arc::new(clock.clone()))
+                .await
+                .expect("start server");
         let tenant = server
             .installation()
             .on_prem_tenant
@@ -108,6 +110,7 @@ impl TestServer {
             url,
             ca_pem: server.ca_certificate_pem().to_owned(),
             server: Some(server),
+            config,
             clock,
             store,
             http,
@@ -286,6 +289,21 @@ impl TestServer {
             .text()
             .await
             .unwrap()
+    }
+
+    /// Stops the server and starts it again on the same address and database.
+    pub async fn restart(&mut self) {
+        let address = self.running().local_addr;
+        self.shutdown().await;
+        let config = ServerConfig {
+            listen: address,
+            ..self.config.clone()
+        };
+        self.server = Some(
+            floatilla_server::start(config, self.store.clone(), Arc::new(self.clock.clone()))
+                .await
+                .expect("restart server"),
+        );
     }
 
     pub async fn shutdown(&mut self) {

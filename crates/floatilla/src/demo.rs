@@ -1,0 +1,82 @@
+//! `floatilla demo`: a server on the embedded database and a simulated fleet, in one command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use floatilla_agent::ServerAddress;
+use floatilla_agent::simulate::{Simulator, SimulatorConfig};
+use floatilla_domain::{Role, SystemClock};
+use floatilla_server::ServerConfig;
+
+use crate::options::{raise_open_file_limit, wait_for_signal};
+use crate::storage::StorageOptions;
+
+#[derive(Debug, Args)]
+pub struct DemoCommand {
+    /// Where the demo keeps its database, CA certificate and simulated routers' credentials.
+    #[arg(long, env = "FLOATILLA_DATA_DIR", default_value = "floatilla-demo")]
+    data_dir: PathBuf,
+    /// Address of the server.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// How many simulated routers.
+    #[arg(long, default_value_t = 50)]
+    devices: u32,
+}
+
+impl DemoCommand {
+    pub async fn run(self) -> anyhow::Result<()> {
+        raise_open_file_limit();
+        let storage = StorageOptions {
+            data_dir: Some(self.data_dir.clone()),
+            database_url: None,
+        };
+        let store = storage.open().await?;
+        let config = ServerConfig {
+            listen: self.listen,
+            ..ServerConfig::default()
+        };
+        let server = floatilla_server::start(config, store, Arc::new(SystemClock))
+            .await
+            .context("cannot start the server")?;
+        let url = server.url();
+        let ca_file = self.data_dir.join("ca.pem");
+        std::fs::write(&ca_file, server.ca_certificate_pem())?;
+        let api_token = server.create_api_token("demo", Role::Admin).await?;
+        let enroll_token = server
+            .create_enrollment_token("demo fleet", chrono::Duration::days(1))
+            .await?;
+        let simulator = Simulator::start(SimulatorConfig {
+            server: ServerAddress::parse(&url)?,
+            enroll_token: Some(enroll_token),
+            devices: self.devices,
+            rate: 100,
+            serial_prefix: "DEMO-".into(),
+            state_dir: Some(self.data_dir.join("simulator")),
+        })?;
+        println!("listening on {url}");
+        println!();
+        println!(
+            "Floatilla demo: {} simulated routers are connecting.",
+            self.devices
+        );
+        println!("  API token:      {api_token}");
+        println!("  CA certificate: {}", ca_file.display());
+        println!();
+        println!(
+            "  curl --cacert {} -H 'Authorization: Bearer {api_token}' {url}/api/v1/devices?limit=5",
+            ca_file.display()
+        );
+        println!("  curl --cacert {} {url}/metrics", ca_file.display());
+        println!("  OpenAPI:        {url}/api/v1/openapi.json");
+        println!();
+        println!("Ctrl-C stops the demo; run it again to continue with the same routers.");
+        wait_for_signal().await;
+        simulator.stop().await?;
+        server.shutdown().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+//! `floatilla simulate`: a fleet of virtual routers in one process.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use floatilla_agent::ServerAddress;
+use floatilla_agent::simulate::{Simulator, SimulatorConfig};
+
+use crate::options::{raise_open_file_limit, wait_for_signal};
+
+#[derive(Debug, Args)]
+pub struct SimulateCommand {
+    /// The server as `serve` prints it: https://HOST:PORT.
+    #[arg(long, env = "FLOATILLA_SERVER")]
+    server: String,
+    /// An enrollment token (needed for routers not enrolled yet).
+    #[arg(long, env = "FLOATILLA_ENROLL_TOKEN")]
+    enroll_token: Option<String>,
+    /// How many routers.
+    #[arg(long)]
+    devices: u32,
+    /// Routers started per second, in serial order.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Serials are PREFIX000001, PREFIX000002, …
+    #[arg(long, default_value = "SIM-")]
+    serial_prefix: String,
+    /// Keep credentials here, so another run reuses the same routers.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+impl SimulateCommand {
+    pub async fn run(self) -> anyhow::Result<()> {
+        raise_open_file_limit();
+        let simulator = Simulator::start(SimulatorConfig {
+            server: ServerAddress::parse(&self.server)?,
+            enroll_token: self.enroll_token,
+            devices: self.devices,
+            rate: self.rate,
+            serial_prefix: self.serial_prefix,
+            state_dir: self.state_dir,
+        })?;
+        let counters = simulator.counters.clone();
+        let devices = simulator.devices();
+        let progress = tokio::spawn(async move {
+            let terminal = std::io::stderr().is_terminal();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let line = counters.line(devices);
+                let mut stderr = std::io::stderr();
+                if terminal {
+                    let _ = write!(stderr, "\r\x1b[2K{line}");
+                } else {
+                    let _ = writeln!(stderr, "{line}");
+                }
+            }
+        });
+        wait_for_signal().await;
+        progress.abort();
+        let summary = simulator.counters.line(devices);
+        simulator.stop().await?;
+        eprintln!("\nstopped: {summary}");
+        Ok(())
+    }
+}
