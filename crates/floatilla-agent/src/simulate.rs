@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floatilla_protocol::Status;
+use floatilla_protocol::{CaFingerprint, EnrollmentTokenString, Status};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -71,12 +73,14 @@ struct Fleet {
 
 #[derive(Serialize, Deserialize, Default)]
 struct FleetFile {
-    server: String,
+    /// The server installation's CA (SHA-256, hex): credentials are only good there.
+    ca_fingerprint: String,
     routers: HashMap<String, Enrolled>,
 }
 
 impl Fleet {
-    fn open(state_dir: Option<&Path>, server: &str) -> std::io::Result<Self> {
+    /// Opens the saved fleet, unless it belongs to an installation other than `expected`.
+    fn open(state_dir: Option<&Path>, expected: Option<CaFingerprint>) -> std::io::Result<Self> {
         let Some(dir) = state_dir else {
             return Ok(Self::default());
         };
@@ -85,11 +89,14 @@ impl Fleet {
         let routers = match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let file: FleetFile = serde_json::from_str(&text)?;
-                if file.server == server {
-                    file.routers
-                } else {
-                    tracing::warn!(previous = %file.server, "the state directory belongs to another server; enrolling afresh");
-                    HashMap::new()
+                match expected {
+                    Some(expected) if expected.to_hex() != file.ca_fingerprint => {
+                        tracing::warn!(
+                            "the saved routers belong to another installation; enrolling afresh"
+                        );
+                        HashMap::new()
+                    }
+                    _ => file.routers,
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
@@ -107,16 +114,25 @@ impl Fleet {
     }
 
     /// Writes the file if anything changed since the last write.
-    fn persist(&self, server: &str) -> std::io::Result<()> {
+    fn persist(&self) -> std::io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
+        let routers = self.lock().clone();
+        let ca_fingerprint = routers
+            .values()
+            .next()
+            .and_then(|enrolled| {
+                CertificateDer::from_pem_slice(enrolled.ca_certificate.as_bytes()).ok()
+            })
+            .map(|der| CaFingerprint::of_der(&der).to_hex())
+            .unwrap_or_default();
         let file = FleetFile {
-            server: server.to_owned(),
-            routers: self.lock().clone(),
+            ca_fingerprint,
+            routers,
         };
         let temporary = path.with_extension("json.new");
         std::fs::write(&temporary, serde_json::to_vec(&file)?)?;
@@ -213,7 +229,6 @@ pub struct Simulator {
     pub counters: Arc<Counters>,
     config: SimulatorConfig,
     fleet: Arc<Fleet>,
-    server_url: String,
     stop: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -221,9 +236,13 @@ pub struct Simulator {
 impl Simulator {
     /// Starts the routers at the configured rate, in serial order, in the background.
     pub fn start(config: SimulatorConfig) -> Result<Self, ChannelError> {
-        let server_url = format!("https://{}:{}", config.server.host, config.server.port);
+        let expected_ca = config
+            .enroll_token
+            .as_deref()
+            .and_then(|token| token.parse::<EnrollmentTokenString>().ok())
+            .map(|token| token.ca_fingerprint);
         let fleet = Arc::new(
-            Fleet::open(config.state_dir.as_deref(), &server_url).map_err(ChannelError::Io)?,
+            Fleet::open(config.state_dir.as_deref(), expected_ca).map_err(ChannelError::Io)?,
         );
         let trust = first_contact_trust(config.enroll_token.as_deref(), None)
             .map_err(ChannelError::Unexpected)?;
@@ -284,14 +303,14 @@ impl Simulator {
             });
         }
         {
-            let (fleet, stop, url) = (fleet.clone(), stop.clone(), server_url.clone());
+            let (fleet, stop) = (fleet.clone(), stop.clone());
             tasks.spawn(async move {
                 loop {
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(2)) => {}
                         () = stop.cancelled() => return,
                     }
-                    if let Err(error) = fleet.persist(&url) {
+                    if let Err(error) = fleet.persist() {
                         tracing::error!(%error, "cannot save the simulator's state");
                     }
                 }
@@ -301,7 +320,6 @@ impl Simulator {
             counters,
             config,
             fleet,
-            server_url,
             stop,
             tasks,
         })
@@ -315,7 +333,7 @@ impl Simulator {
     pub async fn stop(mut self) -> std::io::Result<()> {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
-        self.fleet.persist(&self.server_url)
+        self.fleet.persist()
     }
 }
 
@@ -346,28 +364,36 @@ mod tests {
     }
 
     #[test]
-    fn state_for_another_server_is_not_reused() {
+    fn saved_routers_of_another_installation_are_not_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let fleet = Fleet::open(Some(dir.path()), "https://127.0.0.1:1").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let ours = CaFingerprint::of_der(ca.der());
+        let fleet = Fleet::open(Some(dir.path()), Some(ours)).unwrap();
         fleet.lock().insert(
             "S1".into(),
             Enrolled {
                 device_id: "d".into(),
                 credential: "c".into(),
-                ca_certificate: "p".into(),
+                ca_certificate: ca.pem(),
             },
         );
         fleet.dirty.store(true, Ordering::Release);
-        fleet.persist("https://127.0.0.1:1").unwrap();
+        fleet.persist().unwrap();
         assert_eq!(
-            Fleet::open(Some(dir.path()), "https://127.0.0.1:1")
+            Fleet::open(Some(dir.path()), Some(ours))
                 .unwrap()
                 .lock()
                 .len(),
             1
         );
+        assert_eq!(Fleet::open(Some(dir.path()), None).unwrap().lock().len(), 1);
+        let theirs = CaFingerprint::of_der(b"another CA");
         assert!(
-            Fleet::open(Some(dir.path()), "https://127.0.0.1:2")
+            Fleet::open(Some(dir.path()), Some(theirs))
                 .unwrap()
                 .lock()
                 .is_empty()

@@ -11,16 +11,19 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_floatilla");
 
-struct Served {
-    child: Child,
-    url: String,
+/// A child process that is killed when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+struct Served {
+    _process: Running,
+    url: String,
 }
 
 /// Starts `floatilla serve ARGS` and waits for its `listening on` line.
@@ -39,7 +42,10 @@ fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {first}"))
         .to_owned();
-    Served { child, url }
+    Served {
+        _process: Running(child),
+        url,
+    }
 }
 
 fn admin(data_dir: &Path, args: &[&str]) -> Result<String, String> {
@@ -279,4 +285,71 @@ fn invalid_options_are_refused_clearly() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("pong timeout"), "{stderr}");
+}
+
+/// Reads lines from a child's stdout until `prefix`, answering the rest of that line.
+fn line_after(lines: &mut impl Iterator<Item = std::io::Result<String>>, prefix: &str) -> String {
+    for line in lines.by_ref() {
+        let line = line.expect("readable");
+        if let Some(rest) = line.trim_start().strip_prefix(prefix) {
+            return rest.trim().to_owned();
+        }
+    }
+    panic!("no line starting with {prefix:?}");
+}
+
+fn interrupt(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap()
+}
+
+#[tokio::test]
+async fn the_demo_runs_a_server_with_a_simulated_fleet_and_resumes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    for run in 1..=2 {
+        let mut demo = Running(
+            Command::new(BIN)
+                .args([
+                    "demo",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--devices",
+                    "5",
+                    "--data-dir",
+                ])
+                .arg(&data)
+                .env("FLOATILLA_LOG", "warn")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
+        let url = line_after(&mut lines, "listening on ");
+        let token = line_after(&mut lines, "API token:");
+        let (client, _) = client(&data).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (status, page) = get(
+                &client,
+                &format!("{url}/api/v1/devices?connection_state=online"),
+                &token,
+            )
+            .await;
+            assert_eq!(status, 200);
+            if page["total"] == 5 {
+                assert_eq!(page["items"][0]["serial"], "DEMO-000001");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "run {run}: {page}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let (_, all) = get(&client, &format!("{url}/api/v1/devices"), &token).await;
+        assert_eq!(all["total"], 5, "run {run} reuses the same routers");
+        assert!(interrupt(&mut demo.0).success());
+    }
 }

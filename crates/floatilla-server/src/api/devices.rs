@@ -20,7 +20,7 @@ use super::views::{
     DeviceView, ErrorView, StatusView,
 };
 use crate::error::{Error, Result};
-use crate::gateway::registry::SessionCommand;
+use crate::gateway::registry::{CallRequest, SessionCommand};
 use crate::state::AppState;
 
 const MAX_PAGE: u32 = 1000;
@@ -251,11 +251,11 @@ pub async fn refresh_status(
     let (reply, answer) = oneshot::channel();
     session
         .commands
-        .send(SessionCommand::Call {
+        .send(SessionCommand::Call(Box::new(CallRequest {
             method: "report_status".into(),
             params: serde_json::Value::Null,
             reply,
-        })
+        })))
         .await
         .map_err(|_| Error::invalid_state("device_offline", "the router is not connected"))?;
     let result = tokio::time::timeout(state.config.call_timeout, answer)

@@ -7,17 +7,21 @@ use floatilla_domain::{DeviceId, DisconnectReason, SessionId, TenantId, Timestam
 use floatilla_protocol::CallResult;
 use tokio::sync::{mpsc, oneshot};
 
-/// What other parts of the server ask of a live session.
+/// What other parts of the server ask of a live session. Kept small: every session's channel
+/// holds a block of these.
 #[derive(Debug)]
 pub enum SessionCommand {
     /// End the session, telling the router why.
     Disconnect(DisconnectReason),
     /// Send a call and hand back the router's answer.
-    Call {
-        method: String,
-        params: serde_json::Value,
-        reply: oneshot::Sender<CallResult>,
-    },
+    Call(Box<CallRequest>),
+}
+
+#[derive(Debug)]
+pub struct CallRequest {
+    pub method: String,
+    pub params: serde_json::Value,
+    pub reply: oneshot::Sender<CallResult>,
 }
 
 #[derive(Debug, Clone)]

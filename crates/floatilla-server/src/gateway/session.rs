@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::error::Error;
-use crate::gateway::registry::{SessionCommand, SessionHandle};
+use crate::gateway::registry::{CallRequest, SessionCommand, SessionHandle};
 use crate::metrics;
 use crate::state::AppState;
 
@@ -388,7 +388,8 @@ impl Session {
                 }
                 command = self.commands.recv() => match command {
                     Some(SessionCommand::Disconnect(reason)) => return Ending::Announce(reason),
-                    Some(SessionCommand::Call { method, params, reply }) => {
+                    Some(SessionCommand::Call(request)) => {
+                        let CallRequest { method, params, reply } = *request;
                         if self.call(socket, method, params, reply).await.is_err() {
                             return Ending::Quiet(DisconnectReason::ConnectionLost);
                         }

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Load benchmark: simulated routers against one server, both on this machine, loopback only.
+# Bounded in count and time; stops everything it started. Results go to stdout.
+#
+#   bench/load.sh                       # 18,000 routers (the default), connect rate, memory, idle CPU
+#   DEVICES=2000 bench/load.sh          # a smaller run
+#   CELLULAR_DEVICES=200 CELLULAR_MINUTES=10 bench/load.sh cellular
+#                                       # bytes on the wire per idle router, default timers
+#
+# Needs a release build (cargo build --release), curl, awk and ss (iproute2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${BIN:-target/release/floatilla}
+DEVICES=${DEVICES:-18000}
+RATE=${RATE:-20000}
+IDLE_SECONDS=${IDLE_SECONDS:-60}
+TIMEOUT=${TIMEOUT:-300}
+MODE=${1:-load}
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  sleep 1
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$BIN" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
+server=$!
+pids+=("$server")
+for _ in $(seq 1 100); do grep -q '^listening on ' "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
+url=$(sed -n 's/^listening on //p' "$work/serve.out")
+port=${url##*:}
+admin=$("$BIN" admin --data-dir "$work/data" create-token --role admin)
+"$BIN" admin --data-dir "$work/data" ca-certificate >"$work/ca.pem"
+token=$(curl -s --cacert "$work/ca.pem" -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+  -d '{"name": "load"}' "$url/api/v1/enrollment-tokens" | sed 's/.*"token":"\([^"]*\)".*/\1/')
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+connected() { curl -s --cacert "$work/ca.pem" "$url/metrics" | awk '/^floatilla_routers_connected / {print int($2)}'; }
+now() { date +%s.%N; }
+wait_connected() { # COUNT: waits until the server counts COUNT routers; prints the seconds it took
+  local start deadline
+  start=$(now); deadline=$(( $(date +%s) + TIMEOUT ))
+  until [[ $(connected) == "$1" ]]; do
+    (( $(date +%s) < deadline )) || { echo "timed out waiting for $1 routers (at $(connected))" >&2; exit 1; }
+    sleep 0.2
+  done
+  awk -v s="$start" -v e="$(now)" 'BEGIN {printf "%.2f", e - s}'
+}
+simulate() { # DEVICES RATE: starts the simulator in the background
+  "$BIN" simulate --server "$url" --enroll-token "$token" --devices "$1" --rate "$2" \
+    --state-dir "$work/sim" >/dev/null 2>"$work/sim.err" &
+  sim=$!
+  pids+=("$sim")
+}
+stop_simulator() { kill -INT "$sim"; wait "$sim" || true; }
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); commit $(git rev-parse --short HEAD)"
+
+if [[ $MODE == cellular ]]; then
+  n=${CELLULAR_DEVICES:-200}
+  minutes=${CELLULAR_MINUTES:-10}
+  simulate "$n" 200
+  wait_connected "$n" >/dev/null
+  sleep 5
+  # Payload bytes both ways plus 52 bytes of IPv4+TCP header (with timestamps) per segment,
+  # summed over the server's side of every router connection.
+  wire() {
+    ss -tinH state established "( sport = :$port )" | awk '
+      { for (i = 1; i <= NF; i++) {
+          split($i, kv, ":")
+          if (kv[1] == "bytes_sent" || kv[1] == "bytes_received") bytes += kv[2]
+          if (kv[1] == "segs_out" || kv[1] == "segs_in") segs += kv[2]
+        } }
+      END { printf "%d %d", bytes, segs }'
+  }
+  read -r b0 s0 < <(wire)
+  sleep $(( minutes * 60 ))
+  read -r b1 s1 < <(wire)
+  awk -v n="$n" -v m="$minutes" -v b="$(( b1 - b0 ))" -v s="$(( s1 - s0 ))" 'BEGIN {
+    wire = b + 52 * s; per_hour = wire / n * 60 / m
+    printf "idle routers: %d for %d min, default timers\n", n, m
+    printf "payload+TLS bytes: %d, segments: %d\n", b, s
+    printf "per router: %.0f bytes/hour on the wire, %.2f MB per 30-day month\n", per_hour, per_hour * 24 * 30 / 1e6
+  }'
+  stop_simulator
+  exit 0
+fi
+
+rss_start=$(rss_kb "$server")
+# Round 1 enrolls every router (an HTTPS enrollment, then the channel: two full TLS handshakes).
+simulate "$DEVICES" "$RATE"
+enroll_seconds=$(wait_connected "$DEVICES")
+stop_simulator
+wait_connected 0 >/dev/null
+# Round 2 only connects (one full TLS handshake, WebSocket upgrade, HELLO, WELCOME).
+simulate "$DEVICES" "$RATE"
+connect_seconds=$(wait_connected "$DEVICES")
+sleep 10
+rss_connected=$(rss_kb "$server")
+ticks=$(getconf CLK_TCK)
+cpu0=$(cpu_ticks "$server"); sleep "$IDLE_SECONDS"; cpu1=$(cpu_ticks "$server")
+rss_idle=$(rss_kb "$server")
+awk -v n="$DEVICES" -v r="$RATE" -v es="$enroll_seconds" -v cs="$connect_seconds" \
+    -v r0="$rss_start" -v r1="$rss_connected" -v r2="$rss_idle" \
+    -v c="$(( cpu1 - cpu0 ))" -v t="$ticks" -v i="$IDLE_SECONDS" 'BEGIN {
+  printf "routers: %d, simulator start rate %d/s\n", n, r
+  printf "enroll + connect: %.1f s (%.0f routers/s)\n", es, n / es
+  printf "connect: %.1f s (%.0f routers/s)\n", cs, n / cs
+  printf "server RSS: %d kB at start, %d kB with all connected, %d kB after %d s idle\n", r0, r1, r2, i
+  printf "server RSS per connected router: %.0f bytes\n", (r2 - r0) * 1024 / n
+  printf "server CPU while idle: %.2f %% of one core\n", c / t / i * 100
+}'
+stop_simulator
