@@ -28,12 +28,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
-server=$!
-pids+=("$server")
-for _ in $(seq 1 100); do grep -q '^listening on ' "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
-url=$(sed -n 's/^listening on //p' "$work/serve.out")
-port=${url##*:}
+start_server() {
+  "$BIN" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
+  server=$!
+  pids+=("$server")
+  for _ in $(seq 1 100); do grep -q '^listening on ' "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
+  url=$(sed -n 's/^listening on //p' "$work/serve.out")
+  port=${url##*:}
+}
+start_server
 admin=$("$BIN" admin --data-dir "$work/data" create-token --role admin)
 "$BIN" admin --data-dir "$work/data" ca-certificate >"$work/ca.pem"
 token=$(curl -s --cacert "$work/ca.pem" -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
@@ -92,12 +95,16 @@ if [[ $MODE == cellular ]]; then
   exit 0
 fi
 
-rss_start=$(rss_kb "$server")
 # Round 1 enrolls every router (an HTTPS enrollment, then the channel: two full TLS handshakes).
 simulate "$DEVICES" "$RATE"
 enroll_seconds=$(wait_connected "$DEVICES")
 stop_simulator
 wait_connected 0 >/dev/null
+# A fresh server process, so memory freed by enrollment does not hide what connections cost.
+kill -INT "$server"; wait "$server" || true
+start_server
+sleep 2
+rss_start=$(rss_kb "$server")
 # Round 2 only connects (one full TLS handshake, WebSocket upgrade, HELLO, WELCOME).
 simulate "$DEVICES" "$RATE"
 connect_seconds=$(wait_connected "$DEVICES")

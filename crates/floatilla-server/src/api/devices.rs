@@ -20,7 +20,7 @@ use super::views::{
     DeviceView, ErrorView, StatusView,
 };
 use crate::error::{Error, Result};
-use crate::gateway::registry::{CallRequest, SessionCommand};
+use crate::gateway::registry::{CallRequest, NotDelivered, SessionCommand};
 use crate::state::AppState;
 
 const MAX_PAGE: u32 = 1000;
@@ -250,14 +250,21 @@ pub async fn refresh_status(
         .ok_or_else(|| Error::invalid_state("device_offline", "the router is not connected"))?;
     let (reply, answer) = oneshot::channel();
     session
-        .commands
+        .inbox
         .send(SessionCommand::Call(Box::new(CallRequest {
             method: "report_status".into(),
             params: serde_json::Value::Null,
             reply,
         })))
-        .await
-        .map_err(|_| Error::invalid_state("device_offline", "the router is not connected"))?;
+        .map_err(|refused| match refused {
+            NotDelivered::Ended => {
+                Error::invalid_state("device_offline", "the router is not connected")
+            }
+            NotDelivered::Busy => {
+                Error::invalid_state("device_busy", "the router has too many requests pending")
+            }
+        })?;
+    drop(session);
     let result = tokio::time::timeout(state.config.call_timeout, answer)
         .await
         .map_err(|_| Error::CallTimeout)?

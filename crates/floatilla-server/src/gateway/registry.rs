@@ -1,11 +1,11 @@
 //! Which routers hold a control channel on this node, and how to reach their session tasks.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use floatilla_domain::{DeviceId, DisconnectReason, SessionId, TenantId, Timestamp};
 use floatilla_protocol::CallResult;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 /// What other parts of the server ask of a live session. Kept small: every session's channel
 /// holds a block of these.
@@ -29,7 +29,68 @@ pub struct SessionHandle {
     pub session_id: SessionId,
     pub tenant_id: TenantId,
     pub connected_since: Timestamp,
-    pub commands: mpsc::Sender<SessionCommand>,
+    pub inbox: Arc<Inbox>,
+}
+
+/// Why a command did not reach a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotDelivered {
+    Ended,
+    Busy,
+}
+
+/// How many commands may wait for one session before senders are told it is busy.
+const INBOX_CAPACITY: usize = 16;
+
+/// A session's queue of commands. Lighter than a channel, which would allocate a block of slots
+/// for every connected router; an empty queue allocates nothing.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    queue: Mutex<VecDeque<SessionCommand>>,
+    closed: std::sync::atomic::AtomicBool,
+    arrived: Notify,
+}
+
+impl Inbox {
+    /// Queues a command, unless the session has ended or is not keeping up.
+    pub fn send(&self, command: SessionCommand) -> Result<(), NotDelivered> {
+        let mut queue = self.lock();
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(NotDelivered::Ended);
+        }
+        if queue.len() >= INBOX_CAPACITY {
+            return Err(NotDelivered::Busy);
+        }
+        queue.push_back(command);
+        drop(queue);
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    /// The next command, waiting for one if needed.
+    pub async fn recv(&self) -> SessionCommand {
+        loop {
+            if let Some(command) = self.lock().pop_front() {
+                return command;
+            }
+            // `notify_one` leaves a permit when nobody waits, so no command is missed.
+            self.arrived.notified().await;
+        }
+    }
+
+    /// Refuses further commands and drops queued ones, whose callers then learn the session
+    /// ended instead of waiting for an answer.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<SessionCommand>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -46,8 +107,8 @@ impl SessionRegistry {
         if let Some(previous) = previous {
             // The old task may already be ending; then it needs no telling.
             let _ = previous
-                .commands
-                .try_send(SessionCommand::Disconnect(DisconnectReason::Superseded));
+                .inbox
+                .send(SessionCommand::Disconnect(DisconnectReason::Superseded));
         }
     }
 
@@ -71,7 +132,7 @@ impl SessionRegistry {
     /// Tells the device's live session, if any, to end.
     pub fn disconnect(&self, device: DeviceId, reason: DisconnectReason) {
         if let Some(handle) = self.get(device) {
-            let _ = handle.commands.try_send(SessionCommand::Disconnect(reason));
+            let _ = handle.inbox.send(SessionCommand::Disconnect(reason));
         }
     }
 
@@ -87,5 +148,71 @@ impl SessionRegistry {
         self.sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commands_arrive_in_order_and_stop_when_closed() {
+        let inbox = Inbox::default();
+        inbox
+            .send(SessionCommand::Disconnect(DisconnectReason::Superseded))
+            .unwrap();
+        inbox
+            .send(SessionCommand::Disconnect(
+                DisconnectReason::CredentialRevoked,
+            ))
+            .unwrap();
+        assert!(matches!(
+            inbox.recv().await,
+            SessionCommand::Disconnect(DisconnectReason::Superseded)
+        ));
+        assert!(matches!(
+            inbox.recv().await,
+            SessionCommand::Disconnect(DisconnectReason::CredentialRevoked)
+        ));
+        inbox.close();
+        assert_eq!(
+            inbox
+                .send(SessionCommand::Disconnect(DisconnectReason::Superseded))
+                .unwrap_err(),
+            NotDelivered::Ended
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_refuses_more() {
+        let inbox = Inbox::default();
+        for _ in 0..INBOX_CAPACITY {
+            inbox
+                .send(SessionCommand::Disconnect(DisconnectReason::Superseded))
+                .unwrap();
+        }
+        assert_eq!(
+            inbox
+                .send(SessionCommand::Disconnect(DisconnectReason::Superseded))
+                .unwrap_err(),
+            NotDelivered::Busy
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_session_wakes_for_a_command() {
+        let inbox = Arc::new(Inbox::default());
+        let waiting = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.recv().await }
+        });
+        tokio::task::yield_now().await;
+        inbox
+            .send(SessionCommand::Disconnect(DisconnectReason::ServerShutdown))
+            .unwrap();
+        assert!(matches!(
+            waiting.await.unwrap(),
+            SessionCommand::Disconnect(DisconnectReason::ServerShutdown)
+        ));
     }
 }

@@ -1,7 +1,13 @@
 //! One router's control channel, from HELLO to its end, and why it ended.
+//!
+//! A session's task lives as long as its router stays connected, and its size is that of the
+//! largest state its future can be in. So every step that is not the idle wait (HELLO, writes to
+//! the store, answers, the goodbye) runs boxed: its state exists only while it runs, and an idle
+//! router costs only what the wait itself needs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use floatilla_domain::model::{ConnectionRecord, Credential, Device, DeviceStatus};
@@ -15,14 +21,14 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 use subtle::ConstantTimeEq;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::error::Error;
-use crate::gateway::registry::{CallRequest, SessionCommand, SessionHandle};
+use crate::gateway::registry::{CallRequest, Inbox, SessionCommand, SessionHandle};
 use crate::metrics;
 use crate::state::AppState;
 
@@ -58,28 +64,29 @@ impl Refusal {
 
 /// Serves one upgraded connection until it ends.
 pub async fn run(state: AppState, mut socket: Socket, remote: SocketAddr) {
-    let hello = match await_hello(&state, &mut socket).await {
+    let hello = match Box::pin(await_hello(&state, &mut socket)).await {
         Ok(hello) => hello,
-        Err(Some(refusal)) => return refuse(&mut socket, refusal, remote).await,
+        Err(Some(refusal)) => return Box::pin(refuse(&mut socket, refusal, remote)).await,
         Err(None) => return,
     };
-    let (device, credential) = match authenticate(&state, &hello).await {
+    let (device, credential) = match Box::pin(authenticate(&state, &hello)).await {
         Ok(identity) => identity,
         Err(error) => {
             if error.status().is_server_error() {
                 tracing::error!(%error, %remote, "cannot authenticate router");
             }
-            return refuse(&mut socket, Refusal::from_error(&error), remote).await;
+            return Box::pin(refuse(&mut socket, Refusal::from_error(&error), remote)).await;
         }
     };
-    let session = match Session::start(state, device, credential, &hello, remote).await {
+    let session = match Box::pin(Session::start(state, device, credential, &hello, remote)).await {
         Ok(session) => session,
         Err(error) => {
             tracing::error!(%error, %remote, "cannot start session");
-            return refuse(&mut socket, Refusal::from_error(&error), remote).await;
+            return Box::pin(refuse(&mut socket, Refusal::from_error(&error), remote)).await;
         }
     };
-    session.serve(socket).await;
+    drop(hello);
+    Box::pin(session.serve(socket)).await;
 }
 
 /// Waits for the first message, which must be HELLO. `Err(None)`: the peer left silently.
@@ -244,7 +251,7 @@ struct Session {
     device: Device,
     credential: Credential,
     session_id: SessionId,
-    commands: mpsc::Receiver<SessionCommand>,
+    inbox: Arc<Inbox>,
     pending_calls: HashMap<String, oneshot::Sender<CallResult>>,
     /// A renewed credential the router has not acknowledged yet.
     renewal: Option<Credential>,
@@ -313,14 +320,14 @@ impl Session {
             store.record_status(device.id, &device.status).await?;
         }
         store.record_connect(&record).await?;
-        let (sender, commands) = mpsc::channel(16);
+        let inbox = Arc::new(Inbox::default());
         state.sessions.register(
             device.id,
             SessionHandle {
                 session_id,
                 tenant_id: device.tenant_id,
                 connected_since: now,
-                commands: sender,
+                inbox: inbox.clone(),
             },
         );
         metrics::connect();
@@ -330,7 +337,7 @@ impl Session {
             device,
             credential,
             session_id,
-            commands,
+            inbox,
             pending_calls: HashMap::new(),
             renewal: None,
         })
@@ -338,43 +345,47 @@ impl Session {
 
     async fn serve(mut self, mut socket: Socket) {
         let connected_at = self.state.clock.now();
-        let ending = self.exchange(&mut socket, connected_at).await;
+        let ending = Box::pin(self.exchange(&mut socket, connected_at)).await;
         let reason = match ending {
             Ending::Announce(reason) => {
                 let reconnect_after_secs = (reason == DisconnectReason::ServerShutdown)
                     .then(|| self.shutdown_reconnect_after());
-                let _ = send_text(
+                let _ = Box::pin(send_text(
                     &mut socket,
                     &ServerMessage::Disconnect {
                         reason: reason.as_str().to_owned(),
                         message: announce_text(reason).to_owned(),
                         reconnect_after_secs,
                     },
-                )
+                ))
                 .await;
-                close(&mut socket, close_code(reason), reason.as_str()).await;
+                Box::pin(close(&mut socket, close_code(reason), reason.as_str())).await;
                 reason
             }
             Ending::Refuse(refusal) => {
                 tracing::info!(device = %self.device.id, code = %refusal.body.code, "router sent bad input");
                 metrics::refusal(static_code(&refusal.body.code));
-                let _ = send_text(&mut socket, &ServerMessage::Error(refusal.body.clone())).await;
-                close(&mut socket, refusal.close, &refusal.body.code).await;
+                let _ = Box::pin(send_text(
+                    &mut socket,
+                    &ServerMessage::Error(refusal.body.clone()),
+                ))
+                .await;
+                Box::pin(close(&mut socket, refusal.close, &refusal.body.code)).await;
                 DisconnectReason::ProtocolError
             }
             Ending::Timeout => {
-                close(&mut socket, CloseCode::Away, "ping_timeout").await;
+                Box::pin(close(&mut socket, CloseCode::Away, "ping_timeout")).await;
                 DisconnectReason::PingTimeout
             }
             Ending::Quiet(reason) => reason,
         };
-        self.finish(reason).await;
+        Box::pin(self.finish(reason)).await;
     }
 
     /// The message loop: frames in, commands from the server, pings on schedule.
     async fn exchange(&mut self, socket: &mut Socket, connected_at: Timestamp) -> Ending {
         let timers = self.state.config.timers;
-        if self.welcome(socket, connected_at).await.is_err() {
+        if Box::pin(self.welcome(socket, connected_at)).await.is_err() {
             return Ending::Quiet(DisconnectReason::ConnectionLost);
         }
         let mut next_ping = connected_at + timers.ping_interval();
@@ -386,16 +397,14 @@ impl Session {
                 () = self.state.shutdown.cancelled() => {
                     return Ending::Announce(DisconnectReason::ServerShutdown);
                 }
-                command = self.commands.recv() => match command {
-                    Some(SessionCommand::Disconnect(reason)) => return Ending::Announce(reason),
-                    Some(SessionCommand::Call(request)) => {
+                command = self.inbox.recv() => match command {
+                    SessionCommand::Disconnect(reason) => return Ending::Announce(reason),
+                    SessionCommand::Call(request) => {
                         let CallRequest { method, params, reply } = *request;
-                        if self.call(socket, method, params, reply).await.is_err() {
+                        if Box::pin(self.call(socket, method, params, reply)).await.is_err() {
                             return Ending::Quiet(DisconnectReason::ConnectionLost);
                         }
                     }
-                    // The registry dropped our handle: a newer session replaced this one.
-                    None => return Ending::Announce(DisconnectReason::Superseded),
                 },
                 frame = socket.next() => {
                     let message = match frame {
@@ -413,7 +422,7 @@ impl Session {
                     self.state.last_seen.touch(self.device.id, self.state.clock.now());
                     match message {
                         Message::Text(text) => {
-                            if let Err(refusal) = self.handle_text(&text).await {
+                            if let Err(refusal) = Box::pin(self.handle_text(&text)).await {
                                 return refusal;
                             }
                         }
@@ -436,11 +445,11 @@ impl Session {
                         let scheduled = if now - next_ping >= timers.pong_timeout() { now } else { next_ping };
                         next_ping = scheduled + timers.ping_interval();
                         pong_deadline.get_or_insert(scheduled + timers.pong_timeout());
-                        let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Default::default()))).await;
+                        let sent = Box::pin(tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Default::default())))).await;
                         if !matches!(sent, Ok(Ok(()))) {
                             return Ending::Quiet(DisconnectReason::ConnectionLost);
                         }
-                        if self.renew_credential_if_due(socket, now).await.is_err() {
+                        if Box::pin(self.renew_credential_if_due(socket, now)).await.is_err() {
                             return Ending::Quiet(DisconnectReason::ConnectionLost);
                         }
                     }
