@@ -80,7 +80,7 @@ if [[ $MODE == cellular ]]; then
           if (kv[1] == "bytes_sent" || kv[1] == "bytes_received") bytes += kv[2]
           if (kv[1] == "segs_out" || kv[1] == "segs_in") segs += kv[2]
         } }
-      END { printf "%d %d", bytes, segs }'
+      END { printf "%d %d\n", bytes, segs }'
   }
   read -r b0 s0 < <(wire)
   sleep $(( minutes * 60 ))

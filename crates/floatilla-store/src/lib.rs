@@ -182,8 +182,14 @@ pub trait Store: Send + Sync + 'static {
 
     // Connections.
     /// Opens a connection-history row and marks the device online with this as its current
-    /// session (`connected_since` and `last_seen` = `connected_at`).
-    async fn record_connect(&self, record: &ConnectionRecord) -> Result<()>;
+    /// session (`connected_since` and `last_seen` = `connected_at`). With `only_credential`,
+    /// every other credential of the device is revoked in the same transaction: the router
+    /// connected with that one, so it holds no other.
+    async fn record_connect(
+        &self,
+        record: &ConnectionRecord,
+        only_credential: Option<CredentialId>,
+    ) -> Result<()>;
     /// Closes the session's history row; the device goes offline (recording `at` and `reason`)
     /// only if this session is still its current one, so a superseded session never takes its
     /// successor offline.

@@ -875,6 +875,7 @@ macro_rules! impl_store {
             async fn record_connect(
                 &self,
                 record: &::floatilla_domain::model::ConnectionRecord,
+                only_credential: Option<::floatilla_domain::CredentialId>,
             ) -> $crate::Result<()> {
                 let connected_at = $crate::rows::millis(record.connected_at);
                 let mut tx = self.begin_write().await?;
@@ -913,6 +914,17 @@ macro_rules! impl_store {
                         "device",
                     )
                 })?;
+                if let Some(kept) = only_credential {
+                    ::sqlx::query(
+                        "UPDATE credentials SET revoked_at = $2 \
+                         WHERE device_id = $1 AND revoked_at IS NULL AND id <> $3",
+                    )
+                    .bind(record.device_id.to_string())
+                    .bind(connected_at)
+                    .bind(kept.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 tx.commit().await?;
                 Ok(())
             }

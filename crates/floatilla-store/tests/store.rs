@@ -61,6 +61,7 @@ on_both_backends!(
     devices_are_listed_by_serial_with_filters_and_keyset_pages,
     device_updates_and_reports,
     credentials_are_revoked_once,
+    connecting_with_one_credential_retires_the_others,
     superseded_session_does_not_take_the_device_offline,
     last_seen_is_recorded_in_batches_and_never_moves_back,
     closing_a_nodes_sessions_spares_devices_that_reconnected_elsewhere,
@@ -621,7 +622,7 @@ async fn devices_are_listed_by_serial_with_filters_and_keyset_pages(store: Arc<d
     // Every third router online, every fourth in the group.
     for device in devices.iter().step_by(3) {
         store
-            .record_connect(&connection(device.id, "node-1", at(2_000)))
+            .record_connect(&connection(device.id, "node-1", at(2_000)), None)
             .await
             .unwrap();
     }
@@ -1024,13 +1025,46 @@ async fn credentials_are_revoked_once(store: Arc<dyn Store>) {
     );
 }
 
+async fn connecting_with_one_credential_retires_the_others(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let device = enroll(&*store, &token, "RET-1").await;
+    let renewed = credential(device.id, at(2_000));
+    store.add_credential(&renewed).await.unwrap();
+
+    store
+        .record_connect(
+            &connection(device.id, "node-1", at(3_000)),
+            Some(renewed.id),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .credential(renewed.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    // The enrollment credential was the only other one.
+    assert_eq!(
+        store
+            .revoke_device_credentials(device.id, None, at(4_000))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
 async fn superseded_session_does_not_take_the_device_offline(store: Arc<dyn Store>) {
     let tenant = new_tenant(&*store).await;
     let token = new_token(&*store, tenant, None, None).await;
     let device = enroll(&*store, &token, "SES-1").await;
 
     let old = connection(device.id, "node-1", at(10_000));
-    store.record_connect(&old).await.unwrap();
+    store.record_connect(&old, None).await.unwrap();
     let online = store.device_by_id(device.id).await.unwrap().unwrap();
     assert_eq!(online.connection_state, ConnectionState::Online);
     assert_eq!(online.connected_since, Some(at(10_000)));
@@ -1038,7 +1072,7 @@ async fn superseded_session_does_not_take_the_device_offline(store: Arc<dyn Stor
 
     // The router reconnects (to another node) before its old connection is noticed as gone.
     let new = connection(device.id, "node-2", at(20_000));
-    store.record_connect(&new).await.unwrap();
+    store.record_connect(&new, None).await.unwrap();
     store
         .record_disconnect(
             old.session_id,
@@ -1100,7 +1134,7 @@ async fn superseded_session_does_not_take_the_device_offline(store: Arc<dyn Stor
     assert_eq!(history[0].reason, Some(DisconnectReason::PingTimeout));
 
     let unknown = store
-        .record_connect(&connection(DeviceId::new(), "node-1", at(1)))
+        .record_connect(&connection(DeviceId::new(), "node-1", at(1)), None)
         .await
         .unwrap_err();
     assert!(
@@ -1166,7 +1200,7 @@ async fn closing_a_nodes_sessions_spares_devices_that_reconnected_elsewhere(stor
         &moved_new,
         &elsewhere_session,
     ] {
-        store.record_connect(record).await.unwrap();
+        store.record_connect(record, None).await.unwrap();
     }
 
     let closed = store
@@ -1222,7 +1256,7 @@ async fn connection_history_is_newest_first(store: Arc<dyn Store>) {
     let mut sessions = Vec::new();
     for start in [1_000, 3_000, 2_000] {
         let record = connection(device.id, "node-1", at(start));
-        store.record_connect(&record).await.unwrap();
+        store.record_connect(&record, None).await.unwrap();
         store
             .record_disconnect(
                 record.session_id,
@@ -1235,7 +1269,7 @@ async fn connection_history_is_newest_first(store: Arc<dyn Store>) {
         sessions.push(record);
     }
     store
-        .record_connect(&connection(other.id, "node-1", at(5_000)))
+        .record_connect(&connection(other.id, "node-1", at(5_000)), None)
         .await
         .unwrap();
 
@@ -1337,11 +1371,11 @@ async fn deleting_a_device_removes_its_credentials_and_history(store: Arc<dyn St
     let device = store.enroll(&doomed).await.unwrap().unwrap();
     let kept = enroll(&*store, &token, "DEL-2").await;
     store
-        .record_connect(&connection(device.id, "node-1", at(2_000)))
+        .record_connect(&connection(device.id, "node-1", at(2_000)), None)
         .await
         .unwrap();
     store
-        .record_connect(&connection(kept.id, "node-1", at(2_000)))
+        .record_connect(&connection(kept.id, "node-1", at(2_000)), None)
         .await
         .unwrap();
 

@@ -306,11 +306,6 @@ impl Session {
             device.firmware.clone_from(&hello.firmware);
             device.agent_version.clone_from(&hello.agent_version);
         }
-        // A router holds exactly one credential: the one it just used. Any other (the one a
-        // renewal replaced, when its acknowledgement was lost) is retired.
-        store
-            .revoke_device_credentials(device.id, Some(credential.id), now)
-            .await?;
         let skew = clock_skew(hello.clock, now);
         if skew != device.status.clock_skew_secs {
             if let Some(skew) = skew {
@@ -319,7 +314,9 @@ impl Session {
             device.status.clock_skew_secs = skew;
             store.record_status(device.id, &device.status).await?;
         }
-        store.record_connect(&record).await?;
+        // A router holds exactly one credential: the one it just used. Any other (the one a
+        // renewal replaced, when its acknowledgement was lost) is retired with the connect.
+        store.record_connect(&record, Some(credential.id)).await?;
         let inbox = Arc::new(Inbox::default());
         state.sessions.register(
             device.id,
