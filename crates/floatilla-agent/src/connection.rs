@@ -116,10 +116,6 @@ impl Connector {
         })
     }
 
-    pub fn server(&self) -> &ServerAddress {
-        &self.server
-    }
-
     /// Opens TCP, optionally from a chosen local address, then TLS.
     pub async fn connect_tls(
         &self,
@@ -227,7 +223,7 @@ impl Connector {
 }
 
 /// The WebSocket settings both ends use: messages capped, small buffers for many idle routers.
-pub fn websocket_config() -> WebSocketConfig {
+fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
@@ -242,18 +238,6 @@ pub struct ControlChannel {
     pub welcome: Welcome,
 }
 
-impl ControlChannel {
-    pub async fn send(&mut self, message: &DeviceMessage) -> Result<(), ChannelError> {
-        send_message(&mut self.stream, message).await
-    }
-
-    /// The next server message. WebSocket pings are answered while waiting. `Ok(None)` means
-    /// the server closed the connection without saying why.
-    pub async fn recv(&mut self) -> Result<Option<ServerMessage>, ChannelError> {
-        recv_message(&mut self.stream).await
-    }
-}
-
 pub async fn send_message(
     stream: &mut ChannelStream,
     message: &DeviceMessage,
@@ -262,7 +246,8 @@ pub async fn send_message(
     Ok(())
 }
 
-/// See [`ControlChannel::recv`].
+/// The next server message; WebSocket pings are answered while waiting. `Ok(None)` means the
+/// server closed the connection without saying why.
 pub async fn recv_message(
     stream: &mut ChannelStream,
 ) -> Result<Option<ServerMessage>, ChannelError> {

@@ -94,10 +94,6 @@ impl Connections {
         })
     }
 
-    pub fn clock(&self) -> &Arc<RouterClock> {
-        &self.clock
-    }
-
     fn for_channel(&self, ca_pem: &str) -> Result<Connector, ChannelError> {
         let mut channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(connector) = channel.get(ca_pem) {

@@ -119,11 +119,6 @@ impl RunningServer {
         })
     }
 
-    /// Writes pending heartbeat bookkeeping now instead of at the next interval.
-    pub async fn flush_last_seen(&self) {
-        self.state.last_seen.flush(self.state.store.as_ref()).await;
-    }
-
     /// Tells every router to come back later, records their disconnects, finishes requests in
     /// flight and stops.
     pub async fn shutdown(self) {

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use floatilla_domain::{DeviceId, DisconnectReason, SessionId, TenantId, Timestamp};
+use floatilla_domain::{DeviceId, DisconnectReason, SessionId};
 use floatilla_protocol::CallResult;
 use tokio::sync::{Notify, oneshot};
 
@@ -27,8 +27,6 @@ pub struct CallRequest {
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     pub session_id: SessionId,
-    pub tenant_id: TenantId,
-    pub connected_since: Timestamp,
     pub inbox: Arc<Inbox>,
 }
 

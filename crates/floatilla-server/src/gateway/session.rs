@@ -322,8 +322,6 @@ impl Session {
             device.id,
             SessionHandle {
                 session_id,
-                tenant_id: device.tenant_id,
-                connected_since: now,
                 inbox: inbox.clone(),
             },
         );
