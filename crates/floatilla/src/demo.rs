@@ -20,10 +20,10 @@ pub struct DemoCommand {
     #[arg(long, env = "FLOATILLA_DATA_DIR", default_value = "floatilla-demo")]
     data_dir: PathBuf,
     /// Address of the server.
-    #[arg(long, default_value = "127.0.0.1:8443")]
+    #[arg(long, env = "FLOATILLA_LISTEN", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
     /// How many simulated routers.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "FLOATILLA_DEMO_DEVICES", default_value_t = 50)]
     devices: u32,
 }
 

@@ -19,16 +19,16 @@ pub struct SimulateCommand {
     #[arg(long, env = "FLOATILLA_ENROLL_TOKEN")]
     enroll_token: Option<String>,
     /// How many routers.
-    #[arg(long)]
+    #[arg(long, env = "FLOATILLA_SIMULATE_DEVICES")]
     devices: u32,
     /// Routers started per second, in serial order.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "FLOATILLA_SIMULATE_RATE", default_value_t = 100)]
     rate: u32,
     /// Serials are PREFIX000001, PREFIX000002, …
-    #[arg(long, default_value = "SIM-")]
+    #[arg(long, env = "FLOATILLA_SIMULATE_SERIAL_PREFIX", default_value = "SIM-")]
     serial_prefix: String,
     /// Keep credentials here, so another run reuses the same routers.
-    #[arg(long)]
+    #[arg(long, env = "FLOATILLA_SIMULATE_STATE_DIR")]
     state_dir: Option<PathBuf>,
 }
 
