@@ -251,6 +251,8 @@ struct Session {
     device: Device,
     credential: Credential,
     session_id: SessionId,
+    /// When HELLO was accepted: the ping schedule counts from here.
+    connected_at: Timestamp,
     inbox: Arc<Inbox>,
     pending_calls: HashMap<String, oneshot::Sender<CallResult>>,
     /// A renewed credential the router has not acknowledged yet.
@@ -272,7 +274,7 @@ enum Ending {
 impl Session {
     async fn start(
         state: AppState,
-        device: Device,
+        mut device: Device,
         credential: Credential,
         hello: &Hello,
         remote: SocketAddr,
@@ -288,7 +290,6 @@ impl Session {
             disconnected_at: None,
             reason: None,
         };
-        let mut device = device;
         let store = &state.store;
         if device.model != hello.model
             || device.firmware != hello.firmware
@@ -332,6 +333,7 @@ impl Session {
             device,
             credential,
             session_id,
+            connected_at: now,
             inbox,
             pending_calls: HashMap::new(),
             renewal: None,
@@ -339,8 +341,7 @@ impl Session {
     }
 
     async fn serve(mut self, mut socket: Socket) {
-        let connected_at = self.state.clock.now();
-        let ending = Box::pin(self.exchange(&mut socket, connected_at)).await;
+        let ending = Box::pin(self.exchange(&mut socket)).await;
         let reason = match ending {
             Ending::Announce(reason) => {
                 let reconnect_after_secs = (reason == DisconnectReason::ServerShutdown)
@@ -378,7 +379,8 @@ impl Session {
     }
 
     /// The message loop: frames in, commands from the server, pings on schedule.
-    async fn exchange(&mut self, socket: &mut Socket, connected_at: Timestamp) -> Ending {
+    async fn exchange(&mut self, socket: &mut Socket) -> Ending {
+        let connected_at = self.connected_at;
         let timers = self.state.config.timers;
         if Box::pin(self.welcome(socket, connected_at)).await.is_err() {
             return Ending::Quiet(DisconnectReason::ConnectionLost);
