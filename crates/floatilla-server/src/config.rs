@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub shutdown_reconnect_after_secs: u32,
     /// How long a server call to a router may take before the caller gets `call_timeout`.
     pub call_timeout: Duration,
+    /// Connection history that ended longer ago than this is deleted.
+    pub history_retention: chrono::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +56,7 @@ impl Default for ServerConfig {
             last_seen_flush_interval: Duration::from_secs(5),
             shutdown_reconnect_after_secs: 10,
             call_timeout: Duration::from_secs(30),
+            history_retention: chrono::Duration::days(90),
         }
     }
 }

@@ -246,6 +246,7 @@ pub async fn start(
         state.shutdown.clone(),
     ));
     background.spawn(rotate_leaf(state.clone(), resolver, names));
+    background.spawn(prune_history(state.clone()));
 
     Ok(RunningServer {
         local_addr,
@@ -350,6 +351,43 @@ async fn rotate_leaf(state: AppState, resolver: Arc<LeafResolver>, names: Vec<St
                 () = state.clock.sleep_until(retry) => {}
                 () = state.shutdown.cancelled() => return,
             }
+        }
+    }
+}
+
+/// How many history rows one statement deletes, so pruning never holds locks for long.
+const PRUNE_BATCH: u32 = 5_000;
+
+/// Deletes connection history past the retention period: at start, then once a day.
+async fn prune_history(state: AppState) {
+    loop {
+        let cutoff = state.clock.now() - state.config.history_retention;
+        let mut pruned = 0;
+        loop {
+            match state
+                .store
+                .prune_connection_history(cutoff, PRUNE_BATCH)
+                .await
+            {
+                Ok(deleted) => {
+                    pruned += deleted;
+                    if deleted < u64::from(PRUNE_BATCH) {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot prune connection history; will retry");
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(pruned, %cutoff, "pruned connection history");
+        }
+        let next = state.clock.now() + chrono::Duration::days(1);
+        tokio::select! {
+            () = state.clock.sleep_until(next) => {}
+            () = state.shutdown.cancelled() => return,
         }
     }
 }

@@ -37,6 +37,7 @@ on_both_backends!(
     a_wrong_router_clock_is_reported,
     heartbeats_update_last_seen_in_batches,
     the_device_certificate_is_rotated_before_it_expires,
+    connection_history_is_pruned_after_the_retention_period,
 );
 
 async fn enrolls_and_is_welcomed_with_the_configured_timers(db: TestDb) {
@@ -837,4 +838,49 @@ async fn the_device_certificate_is_rotated_before_it_expires(db: TestDb) {
         .open_channel(&enrolled.credential, "TLS-1")
         .await
         .unwrap();
+}
+
+async fn connection_history_is_pruned_after_the_retention_period(db: TestDb) {
+    let mut config = test_config();
+    config.history_retention = Duration::days(30);
+    let server = TestServer::start_with(db, config).await;
+    let enrolled = server.enrolled("RET-1").await;
+    TestRouter::spawn(
+        server
+            .open_channel(&enrolled.credential, "RET-1")
+            .await
+            .unwrap(),
+    )
+    .close()
+    .await;
+    server
+        .wait_offline_with(&enrolled.device_id, "clean_close")
+        .await;
+    server.clock.advance(Duration::days(20));
+    let router = TestRouter::spawn(
+        server
+            .open_channel(&enrolled.credential, "RET-1")
+            .await
+            .unwrap(),
+    );
+    let path = format!("/api/v1/devices/{}", enrolled.device_id);
+    // Day 31: the first connection ended 31 days ago and goes; the open one stays.
+    server.clock.advance(Duration::days(11));
+    let device = server
+        .wait_for_device(&enrolled.device_id, "pruned", |d| {
+            d["connection_history"].as_array().unwrap().len() == 1
+        })
+        .await;
+    assert!(device["connection_history"][0]["disconnected_at"].is_null());
+    router.close().await;
+    server
+        .wait_offline_with(&enrolled.device_id, "clean_close")
+        .await;
+    assert_eq!(
+        server.get(&path).await["connection_history"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -217,6 +217,10 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<ConnectionRecord>>;
 
+    /// Deletes at most `at_most` connections that ended before `ended_before` (open ones are
+    /// kept); returns how many. Called repeatedly, so no single statement holds locks for long.
+    async fn prune_connection_history(&self, ended_before: Timestamp, at_most: u32) -> Result<u64>;
+
     // API tokens.
     async fn create_api_token(&self, token: &ApiToken) -> Result<()>;
     async fn api_token_by_hash(&self, secret_hash: &str) -> Result<Option<ApiToken>>;

@@ -1046,6 +1046,23 @@ macro_rules! impl_store {
                 $crate::rows::convert(rows)
             }
 
+            async fn prune_connection_history(
+                &self,
+                ended_before: ::floatilla_domain::Timestamp,
+                at_most: u32,
+            ) -> $crate::Result<u64> {
+                Ok(::sqlx::query(
+                    "DELETE FROM connection_history WHERE session_id IN (\
+                     SELECT session_id FROM connection_history \
+                     WHERE disconnected_at IS NOT NULL AND disconnected_at < $1 LIMIT $2)",
+                )
+                .bind($crate::rows::millis(ended_before))
+                .bind(i64::from(at_most))
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
             async fn create_api_token(
                 &self,
                 token: &::floatilla_domain::model::ApiToken,

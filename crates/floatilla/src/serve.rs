@@ -58,6 +58,9 @@ struct ServeOptions {
     /// Days a router credential is valid before renewal [default: 365].
     #[arg(long, env = "FLOATILLA_CREDENTIAL_LIFETIME_DAYS")]
     credential_lifetime_days: Option<u32>,
+    /// Days connection history is kept after a connection ended [default: 90].
+    #[arg(long, env = "FLOATILLA_RETENTION_DAYS")]
+    retention_days: Option<u32>,
     /// This node's name in connection history [default: HOST:PORT].
     #[arg(long, env = "FLOATILLA_NODE_ID")]
     node_id: Option<String>,
@@ -81,6 +84,7 @@ impl ServeOptions {
             credential_lifetime_days: self
                 .credential_lifetime_days
                 .or(file.credential_lifetime_days),
+            retention_days: self.retention_days.or(file.retention_days),
             node_id: self.node_id.or(file.node_id),
         }
     }
@@ -114,6 +118,11 @@ impl ServeOptions {
                     .unwrap_or(default_timers.reconnect_backoff_cap_secs),
             },
             node_id: self.node_id.clone().unwrap_or_default(),
+            history_retention: self
+                .retention_days
+                .map_or(defaults.history_retention, |days| {
+                    chrono::Duration::days(days.into())
+                }),
             credential_lifetime: self
                 .credential_lifetime_days
                 .map_or(defaults.credential_lifetime, |days| {
