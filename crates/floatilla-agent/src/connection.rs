@@ -40,6 +40,8 @@ pub enum ChannelError {
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("the server refused: {0}")]
     Refused(ErrorBody),
+    #[error("the server is busy ({code}); retry in {retry_after_secs} s")]
+    Busy { code: String, retry_after_secs: u32 },
     #[error("the server closed the connection: {reason}: {message}")]
     Disconnected {
         reason: String,
@@ -186,10 +188,17 @@ impl Connector {
         let tls = self.connect_tls(local_addr).await?;
         let request =
             format!("wss://{}{CONNECT_PATH}", self.server.authority()).into_client_request()?;
-        let (stream, _response) =
-            tokio_tungstenite::client_async_with_config(request, tls, Some(websocket_config()))
-                .await?;
-        Ok(stream)
+        match tokio_tungstenite::client_async_with_config(request, tls, Some(websocket_config()))
+            .await
+        {
+            Ok((stream, _response)) => Ok(stream),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response))
+                if response.status() == http::StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                Err(busy(&response))
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Opens the control channel: TLS, WebSocket upgrade, HELLO, and waits for WELCOME.
@@ -219,6 +228,25 @@ impl Connector {
                 "connection closed before WELCOME".into(),
             )),
         }
+    }
+}
+
+/// Reads a `503` answer: its error code and `Retry-After` (1 s when absent or unreadable).
+fn busy(response: &http::Response<Option<Vec<u8>>>) -> ChannelError {
+    let retry_after_secs = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1);
+    let code = response
+        .body()
+        .as_deref()
+        .and_then(|body| serde_json::from_slice::<ErrorBody>(body).ok())
+        .map_or_else(|| "service_unavailable".to_owned(), |error| error.code);
+    ChannelError::Busy {
+        code,
+        retry_after_secs,
     }
 }
 

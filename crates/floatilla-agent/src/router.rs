@@ -326,6 +326,16 @@ async fn serve(
             host.event(RouterEvent::Refused(error));
             return Outcome::Retry;
         }
+        Err(ChannelError::Busy {
+            code,
+            retry_after_secs,
+        }) => {
+            host.event(RouterEvent::Refused(ErrorBody {
+                code,
+                message: format!("the server asked to retry in {retry_after_secs} s"),
+            }));
+            return Outcome::ComeBackAfter(retry_after_secs);
+        }
         Err(ChannelError::Disconnected {
             reason,
             reconnect_after_secs,

@@ -33,6 +33,11 @@ pub struct ServerConfig {
     pub call_timeout: Duration,
     /// Connection history that ended longer ago than this is deleted.
     pub history_retention: chrono::Duration,
+    /// The most router channels this node holds; beyond it routers are told to retry later.
+    /// The default leaves 2,000 of a 20,000 open-file limit for the database, API and downloads.
+    pub max_router_connections: usize,
+    /// The most new router channels a second (a reconnect storm is spread out, not refused).
+    pub max_connects_per_sec: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +62,8 @@ impl Default for ServerConfig {
             shutdown_reconnect_after_secs: 10,
             call_timeout: Duration::from_secs(30),
             history_retention: chrono::Duration::days(90),
+            max_router_connections: 18_000,
+            max_connects_per_sec: 10_000,
         }
     }
 }

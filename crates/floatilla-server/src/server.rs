@@ -20,6 +20,7 @@ use tower::ServiceExt;
 
 use crate::config::ServerConfig;
 use crate::error::Error;
+use crate::gateway::admission::Admission;
 use crate::gateway::last_seen::LastSeen;
 use crate::gateway::registry::SessionRegistry;
 use crate::installation::Installation;
@@ -202,6 +203,10 @@ pub async fn start(
         None => None,
     };
 
+    let admission = Arc::new(Admission::new(
+        config.max_router_connections,
+        config.max_connects_per_sec,
+    ));
     let state = AppState {
         store: store.clone(),
         clock: clock.clone(),
@@ -210,6 +215,7 @@ pub async fn start(
         ca: ca.clone(),
         sessions: Arc::new(SessionRegistry::default()),
         last_seen: Arc::new(LastSeen::default()),
+        admission,
         shutdown: CancellationToken::new(),
         session_tasks: TaskTracker::new(),
     };

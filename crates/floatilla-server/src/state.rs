@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
+use crate::gateway::admission::Admission;
 use crate::gateway::last_seen::LastSeen;
 use crate::gateway::registry::SessionRegistry;
 use crate::installation::Installation;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub ca: Arc<CertificateAuthority>,
     pub sessions: Arc<SessionRegistry>,
     pub last_seen: Arc<LastSeen>,
+    /// The cap on open router channels and the rate of new ones.
+    pub admission: Arc<Admission>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
     /// Every control-channel task, so shutdown can wait for them to record their end.

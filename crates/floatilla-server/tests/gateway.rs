@@ -38,6 +38,8 @@ on_both_backends!(
     heartbeats_update_last_seen_in_batches,
     the_device_certificate_is_rotated_before_it_expires,
     connection_history_is_pruned_after_the_retention_period,
+    a_full_server_tells_routers_when_to_retry,
+    a_connect_flood_is_spread_out,
 );
 
 async fn enrolls_and_is_welcomed_with_the_configured_timers(db: TestDb) {
@@ -883,4 +885,82 @@ async fn connection_history_is_pruned_after_the_retention_period(db: TestDb) {
             .len(),
         1
     );
+}
+
+async fn a_full_server_tells_routers_when_to_retry(db: TestDb) {
+    let mut config = test_config();
+    config.max_router_connections = 2;
+    let server = TestServer::start_with(db, config).await;
+    let routers: Vec<_> = futures_util::future::join_all(
+        ["CAP-1", "CAP-2", "CAP-3"].map(|serial| server.enrolled(serial)),
+    )
+    .await;
+    let first = TestRouter::spawn(
+        server
+            .open_channel(&routers[0].credential, "CAP-1")
+            .await
+            .unwrap(),
+    );
+    let _second = TestRouter::spawn(
+        server
+            .open_channel(&routers[1].credential, "CAP-2")
+            .await
+            .unwrap(),
+    );
+    match server.open_channel(&routers[2].credential, "CAP-3").await {
+        Err(ChannelError::Busy {
+            code,
+            retry_after_secs,
+        }) => {
+            assert_eq!((code.as_str(), retry_after_secs), ("server_full", 60));
+        }
+        other => panic!("expected server_full, got {other:?}"),
+    }
+    assert!(
+        server
+            .metrics()
+            .await
+            .contains(r#"floatilla_device_refusals_total{code="server_full"}"#)
+    );
+    // The API and enrollment still work while the router channels are full.
+    server.get("/api/v1/devices").await;
+    server.enrolled("CAP-4").await;
+    first.close().await;
+    server
+        .wait_offline_with(&routers[0].device_id, "clean_close")
+        .await;
+    server
+        .open_channel(&routers[2].credential, "CAP-3")
+        .await
+        .unwrap();
+}
+
+async fn a_connect_flood_is_spread_out(db: TestDb) {
+    let mut config = test_config();
+    config.max_connects_per_sec = 2;
+    let server = TestServer::start_with(db, config).await;
+    let enrolled = server.enrolled("FLOOD-1").await;
+    let mut channels = Vec::new();
+    let mut refused = None;
+    for _ in 0..3 {
+        match server.open_channel(&enrolled.credential, "FLOOD-1").await {
+            Ok(channel) => channels.push(channel),
+            Err(error) => refused = Some(error),
+        }
+    }
+    match refused {
+        Some(ChannelError::Busy {
+            code,
+            retry_after_secs,
+        }) => {
+            assert_eq!((code.as_str(), retry_after_secs), ("too_many_connects", 1));
+        }
+        other => panic!("expected too_many_connects, got {other:?}"),
+    }
+    assert_eq!(channels.len(), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    server
+        .open_channel(&enrolled.credential, "FLOOD-1")
+        .await
+        .unwrap();
 }

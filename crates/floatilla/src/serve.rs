@@ -61,6 +61,13 @@ struct ServeOptions {
     /// Days connection history is kept after a connection ended [default: 90].
     #[arg(long, env = "FLOATILLA_RETENTION_DAYS")]
     retention_days: Option<u32>,
+    /// Router channels this node holds at most [default: 18000, leaving 2,000 of a 20,000
+    /// open-file limit for the database, the API and downloads].
+    #[arg(long, env = "FLOATILLA_MAX_ROUTER_CONNECTIONS")]
+    max_router_connections: Option<usize>,
+    /// New router channels a second at most [default: 10000].
+    #[arg(long, env = "FLOATILLA_MAX_CONNECTS_PER_SEC")]
+    max_connects_per_sec: Option<u32>,
     /// This node's name in connection history [default: HOST:PORT].
     #[arg(long, env = "FLOATILLA_NODE_ID")]
     node_id: Option<String>,
@@ -85,6 +92,8 @@ impl ServeOptions {
                 .credential_lifetime_days
                 .or(file.credential_lifetime_days),
             retention_days: self.retention_days.or(file.retention_days),
+            max_router_connections: self.max_router_connections.or(file.max_router_connections),
+            max_connects_per_sec: self.max_connects_per_sec.or(file.max_connects_per_sec),
             node_id: self.node_id.or(file.node_id),
         }
     }
@@ -118,6 +127,12 @@ impl ServeOptions {
                     .unwrap_or(default_timers.reconnect_backoff_cap_secs),
             },
             node_id: self.node_id.clone().unwrap_or_default(),
+            max_router_connections: self
+                .max_router_connections
+                .unwrap_or(defaults.max_router_connections),
+            max_connects_per_sec: self
+                .max_connects_per_sec
+                .unwrap_or(defaults.max_connects_per_sec),
             history_retention: self
                 .retention_days
                 .map_or(defaults.history_retention, |days| {

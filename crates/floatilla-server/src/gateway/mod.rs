@@ -1,5 +1,6 @@
 //! The device gateway: enrollment and the control channel.
 
+pub mod admission;
 pub mod enroll;
 pub mod last_seen;
 pub mod registry;

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::error::rejection;
+use crate::gateway::admission::Refusal;
 use crate::gateway::session;
 use crate::server::RemoteAddr;
 use crate::state::AppState;
@@ -35,9 +36,15 @@ pub async fn connect(State(state): State<AppState>, mut request: Request) -> Res
         .extensions()
         .get::<RemoteAddr>()
         .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |r| r.0);
+    let admitted = match state.admission.admit() {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refused(refusal, remote),
+    };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let tracker = state.session_tasks.clone();
     tracker.spawn(async move {
+        // The place is held until the session ends.
+        let _admitted = admitted;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(
@@ -59,6 +66,26 @@ pub async fn connect(State(state): State<AppState>, mut request: Request) -> Res
     headers.insert(
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    response
+}
+
+/// `503` with `Retry-After`: the router backs off for that long.
+fn refused(refusal: Refusal, remote: SocketAddr) -> Response {
+    tracing::debug!(%remote, code = refusal.code(), "router not admitted");
+    crate::metrics::refusal(refusal.code());
+    let message = match refusal {
+        Refusal::Full { .. } => "this server holds as many routers as it takes; try again later",
+        Refusal::Flooded { .. } => "too many routers are connecting at once; try again shortly",
+    };
+    let mut response = rejection(
+        StatusCode::SERVICE_UNAVAILABLE,
+        refusal.code(),
+        message.to_owned(),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(refusal.retry_after_secs()),
     );
     response
 }
