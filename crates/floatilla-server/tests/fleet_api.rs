@@ -166,12 +166,7 @@ async fn the_device_list_filters_by_state_text_and_group(db: TestDb) {
     let mut routers = Vec::new();
     for (i, router) in fleet.iter().enumerate().take(2) {
         let serial = format!("FL-{:03}", i + 1);
-        routers.push(TestRouter::spawn(
-            server
-                .open_channel(&router.credential, &serial)
-                .await
-                .unwrap(),
-        ));
+        routers.push(server.router(&router.credential, &serial).await);
     }
     let (status, _) = server
         .api(
@@ -319,12 +314,7 @@ async fn routers_are_renamed_moved_and_deleted(db: TestDb) {
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_name")));
 
     // Deleting a connected router ends its connection.
-    let mut router = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "ED-1")
-            .await
-            .unwrap(),
-    );
+    let mut router = server.router(&enrolled.credential, "ED-1").await;
     let (status, _) = server.api(Method::DELETE, &path, None).await;
     assert_eq!(status, 204);
     match router.next_message().await {

@@ -265,12 +265,7 @@ async fn credentials_are_renewed_over_the_channel_before_they_expire(db: TestDb)
     let server = TestServer::start_with(db, config).await;
     let enrolled = server.enrolled("REN-1").await;
     // The renewal window is capped at half the lifetime: nothing to renew yet.
-    let router = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "REN-1")
-            .await
-            .unwrap(),
-    );
+    let router = server.router(&enrolled.credential, "REN-1").await;
     router.close().await;
     server
         .wait_offline_with(&enrolled.device_id, "clean_close")
@@ -293,9 +288,7 @@ async fn credentials_are_renewed_over_the_channel_before_they_expire(db: TestDb)
     server.clock.advance(Duration::days(11));
     let (unacknowledged, expires_at) = renew(&server, &renewed, false).await;
     assert_eq!(expires_at, server.clock.now() + Duration::days(20));
-    TestRouter::spawn(server.open_channel(&unacknowledged, "REN-1").await.unwrap())
-        .close()
-        .await;
+    server.router(&unacknowledged, "REN-1").await.close().await;
     assert_refused(
         &server.open_channel(&renewed, "REN-1").await.err().unwrap(),
         "credential_revoked",
@@ -308,7 +301,7 @@ async fn renew(
     credential: &str,
     acknowledge: bool,
 ) -> (String, chrono::DateTime<chrono::Utc>) {
-    let mut router = TestRouter::spawn(server.open_channel(credential, "REN-1").await.unwrap());
+    let mut router = server.router(credential, "REN-1").await;
     let Some(ServerMessage::CredentialRenewal {
         credential_id,
         credential: renewed,
@@ -338,12 +331,7 @@ async fn a_renewal_is_offered_when_expiry_approaches_during_a_session(db: TestDb
     config.credential_renew_before = Duration::days(30);
     let server = TestServer::start_with(db, config).await;
     let enrolled = server.enrolled("REN-2").await;
-    let mut router = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "REN-2")
-            .await
-            .unwrap(),
-    );
+    let mut router = server.router(&enrolled.credential, "REN-2").await;
     assert!(
         router.messages.try_recv().is_err(),
         "no renewal while far from expiry"
@@ -361,12 +349,7 @@ async fn reconnecting_records_every_connection(db: TestDb) {
     let server = TestServer::start(db).await;
     let enrolled = server.enrolled("RC-1").await;
     for round in 1..=3 {
-        let router = TestRouter::spawn(
-            server
-                .open_channel(&enrolled.credential, "RC-1")
-                .await
-                .unwrap(),
-        );
+        let router = server.router(&enrolled.credential, "RC-1").await;
         server.clock.advance(Duration::seconds(5));
         router.close().await;
         server
@@ -381,18 +364,8 @@ async fn reconnecting_records_every_connection(db: TestDb) {
 async fn a_newer_connection_supersedes_the_older_one(db: TestDb) {
     let server = TestServer::start(db).await;
     let enrolled = server.enrolled("SUP-1").await;
-    let mut old = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "SUP-1")
-            .await
-            .unwrap(),
-    );
-    let new = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "SUP-1")
-            .await
-            .unwrap(),
-    );
+    let mut old = server.router(&enrolled.credential, "SUP-1").await;
+    let new = server.router(&enrolled.credential, "SUP-1").await;
     match old.next_message().await {
         Some(ServerMessage::Disconnect { reason, .. }) => assert_eq!(reason, "superseded"),
         other => panic!("expected DISCONNECT superseded, got {other:?}"),
@@ -423,24 +396,15 @@ async fn a_newer_connection_supersedes_the_older_one(db: TestDb) {
 async fn a_clean_close_and_a_lost_connection_are_told_apart(db: TestDb) {
     let server = TestServer::start(db).await;
     let enrolled = server.enrolled("CL-1").await;
-    TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "CL-1")
-            .await
-            .unwrap(),
-    )
-    .close()
-    .await;
+    server
+        .router(&enrolled.credential, "CL-1")
+        .await
+        .close()
+        .await;
     server
         .wait_offline_with(&enrolled.device_id, "clean_close")
         .await;
-    TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "CL-1")
-            .await
-            .unwrap(),
-    )
-    .vanish();
+    server.router(&enrolled.credential, "CL-1").await.vanish();
     let device = server
         .wait_offline_with(&enrolled.device_id, "connection_lost")
         .await;
@@ -473,12 +437,7 @@ async fn a_silent_router_is_dropped_after_the_pong_timeout(db: TestDb) {
 async fn a_router_that_answers_pings_stays_connected(db: TestDb) {
     let server = TestServer::start(db).await;
     let enrolled = server.enrolled("PP-1").await;
-    let router = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "PP-1")
-            .await
-            .unwrap(),
-    );
+    let router = server.router(&enrolled.credential, "PP-1").await;
     let refresh = format!("/api/v1/devices/{}/refresh-status", enrolled.device_id);
     for ping in 1..=5 {
         // Each ping on schedule, every 120 s; each pong well inside the 30 s timeout.
@@ -504,12 +463,7 @@ async fn a_router_that_answers_pings_stays_connected(db: TestDb) {
 async fn revoking_credentials_disconnects_and_locks_out(db: TestDb) {
     let server = TestServer::start(db).await;
     let enrolled = server.enrolled("RV-1").await;
-    let mut router = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "RV-1")
-            .await
-            .unwrap(),
-    );
+    let mut router = server.router(&enrolled.credential, "RV-1").await;
     let path = format!("/api/v1/devices/{}/revoke-credentials", enrolled.device_id);
     let (status, _) = server.api(Method::POST, &path, None).await;
     assert_eq!(status, 204);
@@ -533,12 +487,7 @@ async fn revoking_credentials_disconnects_and_locks_out(db: TestDb) {
 async fn shutdown_tells_routers_when_to_come_back(db: TestDb) {
     let mut server = TestServer::start(db).await;
     let enrolled = server.enrolled("SD-1").await;
-    let mut router = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "SD-1")
-            .await
-            .unwrap(),
-    );
+    let mut router = server.router(&enrolled.credential, "SD-1").await;
     server.shutdown().await;
     match router.next_message().await {
         Some(ServerMessage::Disconnect {
@@ -571,12 +520,7 @@ async fn shutdown_tells_routers_when_to_come_back(db: TestDb) {
 async fn bad_frames_are_refused_and_disturb_nobody_else(db: TestDb) {
     let server = TestServer::start(db).await;
     let bystander = server.enrolled("OK-1").await;
-    let router = TestRouter::spawn(
-        server
-            .open_channel(&bystander.credential, "OK-1")
-            .await
-            .unwrap(),
-    );
+    let router = server.router(&bystander.credential, "OK-1").await;
     let offender = server.enrolled("BAD-1").await;
     let oversized = "x".repeat(floatilla_protocol::MAX_MESSAGE_BYTES + 1);
     let cases: Vec<(Message, &str)> = vec![
@@ -701,12 +645,7 @@ async fn hello_must_come_first_and_in_time(db: TestDb) {
 async fn status_reports_and_calls_reach_the_api(db: TestDb) {
     let server = TestServer::start(db).await;
     let enrolled = server.enrolled("ST-1").await;
-    let router = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "ST-1")
-            .await
-            .unwrap(),
-    );
+    let router = server.router(&enrolled.credential, "ST-1").await;
     router.send(DeviceMessage::Status(Status {
         firmware: Some("5.3.0".into()),
         cellular_signal_dbm: Some(-71),
@@ -782,12 +721,7 @@ async fn a_wrong_router_clock_is_reported(db: TestDb) {
 
     // Once the clock is right again, the report clears.
     drop(socket);
-    let router = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "CLK-1")
-            .await
-            .unwrap(),
-    );
+    let router = server.router(&enrolled.credential, "CLK-1").await;
     let device = server
         .get(&format!("/api/v1/devices/{}", enrolled.device_id))
         .await;
@@ -798,12 +732,7 @@ async fn a_wrong_router_clock_is_reported(db: TestDb) {
 async fn heartbeats_update_last_seen_in_batches(db: TestDb) {
     let server = TestServer::start(db).await;
     let enrolled = server.enrolled("HB-1").await;
-    let router = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "HB-1")
-            .await
-            .unwrap(),
-    );
+    let router = server.router(&enrolled.credential, "HB-1").await;
     let connected_at = server.clock.now();
     server.clock.advance(Duration::seconds(120));
     router.wait_for_pings(1).await;
@@ -847,24 +776,16 @@ async fn connection_history_is_pruned_after_the_retention_period(db: TestDb) {
     config.history_retention = Duration::days(30);
     let server = TestServer::start_with(db, config).await;
     let enrolled = server.enrolled("RET-1").await;
-    TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "RET-1")
-            .await
-            .unwrap(),
-    )
-    .close()
-    .await;
+    server
+        .router(&enrolled.credential, "RET-1")
+        .await
+        .close()
+        .await;
     server
         .wait_offline_with(&enrolled.device_id, "clean_close")
         .await;
     server.clock.advance(Duration::days(20));
-    let router = TestRouter::spawn(
-        server
-            .open_channel(&enrolled.credential, "RET-1")
-            .await
-            .unwrap(),
-    );
+    let router = server.router(&enrolled.credential, "RET-1").await;
     let path = format!("/api/v1/devices/{}", enrolled.device_id);
     // Day 31: the first connection ended 31 days ago and goes; the open one stays.
     server.clock.advance(Duration::days(11));
@@ -895,18 +816,8 @@ async fn a_full_server_tells_routers_when_to_retry(db: TestDb) {
         ["CAP-1", "CAP-2", "CAP-3"].map(|serial| server.enrolled(serial)),
     )
     .await;
-    let first = TestRouter::spawn(
-        server
-            .open_channel(&routers[0].credential, "CAP-1")
-            .await
-            .unwrap(),
-    );
-    let _second = TestRouter::spawn(
-        server
-            .open_channel(&routers[1].credential, "CAP-2")
-            .await
-            .unwrap(),
-    );
+    let first = server.router(&routers[0].credential, "CAP-1").await;
+    let _second = server.router(&routers[1].credential, "CAP-2").await;
     match server.open_channel(&routers[2].credential, "CAP-3").await {
         Err(ChannelError::Busy {
             code,

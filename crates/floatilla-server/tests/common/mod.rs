@@ -245,6 +245,15 @@ impl TestServer {
             .await
     }
 
+    /// A well-behaved router on its own task, connected with `credential`.
+    pub async fn router(&self, credential: &str, serial: &str) -> TestRouter {
+        TestRouter::spawn(
+            self.open_channel(credential, serial)
+                .await
+                .expect("router connects"),
+        )
+    }
+
     pub async fn raw_socket(&self) -> ChannelStream {
         self.connector
             .open_websocket(None)
