@@ -32,7 +32,8 @@ struct ServeOptions {
     #[arg(long, env = "FLOATILLA_LISTEN")]
     listen: Option<SocketAddr>,
     /// A name routers use to reach this server, added to its certificate (repeatable).
-    #[arg(long = "hostname", env = "FLOATILLA_HOSTNAMES", value_delimiter = ',')]
+    #[arg(long = "hostname", env = "FLOATILLA_HOSTNAME", value_delimiter = ',')]
+    #[serde(alias = "hostname")]
     hostnames: Option<Vec<String>>,
     /// on-prem (one tenant) or cloud (many) [default: on-prem].
     #[arg(long, env = "FLOATILLA_MODE")]
