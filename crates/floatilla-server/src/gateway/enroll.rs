@@ -9,10 +9,10 @@ use floatilla_protocol::{
 };
 use floatilla_store::Enrollment;
 use rand::Rng;
-use subtle::ConstantTimeEq;
 
 use crate::api::extract::ApiJson;
 use crate::error::{Error, Result};
+use crate::gateway::credentials;
 use crate::metrics;
 use crate::state::AppState;
 
@@ -112,21 +112,11 @@ async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<Enrol
 
 /// Whether `presented` is a currently valid credential of `device`.
 async fn holds_credential(state: &AppState, device: DeviceId, presented: &str) -> Result<bool> {
-    let Ok(presented) = presented.parse::<DeviceCredential>() else {
-        return Ok(false);
-    };
-    let Ok(id) = presented.id.parse::<CredentialId>() else {
-        return Ok(false);
-    };
-    let Some(stored) = state.store.credential(id).await? else {
-        return Ok(false);
-    };
-    let matches: bool = presented
-        .secret_hash()
-        .as_bytes()
-        .ct_eq(stored.secret_hash.as_bytes())
-        .into();
-    Ok(matches && stored.device_id == device && stored.is_valid_at(state.clock.now()))
+    match credentials::verify(state, presented).await {
+        Ok(credential) => Ok(credential.device_id == device),
+        Err(Error::Store(error)) => Err(error.into()),
+        Err(_) => Ok(false),
+    }
 }
 
 fn checked_field<'a>(name: &'static str, value: &'a str, required: bool) -> Result<&'a str> {

@@ -1,6 +1,7 @@
 //! The device gateway: enrollment and the control channel.
 
 pub mod admission;
+mod credentials;
 pub mod enroll;
 pub mod last_seen;
 pub mod registry;

@@ -20,7 +20,6 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
-use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -28,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::error::Error;
+use crate::gateway::credentials;
 use crate::gateway::registry::{CallRequest, Inbox, SessionCommand, SessionHandle};
 use crate::metrics;
 use crate::state::AppState;
@@ -204,30 +204,7 @@ async fn authenticate(state: &AppState, hello: &Hello) -> Result<(Device, Creden
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(Error::UnsupportedProtocolVersion(hello.protocol_version));
     }
-    let presented: DeviceCredential = hello
-        .credential
-        .parse()
-        .map_err(|_| Error::InvalidCredential)?;
-    let id: CredentialId = presented.id.parse().map_err(|_| Error::InvalidCredential)?;
-    let credential = state
-        .store
-        .credential(id)
-        .await?
-        .ok_or(Error::InvalidCredential)?;
-    let matches: bool = presented
-        .secret_hash()
-        .as_bytes()
-        .ct_eq(credential.secret_hash.as_bytes())
-        .into();
-    if !matches {
-        return Err(Error::InvalidCredential);
-    }
-    if credential.revoked_at.is_some() {
-        return Err(Error::CredentialRevoked);
-    }
-    if !credential.is_valid_at(state.clock.now()) {
-        return Err(Error::CredentialExpired);
-    }
+    let credential = credentials::verify(state, &hello.credential).await?;
     let device = state
         .store
         .device_by_id(credential.device_id)
