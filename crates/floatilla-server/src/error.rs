@@ -134,6 +134,20 @@ impl IntoResponse for Error {
     }
 }
 
+/// A name as given (tenant, group, router, token), trimmed: 1 to `max_chars` printable characters,
+/// else `invalid_name`.
+pub fn checked_name(what: &str, name: &str, max_chars: usize) -> Result<String> {
+    let name = name.trim();
+    let length = name.chars().count();
+    if length == 0 || length > max_chars || name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "invalid_name",
+            format!("a {what} name has 1 to {max_chars} printable characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 /// A JSON error answer for failures found before a handler runs (bad JSON, bad query).
 pub fn rejection(status: StatusCode, code: &str, message: String) -> Response {
     (

@@ -6,7 +6,7 @@ use floatilla_domain::{Clock, Mode, TenantId};
 use floatilla_store::Store;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, checked_name};
 
 const MODE_SETTING: &str = "installation.mode";
 const ID_SETTING: &str = "installation.id";
@@ -117,16 +117,9 @@ impl Installation {
                 "an on-premises installation has exactly one tenant",
             ));
         }
-        let name = name.trim();
-        if name.is_empty() || name.len() > 200 {
-            return Err(Error::invalid(
-                "invalid_name",
-                "a tenant name has 1 to 200 characters",
-            ));
-        }
         let tenant = Tenant {
             id: TenantId::new(),
-            name: name.to_owned(),
+            name: checked_name("tenant", name, 200)?,
             created_at: clock.now(),
         };
         store.create_tenant(&tenant).await?;

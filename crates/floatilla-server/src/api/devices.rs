@@ -19,7 +19,7 @@ use super::views::{
     AllowReenrollmentRequest, ConnectionView, DeviceDetail, DeviceList, DevicePatchRequest,
     DeviceView, ErrorView, StatusView,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, checked_name};
 use crate::gateway::registry::{CallRequest, NotDelivered, SessionCommand};
 use crate::state::AppState;
 
@@ -147,17 +147,7 @@ pub async fn patch(
     let id = parse_device_id(&id)?;
     let name = request
         .name
-        .map(|name| {
-            let name = name.trim().to_owned();
-            if name.is_empty() || name.len() > 200 {
-                Err(Error::invalid(
-                    "invalid_name",
-                    "a router name has 1 to 200 characters",
-                ))
-            } else {
-                Ok(name)
-            }
-        })
+        .map(|name| checked_name("router", &name, 200))
         .transpose()?;
     let group_id = match request.group {
         None => None,

@@ -9,7 +9,7 @@ use http::StatusCode;
 use super::auth::Caller;
 use super::extract::ApiJson;
 use super::views::{ErrorView, GroupRequest, GroupView};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, checked_name};
 use crate::state::AppState;
 
 pub async fn group_id_by_name(state: &AppState, tenant: TenantId, name: &str) -> Result<GroupId> {
@@ -19,17 +19,6 @@ pub async fn group_id_by_name(state: &AppState, tenant: TenantId, name: &str) ->
         .await?
         .map(|group| group.id)
         .ok_or_else(|| Error::invalid("unknown_group", format!("there is no group named `{name}`")))
-}
-
-fn checked_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "invalid_name",
-            "a group name has 1 to 100 printable characters",
-        ));
-    }
-    Ok(name.to_owned())
 }
 
 fn parse_group_id(id: &str) -> Result<GroupId> {
@@ -55,7 +44,7 @@ pub async fn create(
     let group = Group {
         id: GroupId::new(),
         tenant_id: tenant,
-        name: checked_name(&request.name)?,
+        name: checked_name("group", &request.name, 100)?,
         created_at: state.clock.now(),
     };
     state.store.create_group(&group).await?;
@@ -74,7 +63,7 @@ pub async fn rename(
     let id = parse_group_id(&id)?;
     state
         .store
-        .rename_group(tenant, id, &checked_name(&request.name)?)
+        .rename_group(tenant, id, &checked_name("group", &request.name, 100)?)
         .await?;
     let group = state
         .store

@@ -15,21 +15,10 @@ use super::views::{
     ApiTokenView, CreateApiTokenRequest, CreateEnrollmentTokenRequest, EnrollmentTokenView,
     ErrorView,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, checked_name};
 use crate::state::AppState;
 
 const DEFAULT_TOKEN_LIFETIME_DAYS: i64 = 7;
-
-fn checked_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    if name.is_empty() || name.len() > 200 {
-        return Err(Error::invalid(
-            "invalid_name",
-            "a name has 1 to 200 characters",
-        ));
-    }
-    Ok(name.to_owned())
-}
 
 async fn group_names(
     state: &AppState,
@@ -126,7 +115,7 @@ pub async fn issue_enrollment_token(
     let token = EnrollmentToken {
         id: EnrollmentTokenId::new(),
         tenant_id: tenant,
-        name: checked_name(name)?,
+        name: checked_name("token", name, 200)?,
         secret_hash: secret.secret_hash(),
         max_uses,
         uses: 0,
@@ -169,7 +158,7 @@ pub async fn issue_api_token(
     let token = ApiToken {
         id: ApiTokenId::new(),
         tenant_id: tenant,
-        name: checked_name(name)?,
+        name: checked_name("token", name, 200)?,
         role,
         secret_hash,
         created_at: state.clock.now(),
