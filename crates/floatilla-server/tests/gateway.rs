@@ -556,12 +556,7 @@ async fn bad_frames_are_refused_and_disturb_nobody_else(db: TestDb) {
         server
             .wait_offline_with(&offender.device_id, "protocol_error")
             .await;
-        assert!(
-            server.metrics().await.contains(&format!(
-                r#"floatilla_device_refusals_total{{code="{code}"}}"#
-            )),
-            "{code} counted"
-        );
+        assert!(server.counted_refusal(code).await, "{code} counted");
     }
     // The well-behaved router never noticed.
     let (status, _) = server
@@ -818,21 +813,12 @@ async fn a_full_server_tells_routers_when_to_retry(db: TestDb) {
     .await;
     let first = server.router(&routers[0].credential, "CAP-1").await;
     let _second = server.router(&routers[1].credential, "CAP-2").await;
-    match server.open_channel(&routers[2].credential, "CAP-3").await {
-        Err(ChannelError::Busy {
-            code,
-            retry_after_secs,
-        }) => {
-            assert_eq!((code.as_str(), retry_after_secs), ("server_full", 60));
-        }
-        other => panic!("expected server_full, got {other:?}"),
-    }
-    assert!(
-        server
-            .metrics()
-            .await
-            .contains(r#"floatilla_device_refusals_total{code="server_full"}"#)
+    assert_busy(
+        server.open_channel(&routers[2].credential, "CAP-3").await,
+        "server_full",
+        60,
     );
+    assert!(server.counted_refusal("server_full").await);
     // The API and enrollment still work while the router channels are full.
     server.get("/api/v1/devices").await;
     server.enrolled("CAP-4").await;
@@ -853,19 +839,10 @@ async fn a_connect_flood_is_spread_out(db: TestDb) {
     let enrolled = server.enrolled("FLOOD-1").await;
     let _first = server.router(&enrolled.credential, "FLOOD-1").await;
     // Well within the second it takes the limiter to allow one more.
-    match server.open_channel(&enrolled.credential, "FLOOD-1").await {
-        Err(ChannelError::Busy {
-            code,
-            retry_after_secs,
-        }) => {
-            assert_eq!((code.as_str(), retry_after_secs), ("too_many_connects", 1));
-        }
-        other => panic!("expected too_many_connects, got {other:?}"),
-    }
-    assert!(
-        server
-            .metrics()
-            .await
-            .contains(r#"floatilla_device_refusals_total{code="too_many_connects"}"#)
+    assert_busy(
+        server.open_channel(&enrolled.credential, "FLOOD-1").await,
+        "too_many_connects",
+        1,
     );
+    assert!(server.counted_refusal("too_many_connects").await);
 }

@@ -315,6 +315,13 @@ impl TestServer {
         );
     }
 
+    /// Whether `/metrics` has counted a refusal of routers with `code`.
+    pub async fn counted_refusal(&self, code: &str) -> bool {
+        self.metrics().await.contains(&format!(
+            r#"floatilla_device_refusals_total{{code="{code}"}}"#
+        ))
+    }
+
     pub async fn shutdown(&mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
@@ -331,6 +338,21 @@ pub fn hello(credential: &str, serial: &str) -> Hello {
         model: "MRX5".into(),
         firmware: "5.2.1".into(),
         clock: Utc::now(),
+    }
+}
+
+/// Expects a `503` at the upgrade with this code and retry hint.
+pub fn assert_busy<T: std::fmt::Debug>(
+    result: Result<T, floatilla_agent::ChannelError>,
+    code: &str,
+    retry_after_secs: u32,
+) {
+    match result {
+        Err(floatilla_agent::ChannelError::Busy {
+            code: got,
+            retry_after_secs: after,
+        }) => assert_eq!((got.as_str(), after), (code, retry_after_secs)),
+        other => panic!("expected {code}, got {other:?}"),
     }
 }
 
