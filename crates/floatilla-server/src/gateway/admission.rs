@@ -8,24 +8,24 @@ use std::time::Instant;
 
 /// Why a router may not connect now, and when to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum NotAdmitted {
     /// As many routers are connected as this node takes.
     Full { retry_after_secs: u32 },
     /// Too many routers are connecting at once.
     Flooded { retry_after_secs: u32 },
 }
 
-impl Refusal {
+impl NotAdmitted {
     pub fn code(self) -> &'static str {
         match self {
-            Refusal::Full { .. } => "server_full",
-            Refusal::Flooded { .. } => "too_many_connects",
+            NotAdmitted::Full { .. } => "server_full",
+            NotAdmitted::Flooded { .. } => "too_many_connects",
         }
     }
 
     pub fn retry_after_secs(self) -> u32 {
         match self {
-            Refusal::Full { retry_after_secs } | Refusal::Flooded { retry_after_secs } => {
+            NotAdmitted::Full { retry_after_secs } | NotAdmitted::Flooded { retry_after_secs } => {
                 retry_after_secs
             }
         }
@@ -65,23 +65,23 @@ impl Admission {
     }
 
     /// Admits one more channel, or says why not.
-    pub fn admit(self: &Arc<Self>) -> Result<Admitted, Refusal> {
+    pub fn admit(self: &Arc<Self>) -> Result<Admitted, NotAdmitted> {
         self.admit_at(Instant::now())
     }
 
-    fn admit_at(self: &Arc<Self>, now: Instant) -> Result<Admitted, Refusal> {
+    fn admit_at(self: &Arc<Self>, now: Instant) -> Result<Admitted, NotAdmitted> {
         let previous = self.open.fetch_add(1, Ordering::AcqRel);
         let admitted = Admitted {
             admission: self.clone(),
         };
         if previous >= self.max_channels {
-            return Err(Refusal::Full {
+            return Err(NotAdmitted::Full {
                 retry_after_secs: FULL_RETRY_AFTER_SECS,
             });
         }
         let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         if !bucket.take(now) {
-            return Err(Refusal::Flooded {
+            return Err(NotAdmitted::Flooded {
                 retry_after_secs: FLOOD_RETRY_AFTER_SECS,
             });
         }
@@ -148,7 +148,7 @@ mod tests {
         let refused = admission.admit_at(start).unwrap_err();
         assert_eq!(
             refused,
-            Refusal::Flooded {
+            NotAdmitted::Flooded {
                 retry_after_secs: 1
             }
         );

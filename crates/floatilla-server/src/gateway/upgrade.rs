@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::error::rejection;
-use crate::gateway::admission::Refusal;
+use crate::gateway::admission::NotAdmitted;
 use crate::gateway::session;
 use crate::server::RemoteAddr;
 use crate::state::AppState;
@@ -71,12 +71,14 @@ pub async fn connect(State(state): State<AppState>, mut request: Request) -> Res
 }
 
 /// `503` with `Retry-After`: the router backs off for that long.
-fn refused(refusal: Refusal, remote: SocketAddr) -> Response {
+fn refused(refusal: NotAdmitted, remote: SocketAddr) -> Response {
     tracing::debug!(%remote, code = refusal.code(), "router not admitted");
     crate::metrics::refusal(refusal.code());
     let message = match refusal {
-        Refusal::Full { .. } => "this server holds as many routers as it takes; try again later",
-        Refusal::Flooded { .. } => "too many routers are connecting at once; try again shortly",
+        NotAdmitted::Full { .. } => {
+            "this server holds as many routers as it takes; try again later"
+        }
+        NotAdmitted::Flooded { .. } => "too many routers are connecting at once; try again shortly",
     };
     let mut response = rejection(
         StatusCode::SERVICE_UNAVAILABLE,
