@@ -171,6 +171,9 @@ enum Outcome {
     /// The server asked for a pause (shutdown) of this many seconds.
     ComeBackAfter(u32),
     Retry,
+    /// The server will not serve this router until an operator acts (accepts it, or deals with
+    /// a clone of it): retry at the cap.
+    AwaitOperator,
     /// The credential was refused: waiting will not help until an operator acts.
     CredentialRefused(ErrorBody),
 }
@@ -192,6 +195,7 @@ pub async fn run_router(
             Outcome::Stop => return,
             Outcome::ComeBackAfter(secs) => Duration::from_secs(secs.into()),
             Outcome::Retry => backoff.next_delay(),
+            Outcome::AwaitOperator => backoff.at_cap(),
             Outcome::CredentialRefused(error) => {
                 host.event(RouterEvent::Refused(error));
                 // An admin may have allowed this serial to enroll again: try that first.
@@ -323,8 +327,13 @@ async fn serve(
             return Outcome::CredentialRefused(error);
         }
         Err(ChannelError::Refused(error)) => {
+            let awaits_operator = awaits_operator(&error.code);
             host.event(RouterEvent::Refused(error));
-            return Outcome::Retry;
+            return if awaits_operator {
+                Outcome::AwaitOperator
+            } else {
+                Outcome::Retry
+            };
         }
         Err(ChannelError::Busy {
             code,
@@ -462,11 +471,18 @@ async fn serve(
     }
 }
 
+/// Refusals that enrolling again may cure, when an admin allowed it.
 fn is_credential_refusal(code: &str) -> bool {
     matches!(
         code,
-        "invalid_credential" | "credential_expired" | "credential_revoked"
+        "invalid_credential" | "credential_expired" | "credential_revoked" | "enrollment_rejected"
     )
+}
+
+/// Refusals that only an operator's action ends: waiting for approval, or a clone of this
+/// router holding the channel.
+fn awaits_operator(code: &str) -> bool {
+    matches!(code, "enrollment_pending" | "credential_in_use")
 }
 
 async fn answer_call(

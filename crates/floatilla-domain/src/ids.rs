@@ -50,6 +50,10 @@ id_type!(
     DeviceId
 );
 id_type!(GroupId);
+id_type!(
+    /// One entry of the event log; time-ordered, so listings page by it.
+    EventId
+);
 id_type!(EnrollmentTokenId);
 id_type!(ApiTokenId);
 id_type!(

@@ -2,16 +2,20 @@
 //! disconnect reasons, timers, and the clock every deadline is measured on.
 
 pub mod clock;
+pub mod clones;
 pub mod connection;
+pub mod enrollment;
+pub mod events;
 pub mod ids;
 pub mod model;
+mod names;
 pub mod tenancy;
 pub mod timers;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use connection::{ConnectionState, DisconnectReason};
 pub use ids::{
-    ApiTokenId, CredentialId, DeviceId, EnrollmentTokenId, GroupId, SessionId, TenantId,
+    ApiTokenId, CredentialId, DeviceId, EnrollmentTokenId, EventId, GroupId, SessionId, TenantId,
 };
 pub use tenancy::{Mode, Role};
-pub use timers::Timers;
+pub use timers::{TimerProfile, Timers};

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::enrollment::{EnrollmentPolicy, EnrollmentState};
+use crate::timers::TimerProfile;
 use crate::{
     ApiTokenId, ConnectionState, CredentialId, DeviceId, DisconnectReason, EnrollmentTokenId,
     GroupId, Role, SessionId, TenantId, Timestamp,
@@ -11,6 +13,7 @@ use crate::{
 pub struct Tenant {
     pub id: TenantId,
     pub name: String,
+    pub enrollment_policy: EnrollmentPolicy,
     pub created_at: Timestamp,
 }
 
@@ -19,6 +22,8 @@ pub struct Group {
     pub id: GroupId,
     pub tenant_id: TenantId,
     pub name: String,
+    /// The group's heartbeat timing; `None` uses the server's.
+    pub timer_profile: Option<TimerProfile>,
     pub created_at: Timestamp,
 }
 
@@ -105,6 +110,9 @@ pub struct Device {
     pub agent_version: String,
     pub group_id: Option<GroupId>,
     pub group_name: Option<String>,
+    /// The timer profile of the router's group, if it has one.
+    pub timer_profile: Option<TimerProfile>,
+    pub enrollment: EnrollmentState,
     pub connection_state: ConnectionState,
     pub connected_since: Option<Timestamp>,
     pub last_seen: Option<Timestamp>,
@@ -160,6 +168,7 @@ pub struct ApiToken {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceFilter {
     pub connection_state: Option<ConnectionState>,
+    pub enrollment: Option<EnrollmentState>,
     /// Case-insensitive substring of the serial or the name.
     pub query: Option<String>,
     pub group_id: Option<GroupId>,

@@ -23,7 +23,42 @@ impl Default for Timers {
     }
 }
 
+/// A group's own heartbeat timing, replacing the server's for its routers: a long interval for
+/// routers on metered links, for example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerProfile {
+    pub ping_interval_secs: u32,
+    pub pong_timeout_secs: u32,
+}
+
+impl TimerProfile {
+    /// The longest ping interval a profile may set: a day.
+    pub const MAX_PING_INTERVAL_SECS: u32 = 86_400;
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ping_interval_secs > Self::MAX_PING_INTERVAL_SECS {
+            return Err(format!(
+                "ping interval must be at most {} seconds",
+                Self::MAX_PING_INTERVAL_SECS
+            ));
+        }
+        Timers::default().with_profile(Some(*self)).validate()
+    }
+}
+
 impl Timers {
+    /// These timers with a group's profile, if it has one, in place of the heartbeat timing.
+    pub fn with_profile(self, profile: Option<TimerProfile>) -> Timers {
+        match profile {
+            Some(profile) => Timers {
+                ping_interval_secs: profile.ping_interval_secs,
+                pong_timeout_secs: profile.pong_timeout_secs,
+                ..self
+            },
+            None => self,
+        }
+    }
+
     pub fn ping_interval(&self) -> chrono::Duration {
         chrono::Duration::seconds(self.ping_interval_secs.into())
     }
@@ -70,5 +105,30 @@ mod tests {
             reconnect_backoff_cap_secs: 60,
         };
         assert!(timers.validate().is_err());
+    }
+
+    #[test]
+    fn a_profile_replaces_the_heartbeat_but_not_the_backoff() {
+        let profile = TimerProfile {
+            ping_interval_secs: 1800,
+            pong_timeout_secs: 60,
+        };
+        assert!(profile.validate().is_ok());
+        let timers = Timers::default().with_profile(Some(profile));
+        assert_eq!(timers.ping_interval_secs, 1800);
+        assert_eq!(timers.pong_timeout_secs, 60);
+        assert_eq!(timers.reconnect_backoff_cap_secs, 60);
+        assert_eq!(Timers::default().with_profile(None), Timers::default());
+    }
+
+    #[test]
+    fn a_profile_must_be_a_sensible_heartbeat() {
+        for (ping, pong) in [(0, 0), (60, 60), (86_401, 60)] {
+            let profile = TimerProfile {
+                ping_interval_secs: ping,
+                pong_timeout_secs: pong,
+            };
+            assert!(profile.validate().is_err(), "{ping}/{pong}");
+        }
     }
 }

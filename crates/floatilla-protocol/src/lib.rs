@@ -50,6 +50,14 @@ pub struct EnrollResponse {
     pub credential_expires_at: DateTime<Utc>,
     /// The server's CA certificate (PEM), to verify the server on every later connection.
     pub ca_certificate: String,
+    /// `accepted`, or `pending` while the router waits for an admin to accept it (its channel
+    /// is refused with `enrollment_pending` until then).
+    #[serde(default = "accepted")]
+    pub enrollment: String,
+}
+
+fn accepted() -> String {
+    "accepted".to_owned()
 }
 
 /// An error answer on the device HTTP endpoints, and the body of an [`ServerMessage::Error`].

@@ -31,8 +31,9 @@ pub struct ServerConfig {
     pub shutdown_reconnect_after_secs: u32,
     /// How long a server call to a router may take before the caller gets `call_timeout`.
     pub call_timeout: Duration,
-    /// Connection history that ended longer ago than this is deleted.
-    pub history_retention: chrono::Duration,
+    /// Connection history that ended, and events that happened, longer ago than this are
+    /// deleted.
+    pub retention: chrono::Duration,
     /// The most router channels this node holds; beyond it routers are told to retry later.
     /// The default leaves 2,000 of a 20,000 open-file limit for the database, API and downloads.
     pub max_router_connections: usize,
@@ -61,7 +62,7 @@ impl Default for ServerConfig {
             last_seen_flush_interval: Duration::from_secs(5),
             shutdown_reconnect_after_secs: 10,
             call_timeout: Duration::from_secs(30),
-            history_retention: chrono::Duration::days(90),
+            retention: chrono::Duration::days(90),
             max_router_connections: 18_000,
             max_connects_per_sec: 10_000,
         }

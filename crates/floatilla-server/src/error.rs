@@ -39,6 +39,16 @@ pub enum Error {
         "a router with serial {0} is already enrolled: re-enroll with its credential, or have an admin allow re-enrollment"
     )]
     SerialAlreadyEnrolled(String),
+    #[error("serial {0} is not pre-registered: this tenant admits only imported serials")]
+    SerialNotPreregistered(String),
+    #[error("an admin rejected this router")]
+    EnrollmentRejected,
+    #[error("this router waits for an admin to accept it")]
+    EnrollmentPending,
+    #[error(
+        "this credential is already in use by a router at another address: the router image appears to be cloned"
+    )]
+    CredentialInUse,
     #[error("the router credential is not valid")]
     InvalidCredential,
     #[error("the router credential has expired")]
@@ -82,6 +92,10 @@ impl Error {
             Error::EnrollmentTokenRefused(TokenRefusal::Expired) => "enrollment_token_expired",
             Error::EnrollmentTokenRefused(TokenRefusal::UsedUp) => "enrollment_token_used_up",
             Error::SerialAlreadyEnrolled(_) => "serial_already_enrolled",
+            Error::SerialNotPreregistered(_) => "serial_not_preregistered",
+            Error::EnrollmentRejected => "enrollment_rejected",
+            Error::EnrollmentPending => "enrollment_pending",
+            Error::CredentialInUse => "credential_in_use",
             Error::InvalidCredential => "invalid_credential",
             Error::CredentialExpired => "credential_expired",
             Error::CredentialRevoked => "credential_revoked",
@@ -99,12 +113,17 @@ impl Error {
             | Error::InvalidCredential
             | Error::CredentialExpired
             | Error::CredentialRevoked => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) | Error::EnrollmentTokenRefused(_) => StatusCode::FORBIDDEN,
+            Error::Forbidden(_)
+            | Error::EnrollmentTokenRefused(_)
+            | Error::SerialNotPreregistered(_)
+            | Error::EnrollmentRejected
+            | Error::EnrollmentPending => StatusCode::FORBIDDEN,
             Error::NotFound(_) | Error::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
             Error::Invalid { .. } | Error::UnsupportedProtocolVersion(_) => StatusCode::BAD_REQUEST,
             Error::Conflict(_)
             | Error::InvalidState { .. }
             | Error::SerialAlreadyEnrolled(_)
+            | Error::CredentialInUse
             | Error::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
             Error::CallTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,6 +1,7 @@
 //! What an installation is, decided once and kept in the database: its form of operation, its id
 //! and, on premises, its single tenant. The server and the admin CLI share this.
 
+use floatilla_domain::enrollment::EnrollmentPolicy;
 use floatilla_domain::model::Tenant;
 use floatilla_domain::{Clock, Mode, TenantId};
 use floatilla_store::Store;
@@ -75,6 +76,7 @@ impl Installation {
             let tenant = Tenant {
                 id,
                 name: "default".into(),
+                enrollment_policy: EnrollmentPolicy::Open,
                 created_at: clock.now(),
             };
             match store.create_tenant(&tenant).await {
@@ -120,6 +122,7 @@ impl Installation {
         let tenant = Tenant {
             id: TenantId::new(),
             name: checked_name("tenant", name, 200)?,
+            enrollment_policy: EnrollmentPolicy::Open,
             created_at: clock.now(),
         };
         store.create_tenant(&tenant).await?;

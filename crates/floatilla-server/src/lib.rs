@@ -2,8 +2,10 @@
 //! Prometheus metrics and the TLS that protects them, as thin layers over the domain and store.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod gateway;
 pub mod installation;
 pub mod metrics;

@@ -139,6 +139,15 @@ impl RunningServer {
         {
             tracing::warn!("some requests did not finish in time");
         }
+        // Stopped cleanly, with every session recorded as ended: nothing for others to close.
+        if let Err(error) = self
+            .state
+            .store
+            .forget_node(&self.state.config.node_id)
+            .await
+        {
+            tracing::warn!(%error, "cannot remove this node from the cluster's list");
+        }
     }
 }
 
@@ -216,6 +225,7 @@ pub async fn start(
         sessions: Arc::new(SessionRegistry::default()),
         last_seen: Arc::new(LastSeen::default()),
         admission,
+        forwarded_calls: Arc::default(),
         shutdown: CancellationToken::new(),
         session_tasks: TaskTracker::new(),
     };
@@ -252,7 +262,9 @@ pub async fn start(
         state.shutdown.clone(),
     ));
     background.spawn(rotate_leaf(state.clone(), resolver, names));
-    background.spawn(prune_history(state.clone()));
+    background.spawn(prune_expired(state.clone()));
+    background.spawn(crate::cluster::listen(state.clone()));
+    background.spawn(crate::cluster::watch_nodes(state.clone()));
 
     Ok(RunningServer {
         local_addr,
@@ -364,36 +376,46 @@ async fn rotate_leaf(state: AppState, resolver: Arc<LeafResolver>, names: Vec<St
 /// How many history rows one statement deletes, so pruning never holds locks for long.
 const PRUNE_BATCH: u32 = 5_000;
 
-/// Deletes connection history past the retention period: at start, then once a day.
-async fn prune_history(state: AppState) {
+/// Deletes connection history and events past the retention period: at start, then once a day.
+async fn prune_expired(state: AppState) {
     loop {
-        let cutoff = state.clock.now() - state.config.history_retention;
-        let mut pruned = 0;
-        loop {
-            match state
-                .store
-                .prune_connection_history(cutoff, PRUNE_BATCH)
-                .await
-            {
-                Ok(deleted) => {
-                    pruned += deleted;
-                    if deleted < u64::from(PRUNE_BATCH) {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot prune connection history; will retry");
-                    break;
-                }
-            }
-        }
-        if pruned > 0 {
-            tracing::info!(pruned, %cutoff, "pruned connection history");
-        }
+        let cutoff = state.clock.now() - state.config.retention;
+        let store = &state.store;
+        prune("connection history", cutoff, |batch| {
+            store.prune_connection_history(cutoff, batch)
+        })
+        .await;
+        prune("events", cutoff, |batch| store.prune_events(cutoff, batch)).await;
         let next = state.clock.now() + chrono::Duration::days(1);
         tokio::select! {
             () = state.clock.sleep_until(next) => {}
             () = state.shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Deletes batch after batch until a batch comes back short.
+async fn prune<F, Fut>(what: &str, cutoff: floatilla_domain::Timestamp, mut delete_batch: F)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = floatilla_store::Result<u64>>,
+{
+    let mut pruned = 0;
+    loop {
+        match delete_batch(PRUNE_BATCH).await {
+            Ok(deleted) => {
+                pruned += deleted;
+                if deleted < u64::from(PRUNE_BATCH) {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, what, "cannot prune; will retry");
+                break;
+            }
+        }
+    }
+    if pruned > 0 {
+        tracing::info!(pruned, %cutoff, what, "pruned past the retention period");
     }
 }

@@ -7,6 +7,7 @@ use floatilla_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::ForwardedCalls;
 use crate::config::ServerConfig;
 use crate::gateway::admission::Admission;
 use crate::gateway::last_seen::LastSeen;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub last_seen: Arc<LastSeen>,
     /// The cap on open router channels and the rate of new ones.
     pub admission: Arc<Admission>,
+    /// Calls waiting for an answer from the node that holds the router's session.
+    pub forwarded_calls: Arc<ForwardedCalls>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
     /// Every control-channel task, so shutdown can wait for them to record their end.

@@ -768,7 +768,7 @@ async fn the_device_certificate_is_rotated_before_it_expires(db: TestDb) {
 
 async fn connection_history_is_pruned_after_the_retention_period(db: TestDb) {
     let mut config = test_config();
-    config.history_retention = Duration::days(30);
+    config.retention = Duration::days(30);
     let server = TestServer::start_with(db, config).await;
     let enrolled = server.enrolled("RET-1").await;
     server

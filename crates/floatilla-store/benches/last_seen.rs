@@ -20,6 +20,7 @@ async fn fleet(store: &dyn Store) -> Vec<DeviceId> {
     let tenant = Tenant {
         id: TenantId::new(),
         name: "bench".into(),
+        enrollment_policy: floatilla_domain::enrollment::EnrollmentPolicy::Open,
         created_at: now,
     };
     store.create_tenant(&tenant).await.unwrap();
@@ -50,6 +51,7 @@ async fn fleet(store: &dyn Store) -> Vec<DeviceId> {
             firmware: "f".into(),
             agent_version: "a".into(),
             group_id: None,
+            state: floatilla_domain::enrollment::EnrollmentState::Accepted,
             credential: Credential {
                 id: CredentialId::new(),
                 device_id: id,

@@ -2,7 +2,10 @@
 //! single-node sites and a PostgreSQL implementation for several nodes sharing one database.
 //! Each backend has its own migrations, applied when the store is opened.
 
+pub mod cluster;
+mod enrollment;
 mod error;
+mod events;
 mod postgres;
 mod rows;
 mod shared;
@@ -10,7 +13,10 @@ mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use cluster::{CallOutcome, Cluster, ClusterMessage, Received, Subscription};
+pub use enrollment::{EnrollmentControl, Preregistered, Preregistration};
 pub use error::StoreError;
+pub use events::EventLog;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -18,13 +24,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use floatilla_domain::enrollment::EnrollmentState;
 use floatilla_domain::model::{
     ApiToken, ConnectionRecord, Credential, Device, DeviceFilter, DeviceStatus, EnrollmentToken,
     Group, Page, PageRequest, Tenant, TokenRefusal,
 };
 use floatilla_domain::{
     ApiTokenId, CredentialId, DeviceId, DisconnectReason, EnrollmentTokenId, GroupId, SessionId,
-    TenantId, Timestamp,
+    TenantId, TimerProfile, Timestamp,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -69,8 +76,19 @@ pub struct Enrollment {
     pub model: String,
     pub firmware: String,
     pub agent_version: String,
+    /// The token's group, for a new router or a pre-registered one imported without a group.
     pub group_id: Option<GroupId>,
+    /// The router's enrollment state afterwards.
+    pub state: EnrollmentState,
     pub credential: Credential,
+}
+
+/// A change to a group. `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct GroupPatch {
+    pub name: Option<String>,
+    /// `Some(None)` removes the group's timer profile.
+    pub timer_profile: Option<Option<TimerProfile>>,
 }
 
 /// A change an operator makes to a router. `None` leaves a field as it is.
@@ -83,7 +101,7 @@ pub struct DevicePatch {
 
 /// Everything Floatilla persists. Every method is a single transaction.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: EventLog + EnrollmentControl + Cluster + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     // Installation settings (key/value).
@@ -104,7 +122,12 @@ pub trait Store: Send + Sync + 'static {
     async fn groups(&self, tenant: TenantId) -> Result<Vec<Group>>;
     async fn group(&self, tenant: TenantId, id: GroupId) -> Result<Option<Group>>;
     async fn group_by_name(&self, tenant: TenantId, name: &str) -> Result<Option<Group>>;
-    async fn rename_group(&self, tenant: TenantId, id: GroupId, name: &str) -> Result<()>;
+    async fn update_group(
+        &self,
+        tenant: TenantId,
+        id: GroupId,
+        patch: &GroupPatch,
+    ) -> Result<Group>;
     /// Deletes the group; its routers and enrollment tokens are left without a group.
     async fn delete_group(&self, tenant: TenantId, id: GroupId) -> Result<()>;
 
@@ -127,7 +150,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts one use of the token (refused, writing nothing, if the token is revoked, expired or
     /// used up at `now`: checked and counted atomically, so `max_uses` holds under concurrency),
-    /// creates or re-keys the device, revokes the device's earlier credentials, stores the new
+    /// creates or re-keys the device (a pre-registered one keeps its name, and its group unless
+    /// it has none), sets its enrollment state, revokes its earlier credentials, stores the new
     /// credential and clears any re-enrollment consent.
     async fn enroll(&self, enrollment: &Enrollment) -> Result<Result<Device, TokenRefusal>>;
 

@@ -3,9 +3,12 @@
 use std::str::FromStr;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
+use crate::cluster::{CHANNEL, ClusterMessage, Subscription, impl_cluster};
+use crate::enrollment::impl_enrollment_control;
+use crate::events::impl_event_log;
 use crate::shared::{check_schema_version, impl_store};
 use crate::{Backend, Result};
 
@@ -92,4 +95,25 @@ async fn migrate_locked(conn: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
+impl PgStore {
+    async fn publish_message(&self, message: &ClusterMessage) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(message.encode()?)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A connection of its own that listens on the cluster channel, reconnecting when lost.
+    async fn open_subscription(&self) -> Result<Option<Subscription>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Some(Subscription::new(listener)))
+    }
+}
+
 impl_store!(PgStore);
+impl_event_log!(PgStore);
+impl_enrollment_control!(PgStore);
+impl_cluster!(PgStore);

@@ -5,10 +5,11 @@
 use std::str::FromStr;
 
 use chrono::DateTime;
+use floatilla_domain::events::{Event, EventKind};
 use floatilla_domain::model::{
     ApiToken, ConnectionRecord, Credential, Device, DeviceStatus, EnrollmentToken, Group, Tenant,
 };
-use floatilla_domain::{ConnectionState, DisconnectReason, Role, Timestamp};
+use floatilla_domain::{ConnectionState, DisconnectReason, Role, TimerProfile, Timestamp};
 use sqlx::FromRow;
 
 use crate::{Result, StoreError};
@@ -62,6 +63,7 @@ fn count(column: &str, value: i64) -> Result<u32> {
 pub(crate) struct TenantRow {
     id: String,
     name: String,
+    enrollment_policy: String,
     created_at: i64,
 }
 
@@ -71,6 +73,7 @@ impl TryFrom<TenantRow> for Tenant {
         Ok(Tenant {
             id: parse("tenants.id", &row.id)?,
             name: row.name,
+            enrollment_policy: parse("tenants.enrollment_policy", &row.enrollment_policy)?,
             created_at: timestamp("tenants.created_at", row.created_at)?,
         })
     }
@@ -81,7 +84,27 @@ pub(crate) struct GroupRow {
     id: String,
     tenant_id: String,
     name: String,
+    ping_interval_secs: Option<i64>,
+    pong_timeout_secs: Option<i64>,
     created_at: i64,
+}
+
+/// A timer profile from its two columns, which are set together or not at all.
+fn timer_profile(
+    table: &str,
+    ping_interval_secs: Option<i64>,
+    pong_timeout_secs: Option<i64>,
+) -> Result<Option<TimerProfile>> {
+    match (ping_interval_secs, pong_timeout_secs) {
+        (Some(ping), Some(pong)) => Ok(Some(TimerProfile {
+            ping_interval_secs: count(&format!("{table}.ping_interval_secs"), ping)?,
+            pong_timeout_secs: count(&format!("{table}.pong_timeout_secs"), pong)?,
+        })),
+        (None, None) => Ok(None),
+        _ => Err(StoreError::Corrupt(format!(
+            "{table}: only one of ping_interval_secs and pong_timeout_secs is set"
+        ))),
+    }
 }
 
 impl TryFrom<GroupRow> for Group {
@@ -91,6 +114,7 @@ impl TryFrom<GroupRow> for Group {
             id: parse("groups.id", &row.id)?,
             tenant_id: parse("groups.tenant_id", &row.tenant_id)?,
             name: row.name,
+            timer_profile: timer_profile("groups", row.ping_interval_secs, row.pong_timeout_secs)?,
             created_at: timestamp("groups.created_at", row.created_at)?,
         })
     }
@@ -131,7 +155,7 @@ impl TryFrom<EnrollmentTokenRow> for EnrollmentToken {
     }
 }
 
-/// A device joined with its group's name (see `DEVICE_SELECT` in the shared implementation).
+/// A device joined with its group's name and timer profile (see `select_devices!` in the shared implementation).
 #[derive(FromRow)]
 pub(crate) struct DeviceRow {
     id: String,
@@ -143,6 +167,9 @@ pub(crate) struct DeviceRow {
     agent_version: String,
     group_id: Option<String>,
     group_name: Option<String>,
+    group_ping_interval_secs: Option<i64>,
+    group_pong_timeout_secs: Option<i64>,
+    enrollment: String,
     connection_state: String,
     connected_since: Option<i64>,
     last_seen: Option<i64>,
@@ -166,6 +193,12 @@ impl TryFrom<DeviceRow> for Device {
             agent_version: row.agent_version,
             group_id: opt_parse("devices.group_id", row.group_id.as_deref())?,
             group_name: row.group_name,
+            timer_profile: timer_profile(
+                "groups",
+                row.group_ping_interval_secs,
+                row.group_pong_timeout_secs,
+            )?,
+            enrollment: parse("devices.enrollment", &row.enrollment)?,
             connection_state: parse::<ConnectionState>(
                 "devices.connection_state",
                 &row.connection_state,
@@ -271,6 +304,30 @@ impl TryFrom<ApiTokenRow> for ApiToken {
 }
 
 /// Converts fetched rows into domain records, failing on the first corrupt one.
+#[derive(FromRow)]
+pub(crate) struct EventRow {
+    id: String,
+    tenant_id: String,
+    at: i64,
+    kind: String,
+    device_id: Option<String>,
+    message: String,
+}
+
+impl TryFrom<EventRow> for Event {
+    type Error = StoreError;
+    fn try_from(row: EventRow) -> Result<Self> {
+        Ok(Event {
+            id: parse("events.id", &row.id)?,
+            tenant_id: parse("events.tenant_id", &row.tenant_id)?,
+            at: timestamp("events.at", row.at)?,
+            kind: parse::<EventKind>("events.kind", &row.kind)?,
+            device_id: opt_parse("events.device_id", row.device_id.as_deref())?,
+            message: row.message,
+        })
+    }
+}
+
 pub(crate) fn convert<R, T>(rows: Vec<R>) -> Result<Vec<T>>
 where
     T: TryFrom<R, Error = StoreError>,

@@ -55,7 +55,8 @@ macro_rules! select_devices {
     ($where:literal) => {
         concat!(
             "SELECT d.id, d.tenant_id, d.serial, d.name, d.model, d.firmware, d.agent_version, ",
-            "d.group_id, g.name AS group_name, d.connection_state, d.connected_since, ",
+            "d.group_id, g.name AS group_name, g.ping_interval_secs AS group_ping_interval_secs, ",
+            "g.pong_timeout_secs AS group_pong_timeout_secs, d.enrollment, d.connection_state, d.connected_since, ",
             "d.last_seen, d.last_disconnect_at, d.last_disconnect_reason, d.status, ",
             "d.reenroll_allowed_until, d.created_at ",
             "FROM devices d LEFT JOIN groups g ON g.id = d.group_id ",
@@ -92,6 +93,10 @@ impl DeviceListing {
         if let Some(state) = filter.connection_state {
             params.push(state.as_str().to_owned());
             conditions.push(format!("d.connection_state = ${}", params.len()));
+        }
+        if let Some(enrollment) = filter.enrollment {
+            params.push(enrollment.as_str().to_owned());
+            conditions.push(format!("d.enrollment = ${}", params.len()));
         }
         if let Some(group) = filter.group_id {
             params.push(group.to_string());
@@ -207,10 +212,14 @@ macro_rules! impl_store {
                 &self,
                 tenant: &::floatilla_domain::model::Tenant,
             ) -> $crate::Result<()> {
-                ::sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
-                    .bind(tenant.id.to_string())
-                    .bind(&tenant.name)
-                    .bind($crate::rows::millis(tenant.created_at))
+                ::sqlx::query(
+                    "INSERT INTO tenants (id, name, enrollment_policy, created_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(tenant.id.to_string())
+                .bind(&tenant.name)
+                .bind(tenant.enrollment_policy.as_str())
+                .bind($crate::rows::millis(tenant.created_at))
                     .execute(&self.pool)
                     .await
                     .map_err(|e| {
@@ -228,7 +237,7 @@ macro_rules! impl_store {
                 id: ::floatilla_domain::TenantId,
             ) -> $crate::Result<Option<::floatilla_domain::model::Tenant>> {
                 let row: Option<$crate::rows::TenantRow> =
-                    ::sqlx::query_as("SELECT id, name, created_at FROM tenants WHERE id = $1")
+                    ::sqlx::query_as("SELECT * FROM tenants WHERE id = $1")
                         .bind(id.to_string())
                         .fetch_optional(&self.pool)
                         .await?;
@@ -237,7 +246,7 @@ macro_rules! impl_store {
 
             async fn tenants(&self) -> $crate::Result<Vec<::floatilla_domain::model::Tenant>> {
                 let rows: Vec<$crate::rows::TenantRow> = ::sqlx::query_as(
-                    "SELECT id, name, created_at FROM tenants ORDER BY created_at, id",
+                    "SELECT * FROM tenants ORDER BY created_at, id",
                 )
                 .fetch_all(&self.pool)
                 .await?;
@@ -249,11 +258,14 @@ macro_rules! impl_store {
                 group: &::floatilla_domain::model::Group,
             ) -> $crate::Result<()> {
                 ::sqlx::query(
-                    "INSERT INTO groups (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO groups (id, tenant_id, name, ping_interval_secs, \
+                     pong_timeout_secs, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(group.id.to_string())
                 .bind(group.tenant_id.to_string())
                 .bind(&group.name)
+                .bind(group.timer_profile.map(|p| i64::from(p.ping_interval_secs)))
+                .bind(group.timer_profile.map(|p| i64::from(p.pong_timeout_secs)))
                 .bind($crate::rows::millis(group.created_at))
                 .execute(&self.pool)
                 .await
@@ -272,7 +284,7 @@ macro_rules! impl_store {
                 tenant: ::floatilla_domain::TenantId,
             ) -> $crate::Result<Vec<::floatilla_domain::model::Group>> {
                 let rows: Vec<$crate::rows::GroupRow> = ::sqlx::query_as(
-                    "SELECT id, tenant_id, name, created_at FROM groups \
+                    "SELECT * FROM groups \
                      WHERE tenant_id = $1 ORDER BY name",
                 )
                 .bind(tenant.to_string())
@@ -287,7 +299,7 @@ macro_rules! impl_store {
                 id: ::floatilla_domain::GroupId,
             ) -> $crate::Result<Option<::floatilla_domain::model::Group>> {
                 let row: Option<$crate::rows::GroupRow> = ::sqlx::query_as(
-                    "SELECT id, tenant_id, name, created_at FROM groups \
+                    "SELECT * FROM groups \
                      WHERE tenant_id = $1 AND id = $2",
                 )
                 .bind(tenant.to_string())
@@ -303,7 +315,7 @@ macro_rules! impl_store {
                 name: &str,
             ) -> $crate::Result<Option<::floatilla_domain::model::Group>> {
                 let row: Option<$crate::rows::GroupRow> = ::sqlx::query_as(
-                    "SELECT id, tenant_id, name, created_at FROM groups \
+                    "SELECT * FROM groups \
                      WHERE tenant_id = $1 AND name = $2",
                 )
                 .bind(tenant.to_string())
@@ -313,18 +325,19 @@ macro_rules! impl_store {
                 row.map(TryInto::try_into).transpose()
             }
 
-            async fn rename_group(
+            async fn update_group(
                 &self,
                 tenant: ::floatilla_domain::TenantId,
                 id: ::floatilla_domain::GroupId,
-                name: &str,
-            ) -> $crate::Result<()> {
-                let renamed =
+                patch: &$crate::GroupPatch,
+            ) -> $crate::Result<::floatilla_domain::model::Group> {
+                let mut tx = self.begin_write().await?;
+                if let Some(name) = &patch.name {
                     ::sqlx::query("UPDATE groups SET name = $3 WHERE tenant_id = $1 AND id = $2")
                         .bind(tenant.to_string())
                         .bind(id.to_string())
                         .bind(name)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await
                         .map_err(|e| {
                             $crate::shared::write_error(
@@ -332,12 +345,29 @@ macro_rules! impl_store {
                                 || format!("a group named {name} already exists"),
                                 "group",
                             )
-                        })?
-                        .rows_affected();
-                if renamed == 0 {
-                    return Err($crate::StoreError::NotFound("group"));
+                        })?;
                 }
-                Ok(())
+                if let Some(profile) = patch.timer_profile {
+                    ::sqlx::query(
+                        "UPDATE groups SET ping_interval_secs = $3, pong_timeout_secs = $4 \
+                         WHERE tenant_id = $1 AND id = $2",
+                    )
+                    .bind(tenant.to_string())
+                    .bind(id.to_string())
+                    .bind(profile.map(|p| i64::from(p.ping_interval_secs)))
+                    .bind(profile.map(|p| i64::from(p.pong_timeout_secs)))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let row: Option<$crate::rows::GroupRow> =
+                    ::sqlx::query_as("SELECT * FROM groups WHERE tenant_id = $1 AND id = $2")
+                        .bind(tenant.to_string())
+                        .bind(id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let group = row.ok_or($crate::StoreError::NotFound("group"))?.try_into()?;
+                tx.commit().await?;
+                Ok(group)
             }
 
             async fn delete_group(
@@ -498,15 +528,21 @@ macro_rules! impl_store {
 
                 let device_id = match enrollment.existing_device {
                     Some(id) => {
+                        // A pre-registered router without a group joins the token's.
                         let updated = ::sqlx::query(
                             "UPDATE devices SET model = $3, firmware = $4, agent_version = $5, \
-                             reenroll_allowed_until = NULL WHERE id = $1 AND tenant_id = $2",
+                             reenroll_allowed_until = NULL, group_id = CASE \
+                             WHEN enrollment = 'preregistered' THEN COALESCE(group_id, $6) \
+                             ELSE group_id END, enrollment = $7 \
+                             WHERE id = $1 AND tenant_id = $2",
                         )
                         .bind(id.to_string())
                         .bind(enrollment.tenant_id.to_string())
                         .bind(&enrollment.model)
                         .bind(&enrollment.firmware)
                         .bind(&enrollment.agent_version)
+                        .bind(enrollment.group_id.map(|g| g.to_string()))
+                        .bind(enrollment.state.as_str())
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
@@ -529,8 +565,9 @@ macro_rules! impl_store {
                         )?;
                         ::sqlx::query(
                             "INSERT INTO devices (id, tenant_id, serial, name, model, firmware, \
-                             agent_version, group_id, connection_state, status, created_at) \
-                             VALUES ($1, $2, $3, $3, $4, $5, $6, $7, 'offline', $8, $9)",
+                             agent_version, group_id, enrollment, connection_state, status, \
+                             created_at) \
+                             VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $10, 'offline', $8, $9)",
                         )
                         .bind(enrollment.new_device_id.to_string())
                         .bind(enrollment.tenant_id.to_string())
@@ -541,6 +578,7 @@ macro_rules! impl_store {
                         .bind(enrollment.group_id.map(|g| g.to_string()))
                         .bind(status)
                         .bind(now)
+                        .bind(enrollment.state.as_str())
                         .execute(&mut *tx)
                         .await
                         .map_err(|e| {

@@ -10,6 +10,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Sqlite, Transaction};
 
+use crate::cluster::{ClusterMessage, Subscription, impl_cluster};
+use crate::enrollment::impl_enrollment_control;
+use crate::events::impl_event_log;
 use crate::shared::{check_schema_version, impl_store};
 use crate::{Backend, Result};
 
@@ -131,4 +134,18 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
     Ok(())
 }
 
+impl SqliteStore {
+    /// A single node has nobody to tell.
+    async fn publish_message(&self, _message: &ClusterMessage) -> Result<()> {
+        Ok(())
+    }
+
+    async fn open_subscription(&self) -> Result<Option<Subscription>> {
+        Ok(None)
+    }
+}
+
 impl_store!(SqliteStore);
+impl_event_log!(SqliteStore);
+impl_enrollment_control!(SqliteStore);
+impl_cluster!(SqliteStore);

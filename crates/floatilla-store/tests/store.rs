@@ -6,6 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration};
+use floatilla_domain::TimerProfile;
+use floatilla_domain::enrollment::{EnrollmentPolicy, EnrollmentState};
+use floatilla_domain::events::{Event, EventFilter, EventKind, Severity};
 use floatilla_domain::model::{
     ApiToken, ConnectionRecord, Credential, Device, DeviceFilter, DeviceStatus, EnrollmentToken,
     Group, PageRequest, Tenant, TokenRefusal,
@@ -15,7 +18,10 @@ use floatilla_domain::{
     GroupId, Role, SessionId, TenantId, Timestamp,
 };
 use floatilla_store::testing::TestDb;
-use floatilla_store::{Backend, DevicePatch, Enrollment, Location, Store, StoreError};
+use floatilla_store::{
+    Backend, ClusterMessage, DevicePatch, Enrollment, GroupPatch, Location, Preregistered,
+    Preregistration, Received, Store, StoreError,
+};
 use sqlx::Connection;
 
 /// Generates `sqlite::case` and `postgres::case` for each `async fn case(Arc<dyn Store>)`.
@@ -69,6 +75,14 @@ on_both_backends!(
     connection_history_is_newest_first,
     api_tokens_are_found_by_hash_and_revoked,
     deleting_a_device_removes_its_credentials_and_history,
+    groups_keep_a_timer_profile_that_routers_see,
+    events_are_listed_newest_first_with_filters_and_pruned,
+    preregistered_serials_are_created_or_updated,
+    a_preregistered_router_enrolls_into_its_imported_name_and_group,
+    the_enrollment_policy_is_kept_per_tenant,
+    rejecting_revokes_and_accepting_a_rejected_router_lets_it_enroll_again,
+    nodes_that_stop_heartbeating_are_found,
+    cluster_messages_reach_every_subscriber,
 );
 
 /// A fixed instant with whole milliseconds, the precision the store keeps.
@@ -84,6 +98,7 @@ async fn new_tenant(store: &dyn Store) -> TenantId {
     let tenant = Tenant {
         id: TenantId::new(),
         name: unique("tenant"),
+        enrollment_policy: EnrollmentPolicy::Open,
         created_at: at(0),
     };
     store.create_tenant(&tenant).await.unwrap();
@@ -95,10 +110,18 @@ async fn new_group(store: &dyn Store, tenant: TenantId, name: &str) -> Group {
         id: GroupId::new(),
         tenant_id: tenant,
         name: name.into(),
+        timer_profile: None,
         created_at: at(0),
     };
     store.create_group(&group).await.unwrap();
     group
+}
+
+fn renamed(name: &str) -> GroupPatch {
+    GroupPatch {
+        name: Some(name.into()),
+        ..GroupPatch::default()
+    }
 }
 
 async fn new_token(
@@ -147,6 +170,7 @@ fn enrollment(token: &EnrollmentToken, serial: &str, now: Timestamp) -> Enrollme
         firmware: "7.1".into(),
         agent_version: "0.1.0".into(),
         group_id: token.group_id,
+        state: EnrollmentState::Accepted,
         credential: credential(device, now),
     }
 }
@@ -222,11 +246,13 @@ async fn tenants_are_listed_oldest_first(store: Arc<dyn Store>) {
     let newer = Tenant {
         id: TenantId::new(),
         name: "Newer".into(),
+        enrollment_policy: EnrollmentPolicy::Open,
         created_at: at(5_000),
     };
     let older = Tenant {
         id: TenantId::new(),
         name: "Older".into(),
+        enrollment_policy: EnrollmentPolicy::Open,
         created_at: at(1_000),
     };
     store.create_tenant(&newer).await.unwrap();
@@ -278,12 +304,12 @@ async fn group_names_are_unique_per_tenant(store: Arc<dyn Store>) {
     assert_eq!(store.group_by_name(tenant, "nowhere").await.unwrap(), None);
 
     let taken = store
-        .rename_group(tenant, depot.id, "lab")
+        .update_group(tenant, depot.id, &renamed("lab"))
         .await
         .unwrap_err();
     assert!(matches!(taken, StoreError::Conflict(_)), "{taken:?}");
     store
-        .rename_group(tenant, depot.id, "warehouse")
+        .update_group(tenant, depot.id, &renamed("warehouse"))
         .await
         .unwrap();
     assert_eq!(
@@ -291,7 +317,7 @@ async fn group_names_are_unique_per_tenant(store: Arc<dyn Store>) {
         "warehouse"
     );
     let missing = store
-        .rename_group(other_tenant, depot.id, "x")
+        .update_group(other_tenant, depot.id, &renamed("x"))
         .await
         .unwrap_err();
     assert!(
@@ -303,6 +329,7 @@ async fn group_names_are_unique_per_tenant(store: Arc<dyn Store>) {
         id: GroupId::new(),
         tenant_id: TenantId::new(),
         name: "orphan".into(),
+        timer_profile: None,
         created_at: at(0),
     };
     let no_tenant = store.create_group(&orphan).await.unwrap_err();
@@ -1596,4 +1623,376 @@ async fn sqlite_creates_the_file_and_its_directory() {
         .unwrap();
     assert_eq!(store.backend(), Backend::Sqlite);
     assert!(path.exists());
+}
+
+async fn groups_keep_a_timer_profile_that_routers_see(store: Arc<dyn Store>) {
+    let tenant = new_tenant(store.as_ref()).await;
+    let metered = new_group(store.as_ref(), tenant, "metered").await;
+    let profile = TimerProfile {
+        ping_interval_secs: 1800,
+        pong_timeout_secs: 60,
+    };
+    let updated = store
+        .update_group(
+            tenant,
+            metered.id,
+            &GroupPatch {
+                timer_profile: Some(Some(profile)),
+                ..GroupPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.timer_profile, Some(profile));
+    assert_eq!(updated.name, "metered");
+    let token = new_token(store.as_ref(), tenant, None, Some(metered.id)).await;
+    let device = enroll(store.as_ref(), &token, "M-1").await;
+    assert_eq!(device.timer_profile, Some(profile));
+
+    let cleared = store
+        .update_group(
+            tenant,
+            metered.id,
+            &GroupPatch {
+                timer_profile: Some(None),
+                ..GroupPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.timer_profile, None);
+    let device = store.device_by_id(device.id).await.unwrap().unwrap();
+    assert_eq!(device.timer_profile, None);
+}
+
+async fn events_are_listed_newest_first_with_filters_and_pruned(store: Arc<dyn Store>) {
+    let tenant = new_tenant(store.as_ref()).await;
+    let other = new_tenant(store.as_ref()).await;
+    let router = DeviceId::new();
+    let mut recorded = Vec::new();
+    for (minute, kind, device) in [
+        (1, EventKind::RouterEnrolled, Some(router)),
+        (2, EventKind::CredentialCloned, Some(router)),
+        (3, EventKind::EnrollmentRequested, None),
+        (4, EventKind::CredentialCloned, Some(router)),
+    ] {
+        let event = Event::new(
+            tenant,
+            at(minute * 60_000),
+            kind,
+            device,
+            format!("event {minute}"),
+        );
+        store.record_event(&event).await.unwrap();
+        recorded.push(event);
+        // Ids are time-ordered to the millisecond: keep them apart.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    store
+        .record_event(&Event::new(
+            other,
+            at(0),
+            EventKind::RouterEnrolled,
+            None,
+            "elsewhere",
+        ))
+        .await
+        .unwrap();
+
+    let all = store
+        .events(tenant, &EventFilter::default(), 10)
+        .await
+        .unwrap();
+    let newest_first: Vec<Event> = recorded.iter().rev().cloned().collect();
+    assert_eq!(all, newest_first);
+
+    let alarms = EventFilter {
+        severity: Some(Severity::Alarm),
+        ..EventFilter::default()
+    };
+    let page = store.events(tenant, &alarms, 1).await.unwrap();
+    assert_eq!(page, vec![recorded[3].clone()]);
+    let next = EventFilter {
+        before: Some(page[0].id),
+        ..alarms.clone()
+    };
+    assert_eq!(
+        store.events(tenant, &next, 1).await.unwrap(),
+        vec![recorded[1].clone()]
+    );
+    let about_router = EventFilter {
+        device_id: Some(router),
+        kind: Some(EventKind::RouterEnrolled),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        store.events(tenant, &about_router, 10).await.unwrap(),
+        vec![recorded[0].clone()]
+    );
+
+    // Everything before minute 3 goes, in batches of one.
+    let mut pruned = 0;
+    loop {
+        let deleted = store.prune_events(at(3 * 60_000), 1).await.unwrap();
+        if deleted == 0 {
+            break;
+        }
+        assert_eq!(deleted, 1);
+        pruned += deleted;
+    }
+    assert_eq!(pruned, 3, "two of this tenant's and the other tenant's");
+    let left = store
+        .events(tenant, &EventFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![recorded[3].clone(), recorded[2].clone()]);
+}
+
+fn preregistration(serial: &str, name: &str, group: Option<GroupId>) -> Preregistration {
+    Preregistration {
+        serial: serial.into(),
+        name: name.into(),
+        group_id: group,
+    }
+}
+
+async fn preregistered_serials_are_created_or_updated(store: Arc<dyn Store>) {
+    let tenant = new_tenant(store.as_ref()).await;
+    let depot = new_group(store.as_ref(), tenant, "depot").await;
+    let token = new_token(store.as_ref(), tenant, None, None).await;
+    let enrolled = enroll(store.as_ref(), &token, "E-1").await;
+
+    let outcomes = store
+        .preregister(
+            tenant,
+            &[
+                preregistration("P-1", "Pump 1", Some(depot.id)),
+                preregistration("E-1", "Existing", Some(depot.id)),
+            ],
+            at(2_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes[1], Preregistered::Updated(enrolled.id));
+    let Preregistered::Created(created) = outcomes[0] else {
+        panic!("P-1 is new: {outcomes:?}");
+    };
+    let pump = store.device(tenant, created).await.unwrap().unwrap();
+    assert_eq!(pump.enrollment, EnrollmentState::Preregistered);
+    assert_eq!(pump.name, "Pump 1");
+    assert_eq!(pump.group_id, Some(depot.id));
+    assert_eq!(pump.connection_state, ConnectionState::Offline);
+    let existing = store.device(tenant, enrolled.id).await.unwrap().unwrap();
+    assert_eq!(existing.name, "Existing");
+    assert_eq!(existing.enrollment, EnrollmentState::Accepted);
+
+    let waiting = DeviceFilter {
+        enrollment: Some(EnrollmentState::Preregistered),
+        ..DeviceFilter::default()
+    };
+    let page = store
+        .list_devices(tenant, &waiting, &first(10))
+        .await
+        .unwrap();
+    assert_eq!(page.items, vec![pump]);
+}
+
+async fn a_preregistered_router_enrolls_into_its_imported_name_and_group(store: Arc<dyn Store>) {
+    let tenant = new_tenant(store.as_ref()).await;
+    let depot = new_group(store.as_ref(), tenant, "depot").await;
+    let line = new_group(store.as_ref(), tenant, "line").await;
+    let outcomes = store
+        .preregister(
+            tenant,
+            &[
+                preregistration("P-1", "Pump 1", Some(depot.id)),
+                preregistration("P-2", "Pump 2", None),
+            ],
+            at(0),
+        )
+        .await
+        .unwrap();
+    let token = new_token(store.as_ref(), tenant, None, Some(line.id)).await;
+    for (outcome, serial, group) in [
+        (outcomes[0], "P-1", depot.id),
+        (outcomes[1], "P-2", line.id),
+    ] {
+        let Preregistered::Created(id) = outcome else {
+            panic!("{outcome:?}");
+        };
+        let mut request = enrollment(&token, serial, at(1_000));
+        request.existing_device = Some(id);
+        let device = store.enroll(&request).await.unwrap().unwrap();
+        assert_eq!(device.id, id);
+        assert_eq!(device.enrollment, EnrollmentState::Accepted);
+        assert_eq!(device.group_id, Some(group), "{serial}");
+        assert_eq!(device.model, "RUT241");
+        assert!(device.name.starts_with("Pump"));
+    }
+}
+
+async fn the_enrollment_policy_is_kept_per_tenant(store: Arc<dyn Store>) {
+    let tenant = new_tenant(store.as_ref()).await;
+    let other = new_tenant(store.as_ref()).await;
+    store
+        .set_enrollment_policy(tenant, EnrollmentPolicy::Approval)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .tenant(tenant)
+            .await
+            .unwrap()
+            .unwrap()
+            .enrollment_policy,
+        EnrollmentPolicy::Approval
+    );
+    assert_eq!(
+        store
+            .tenant(other)
+            .await
+            .unwrap()
+            .unwrap()
+            .enrollment_policy,
+        EnrollmentPolicy::Open
+    );
+    let missing = store
+        .set_enrollment_policy(TenantId::new(), EnrollmentPolicy::Open)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound("tenant")),
+        "{missing:?}"
+    );
+}
+
+async fn rejecting_revokes_and_accepting_a_rejected_router_lets_it_enroll_again(
+    store: Arc<dyn Store>,
+) {
+    let tenant = new_tenant(store.as_ref()).await;
+    let token = new_token(store.as_ref(), tenant, None, None).await;
+    let mut request = enrollment(&token, "Q-1", at(1_000));
+    request.state = EnrollmentState::Pending;
+    let pending = store.enroll(&request).await.unwrap().unwrap();
+    assert_eq!(pending.enrollment, EnrollmentState::Pending);
+
+    let rejected = store
+        .decide_enrollment(
+            tenant,
+            pending.id,
+            EnrollmentState::Rejected,
+            at(2_000),
+            at(9_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rejected.enrollment, EnrollmentState::Rejected);
+    let credential = store
+        .credential(request.credential.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(credential.revoked_at, Some(at(2_000)));
+
+    let accepted = store
+        .decide_enrollment(
+            tenant,
+            pending.id,
+            EnrollmentState::Accepted,
+            at(3_000),
+            at(9_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(accepted.enrollment, EnrollmentState::Accepted);
+    assert_eq!(accepted.reenroll_allowed_until, Some(at(9_000)));
+
+    let outcomes = store
+        .preregister(tenant, &[preregistration("P-9", "later", None)], at(0))
+        .await
+        .unwrap();
+    let Preregistered::Created(imported) = outcomes[0] else {
+        panic!("{outcomes:?}");
+    };
+    let not_enrolled = store
+        .decide_enrollment(
+            tenant,
+            imported,
+            EnrollmentState::Accepted,
+            at(3_000),
+            at(9_000),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(not_enrolled, StoreError::Conflict(_)),
+        "{not_enrolled:?}"
+    );
+    let elsewhere = store
+        .decide_enrollment(
+            TenantId::new(),
+            pending.id,
+            EnrollmentState::Accepted,
+            at(3_000),
+            at(9_000),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(elsewhere, StoreError::NotFound("device")),
+        "{elsewhere:?}"
+    );
+}
+
+async fn nodes_that_stop_heartbeating_are_found(store: Arc<dyn Store>) {
+    let a = unique("node-a");
+    let b = unique("node-b");
+    assert!(!store.node_heartbeat(&a, at(0)).await.unwrap(), "a is new");
+    assert!(!store.node_heartbeat(&b, at(0)).await.unwrap());
+    assert!(store.node_heartbeat(&a, at(30_000)).await.unwrap());
+    let silent = store.silent_nodes(at(20_000)).await.unwrap();
+    assert!(silent.contains(&b) && !silent.contains(&a), "{silent:?}");
+    store.forget_node(&b).await.unwrap();
+    assert!(!store.silent_nodes(at(20_000)).await.unwrap().contains(&b));
+    assert!(
+        !store.node_heartbeat(&b, at(40_000)).await.unwrap(),
+        "b was forgotten"
+    );
+}
+
+async fn cluster_messages_reach_every_subscriber(store: Arc<dyn Store>) {
+    let message = ClusterMessage::SessionStarted {
+        device: DeviceId::new(),
+        session: SessionId::new(),
+        node: "a".into(),
+    };
+    let Some(mut first) = store.subscribe().await.unwrap() else {
+        assert_eq!(
+            store.backend(),
+            Backend::Sqlite,
+            "only SQLite is single-node"
+        );
+        store.publish(&message).await.unwrap();
+        return;
+    };
+    let mut second = store.subscribe().await.unwrap().unwrap();
+    store.publish(&message).await.unwrap();
+    for subscription in [&mut first, &mut second] {
+        let received =
+            tokio::time::timeout(std::time::Duration::from_secs(10), subscription.recv())
+                .await
+                .expect("the message arrives");
+        assert!(
+            matches!(&received, Received::Message(m) if *m == message),
+            "{received:?}"
+        );
+    }
+    let too_large = ClusterMessage::Call {
+        call: uuid::Uuid::new_v4(),
+        device: DeviceId::new(),
+        method: "x".repeat(8_000),
+        params: serde_json::Value::Null,
+        from: "a".into(),
+    };
+    assert!(store.publish(&too_large).await.is_err());
 }

@@ -134,11 +134,9 @@ impl ServeOptions {
             max_connects_per_sec: self
                 .max_connects_per_sec
                 .unwrap_or(defaults.max_connects_per_sec),
-            history_retention: self
-                .retention_days
-                .map_or(defaults.history_retention, |days| {
-                    chrono::Duration::days(days.into())
-                }),
+            retention: self.retention_days.map_or(defaults.retention, |days| {
+                chrono::Duration::days(days.into())
+            }),
             credential_lifetime: self
                 .credential_lifetime_days
                 .map_or(defaults.credential_lifetime, |days| {

@@ -4,15 +4,16 @@ use axum::Json;
 use axum::extract::{Path, State};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use floatilla_domain::enrollment::EnrollmentState;
 use floatilla_domain::model::{DeviceFilter, DeviceStatus, PageRequest};
-use floatilla_domain::{ConnectionState, DeviceId, DisconnectReason, Role, TenantId};
+use floatilla_domain::{ConnectionState, DeviceId, Role, TenantId};
 use floatilla_store::DevicePatch;
 use http::StatusCode;
 use serde::Deserialize;
-use tokio::sync::oneshot;
 use utoipa::IntoParams;
 
 use super::auth::Caller;
+use super::extract::page_limit;
 use super::extract::{ApiJson, ApiQuery};
 use super::groups::group_id_by_name;
 use super::views::{
@@ -20,11 +21,8 @@ use super::views::{
     DeviceView, ErrorView, StatusView,
 };
 use crate::error::{Error, Result, checked_name};
-use crate::gateway::registry::{CallRequest, NotDelivered, SessionCommand};
 use crate::state::AppState;
 
-const MAX_PAGE: u32 = 1000;
-const DEFAULT_PAGE: u32 = 100;
 const HISTORY_SHOWN: u32 = 50;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -36,6 +34,8 @@ pub struct ListQuery {
     q: Option<String>,
     /// A group's name.
     group: Option<String>,
+    /// `preregistered`, `pending`, `accepted` or `rejected`.
+    enrollment: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     limit: Option<u32>,
     /// The `next` of the previous page.
@@ -46,7 +46,7 @@ pub fn parse_device_id(id: &str) -> Result<DeviceId> {
     id.parse().map_err(|_| Error::NotFound("device"))
 }
 
-async fn load(
+pub async fn load(
     state: &AppState,
     tenant: TenantId,
     id: &str,
@@ -67,19 +67,19 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<DeviceList>> {
     let tenant = caller.require(Role::Viewer)?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Error::invalid(
-            "invalid_limit",
-            format!("limit must be 1 to {MAX_PAGE}"),
-        ));
-    }
+    let limit = page_limit(query.limit)?;
     let connection_state = query
         .connection_state
         .as_deref()
         .map(str::parse::<ConnectionState>)
         .transpose()
         .map_err(|e| Error::invalid("invalid_connection_state", e))?;
+    let enrollment = query
+        .enrollment
+        .as_deref()
+        .map(str::parse::<EnrollmentState>)
+        .transpose()
+        .map_err(|e| Error::invalid("invalid_enrollment_state", e))?;
     let group_id = match query.group.as_deref() {
         Some(name) => Some(group_id_by_name(&state, tenant, name).await?),
         None => None,
@@ -99,6 +99,7 @@ pub async fn list(
         .transpose()?;
     let filter = DeviceFilter {
         connection_state,
+        enrollment,
         query: query.q.filter(|q| !q.trim().is_empty()),
         group_id,
     };
@@ -172,9 +173,7 @@ pub async fn delete(
     let tenant = caller.require(Role::Operator)?;
     let id = parse_device_id(&id)?;
     state.store.delete_device(tenant, id).await?;
-    state
-        .sessions
-        .disconnect(id, DisconnectReason::CredentialRevoked);
+    crate::cluster::credentials_revoked(&state, id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -192,9 +191,7 @@ pub async fn revoke_credentials(
         .store
         .revoke_device_credentials(device.id, None, state.clock.now())
         .await?;
-    state
-        .sessions
-        .disconnect(device.id, DisconnectReason::CredentialRevoked);
+    crate::cluster::credentials_revoked(&state, device.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -234,31 +231,8 @@ pub async fn refresh_status(
 ) -> Result<Json<StatusView>> {
     let tenant = caller.require(Role::Operator)?;
     let device = load(&state, tenant, &id).await?;
-    let session = state
-        .sessions
-        .get(device.id)
-        .ok_or_else(|| Error::invalid_state("device_offline", "the router is not connected"))?;
-    let (reply, answer) = oneshot::channel();
-    session
-        .inbox
-        .send(SessionCommand::Call(Box::new(CallRequest {
-            method: "report_status".into(),
-            params: serde_json::Value::Null,
-            reply,
-        })))
-        .map_err(|refused| match refused {
-            NotDelivered::Ended => {
-                Error::invalid_state("device_offline", "the router is not connected")
-            }
-            NotDelivered::Busy => {
-                Error::invalid_state("device_busy", "the router has too many requests pending")
-            }
-        })?;
-    drop(session);
-    let result = tokio::time::timeout(state.config.call_timeout, answer)
-        .await
-        .map_err(|_| Error::CallTimeout)?
-        .map_err(|_| Error::invalid_state("device_offline", "the router disconnected"))?;
+    let result =
+        crate::cluster::call(&state, device.id, "report_status", serde_json::Value::Null).await?;
     if !result.ok {
         let detail = result
             .error

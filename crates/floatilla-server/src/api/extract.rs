@@ -9,6 +9,22 @@ use serde::de::DeserializeOwned;
 
 use crate::error::rejection;
 
+/// The most items one page of a listing holds.
+pub const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
+
+/// A listing's page size as requested: 1 to [`MAX_PAGE`], 100 when not given.
+pub fn page_limit(requested: Option<u32>) -> crate::error::Result<u32> {
+    let limit = requested.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(crate::error::Error::invalid(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        ));
+    }
+    Ok(limit)
+}
+
 /// A JSON body; a bad one is answered `400 invalid_json` (`413 body_too_large` when too big).
 pub struct ApiJson<T>(pub T);
 

@@ -3,12 +3,13 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use floatilla_domain::model::Group;
-use floatilla_domain::{GroupId, Role, TenantId};
+use floatilla_domain::{GroupId, Role, TenantId, TimerProfile};
+use floatilla_store::GroupPatch;
 use http::StatusCode;
 
 use super::auth::Caller;
 use super::extract::ApiJson;
-use super::views::{ErrorView, GroupRequest, GroupView};
+use super::views::{ErrorView, GroupPatchRequest, GroupRequest, GroupView, TimerProfileView};
 use crate::error::{Error, Result, checked_name};
 use crate::state::AppState;
 
@@ -19,6 +20,15 @@ pub async fn group_id_by_name(state: &AppState, tenant: TenantId, name: &str) ->
         .await?
         .map(|group| group.id)
         .ok_or_else(|| Error::invalid("unknown_group", format!("there is no group named `{name}`")))
+}
+
+/// A timer profile as requested, if it is a sensible heartbeat.
+fn checked_profile(profile: TimerProfileView) -> Result<TimerProfile> {
+    let profile = TimerProfile::from(profile);
+    profile
+        .validate()
+        .map_err(|message| Error::invalid("invalid_timers", message))?;
+    Ok(profile)
 }
 
 fn parse_group_id(id: &str) -> Result<GroupId> {
@@ -45,31 +55,36 @@ pub async fn create(
         id: GroupId::new(),
         tenant_id: tenant,
         name: checked_name("group", &request.name, 100)?,
+        timer_profile: request.timer_profile.map(checked_profile).transpose()?,
         created_at: state.clock.now(),
     };
     state.store.create_group(&group).await?;
     Ok((StatusCode::CREATED, Json(GroupView::from(&group))))
 }
 
-#[utoipa::path(patch, path = "/api/v1/groups/{id}", request_body = GroupRequest, tag = "groups",
+/// Renames a group or changes its timer profile. Routers take up a new profile when they next
+/// connect.
+#[utoipa::path(patch, path = "/api/v1/groups/{id}", request_body = GroupPatchRequest, tag = "groups",
     responses((status = 200, body = GroupView), (status = 404, body = ErrorView), (status = 409, body = ErrorView)))]
-pub async fn rename(
+pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(request): ApiJson<GroupRequest>,
+    ApiJson(request): ApiJson<GroupPatchRequest>,
 ) -> Result<Json<GroupView>> {
     let tenant = caller.require(Role::Operator)?;
     let id = parse_group_id(&id)?;
-    state
-        .store
-        .rename_group(tenant, id, &checked_name("group", &request.name, 100)?)
-        .await?;
-    let group = state
-        .store
-        .group(tenant, id)
-        .await?
-        .ok_or(Error::NotFound("group"))?;
+    let patch = GroupPatch {
+        name: request
+            .name
+            .map(|name| checked_name("group", &name, 100))
+            .transpose()?,
+        timer_profile: request
+            .timer_profile
+            .map(|profile| profile.map(checked_profile).transpose())
+            .transpose()?,
+    };
+    let group = state.store.update_group(tenant, id, &patch).await?;
     Ok(Json(GroupView::from(&group)))
 }
 

@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod devices;
+pub mod enrollment;
+pub mod events;
 pub mod extract;
 pub mod groups;
 pub mod tokens;
@@ -21,13 +23,15 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Floatilla API", version = "1", description = "Manage a fleet of routers: devices, groups, enrollment and API tokens."),
+    info(title = "Floatilla API", version = "1", description = "Manage a fleet of routers: devices, groups, enrollment, events and API tokens."),
     paths(
         devices::list, devices::get, devices::patch, devices::delete, devices::revoke_credentials,
         devices::allow_reenrollment, devices::refresh_status,
-        groups::list, groups::create, groups::rename, groups::delete,
+        groups::list, groups::create, groups::update, groups::delete,
         tokens::list_enrollment_tokens, tokens::create_enrollment_token, tokens::revoke_enrollment_token,
         tokens::list_api_tokens, tokens::create_api_token, tokens::revoke_api_token,
+        enrollment::policy, enrollment::set_policy, enrollment::accept, enrollment::reject,
+        enrollment::import, events::list,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -72,10 +76,18 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/devices/{id}/refresh-status",
             post(devices::refresh_status),
         )
+        .route("/api/v1/devices/import", post(enrollment::import))
+        .route("/api/v1/devices/{id}/accept", post(enrollment::accept))
+        .route("/api/v1/devices/{id}/reject", post(enrollment::reject))
+        .route(
+            "/api/v1/enrollment-policy",
+            get(enrollment::policy).put(enrollment::set_policy),
+        )
+        .route("/api/v1/events", get(events::list))
         .route("/api/v1/groups", get(groups::list).post(groups::create))
         .route(
             "/api/v1/groups/{id}",
-            axum::routing::patch(groups::rename).delete(groups::delete),
+            axum::routing::patch(groups::update).delete(groups::delete),
         )
         .route(
             "/api/v1/enrollment-tokens",

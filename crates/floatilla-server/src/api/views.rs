@@ -1,6 +1,8 @@
 //! The JSON shapes of API answers and requests.
 
 use chrono::{DateTime, Utc};
+use floatilla_domain::TimerProfile;
+use floatilla_domain::events::Event;
 use floatilla_domain::model::{
     ApiToken, ConnectionRecord, Device, DeviceStatus, EnrollmentToken, Group,
 };
@@ -14,6 +16,9 @@ pub struct DeviceView {
     pub name: String,
     /// The group's name, if the router is in one.
     pub group: Option<String>,
+    /// `preregistered` (imported, not enrolled yet), `pending` (waits for an admin),
+    /// `accepted` or `rejected`.
+    pub enrollment: String,
     /// `online` or `offline`.
     pub connection_state: String,
     pub connected_since: Option<DateTime<Utc>>,
@@ -35,6 +40,7 @@ impl From<&Device> for DeviceView {
             serial: d.serial.clone(),
             name: d.name.clone(),
             group: d.group_name.clone(),
+            enrollment: d.enrollment.as_str().to_owned(),
             connection_state: d.connection_state.as_str().to_owned(),
             connected_since: d.connected_since,
             last_seen: d.last_seen,
@@ -144,6 +150,8 @@ pub struct AllowReenrollmentRequest {
 pub struct GroupView {
     pub id: String,
     pub name: String,
+    /// The group's heartbeat timing; `null` when its routers use the server's.
+    pub timer_profile: Option<TimerProfileView>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -152,7 +160,35 @@ impl From<&Group> for GroupView {
         Self {
             id: g.id.to_string(),
             name: g.name.clone(),
+            timer_profile: g.timer_profile.map(TimerProfileView::from),
             created_at: g.created_at,
+        }
+    }
+}
+
+/// How often the server pings the group's routers and how long it waits for each pong. A
+/// router learns its timing when it connects.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimerProfileView {
+    pub ping_interval_secs: u32,
+    pub pong_timeout_secs: u32,
+}
+
+impl From<TimerProfile> for TimerProfileView {
+    fn from(p: TimerProfile) -> Self {
+        Self {
+            ping_interval_secs: p.ping_interval_secs,
+            pong_timeout_secs: p.pong_timeout_secs,
+        }
+    }
+}
+
+impl From<TimerProfileView> for TimerProfile {
+    fn from(p: TimerProfileView) -> Self {
+        Self {
+            ping_interval_secs: p.ping_interval_secs,
+            pong_timeout_secs: p.pong_timeout_secs,
         }
     }
 }
@@ -161,6 +197,79 @@ impl From<&Group> for GroupView {
 #[serde(deny_unknown_fields)]
 pub struct GroupRequest {
     pub name: String,
+    #[serde(default)]
+    pub timer_profile: Option<TimerProfileView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPatchRequest {
+    pub name: Option<String>,
+    /// A profile, or `null` to use the server's timing again.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<TimerProfileView>)]
+    pub timer_profile: Option<Option<TimerProfileView>>,
+}
+
+/// How the tenant admits new routers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentPolicyView {
+    /// `open` (any router with a valid token), `approval` (an admin accepts each new router)
+    /// or `preregistered` (only imported serials).
+    pub policy: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    /// `info`, `warning` or `alarm`.
+    pub severity: String,
+    pub device_id: Option<String>,
+    pub message: String,
+}
+
+impl From<&Event> for EventView {
+    fn from(e: &Event) -> Self {
+        Self {
+            id: e.id.to_string(),
+            at: e.at,
+            kind: e.kind.as_str().to_owned(),
+            severity: e.kind.severity().as_str().to_owned(),
+            device_id: e.device_id.map(|d| d.to_string()),
+            message: e.message.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    pub items: Vec<EventView>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// What importing one CSV row did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImportRow {
+    /// The row's line in the file (the header is line 1 when there is one).
+    pub line: u64,
+    pub serial: Option<String>,
+    /// `created`, `updated` or `failed`.
+    pub result: String,
+    pub device_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImportReport {
+    pub created: u64,
+    pub updated: u64,
+    pub failed: u64,
+    pub rows: Vec<ImportRow>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

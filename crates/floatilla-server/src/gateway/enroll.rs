@@ -2,8 +2,12 @@
 
 use axum::Json;
 use axum::extract::State;
+use floatilla_domain::enrollment::{
+    EnrollmentRefusal, EnrollmentState, KnownSerial, decide_enrollment,
+};
+use floatilla_domain::events::{Event, EventKind};
 use floatilla_domain::model::Credential;
-use floatilla_domain::{CredentialId, DeviceId, DisconnectReason};
+use floatilla_domain::{CredentialId, DeviceId};
 use floatilla_protocol::{
     DeviceCredential, EnrollRequest, EnrollResponse, EnrollmentTokenString, MAX_FIELD_CHARS,
 };
@@ -47,22 +51,54 @@ async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<Enrol
         return Err(Error::EnrollmentTokenRefused(refusal));
     }
 
+    let tenant = state
+        .store
+        .tenant(token.tenant_id)
+        .await?
+        .ok_or(Error::UnknownEnrollmentToken)?;
     let existing = state
         .store
         .device_by_serial(token.tenant_id, serial)
         .await?;
-    if let Some(device) = &existing {
-        let consented = device
-            .reenroll_allowed_until
-            .is_some_and(|until| now < until);
-        let proven = match &request.credential {
-            Some(credential) => holds_credential(state, device.id, credential).await?,
-            None => false,
-        };
-        if !consented && !proven {
+    let known = match &existing {
+        None => KnownSerial::Unknown,
+        Some(device) => {
+            let consented = device
+                .reenroll_allowed_until
+                .is_some_and(|until| now < until);
+            let proven = match &request.credential {
+                Some(credential) if !consented => {
+                    holds_credential(state, device.id, credential).await?
+                }
+                _ => false,
+            };
+            KnownSerial::Known {
+                state: device.enrollment,
+                reenrollment_authorised: consented || proven,
+            }
+        }
+    };
+    let admitted = match decide_enrollment(tenant.enrollment_policy, known) {
+        Ok(admitted) => admitted,
+        Err(EnrollmentRefusal::AlreadyEnrolled) => {
             return Err(Error::SerialAlreadyEnrolled(serial.to_owned()));
         }
-    }
+        Err(EnrollmentRefusal::Rejected) => return Err(Error::EnrollmentRejected),
+        Err(EnrollmentRefusal::NotPreregistered) => {
+            crate::events::record(
+                state,
+                Event::new(
+                    tenant.id,
+                    now,
+                    EventKind::EnrollmentRefused,
+                    None,
+                    format!("a router with serial {serial} tried to enroll, but it is not pre-registered"),
+                ),
+            )
+            .await;
+            return Err(Error::SerialNotPreregistered(serial.to_owned()));
+        }
+    };
 
     let secret: [u8; 32] = rand::rng().random();
     let credential = Credential {
@@ -84,6 +120,7 @@ async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<Enrol
         firmware: firmware.to_owned(),
         agent_version: agent_version.to_owned(),
         group_id: token.group_id,
+        state: admitted,
         credential: credential.clone(),
     };
     let device = state
@@ -93,11 +130,27 @@ async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<Enrol
         .map_err(Error::EnrollmentTokenRefused)?;
     if existing.is_some() {
         // Its earlier credentials are revoked: a session still using one must end.
-        state
-            .sessions
-            .disconnect(device.id, DisconnectReason::CredentialRevoked);
+        crate::cluster::credentials_revoked(state, device.id).await;
     }
-    tracing::info!(device = %device.id, serial = %device.serial, tenant = %device.tenant_id, "router enrolled");
+    let (kind, message) = match admitted {
+        EnrollmentState::Pending => (
+            EventKind::EnrollmentRequested,
+            format!(
+                "router {} ({}) enrolled and waits for an admin to accept it",
+                device.name, device.serial
+            ),
+        ),
+        _ => (
+            EventKind::RouterEnrolled,
+            format!("router {} ({}) enrolled", device.name, device.serial),
+        ),
+    };
+    crate::events::record(
+        state,
+        Event::new(device.tenant_id, now, kind, Some(device.id), message),
+    )
+    .await;
+    tracing::info!(device = %device.id, serial = %device.serial, tenant = %device.tenant_id, state = %admitted, "router enrolled");
     Ok(EnrollResponse {
         device_id: device.id.to_string(),
         credential: DeviceCredential {
@@ -107,6 +160,7 @@ async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<Enrol
         .to_string(),
         credential_expires_at: credential.expires_at,
         ca_certificate: state.ca.certificate_pem().to_owned(),
+        enrollment: admitted.as_str().to_owned(),
     })
 }
 
@@ -119,7 +173,11 @@ async fn holds_credential(state: &AppState, device: DeviceId, presented: &str) -
     }
 }
 
-fn checked_field<'a>(name: &'static str, value: &'a str, required: bool) -> Result<&'a str> {
+pub(crate) fn checked_field<'a>(
+    name: &'static str,
+    value: &'a str,
+    required: bool,
+) -> Result<&'a str> {
     let value = value.trim();
     if required && value.is_empty() {
         return Err(Error::invalid(

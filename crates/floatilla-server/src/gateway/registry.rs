@@ -15,6 +15,8 @@ pub enum SessionCommand {
     Disconnect(DisconnectReason),
     /// Send a call and hand back the router's answer.
     Call(Box<CallRequest>),
+    /// Another node revoked credentials of this router: end the session if its own is one.
+    RecheckCredential,
 }
 
 #[derive(Debug)]
@@ -132,6 +134,21 @@ impl SessionRegistry {
         if let Some(handle) = self.get(device) {
             let _ = handle.inbox.send(SessionCommand::Disconnect(reason));
         }
+    }
+
+    /// Tells every live session to end.
+    pub fn disconnect_all(&self, reason: DisconnectReason) {
+        for handle in self.lock().values() {
+            let _ = handle.inbox.send(SessionCommand::Disconnect(reason));
+        }
+    }
+
+    /// The devices with a live session here, and their sessions.
+    pub fn sessions(&self) -> Vec<(DeviceId, SessionId)> {
+        self.lock()
+            .iter()
+            .map(|(device, handle)| (*device, handle.session_id))
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -10,8 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use floatilla_domain::clones::is_clone;
+use floatilla_domain::enrollment::EnrollmentState;
+use floatilla_domain::events::{Event, EventFilter, EventKind};
 use floatilla_domain::model::{ConnectionRecord, Credential, Device, DeviceStatus};
-use floatilla_domain::{CredentialId, DisconnectReason, SessionId, Timestamp};
+use floatilla_domain::{CredentialId, DisconnectReason, SessionId, Timers, Timestamp};
 use floatilla_protocol::{
     CallResult, DeviceCredential, DeviceMessage, ErrorBody, HELLO_TIMEOUT_SECS, Hello,
     PROTOCOL_VERSION, ServerMessage, Status, Welcome, WireTimers, encode,
@@ -176,6 +179,9 @@ fn static_code(code: &str) -> &'static str {
         "serial_mismatch",
         "unsupported_protocol_version",
         "unknown_credential",
+        "enrollment_pending",
+        "enrollment_rejected",
+        "credential_in_use",
     ];
     CODES
         .iter()
@@ -210,6 +216,13 @@ async fn authenticate(state: &AppState, hello: &Hello) -> Result<(Device, Creden
         .device_by_id(credential.device_id)
         .await?
         .ok_or(Error::InvalidCredential)?;
+    match device.enrollment {
+        EnrollmentState::Accepted => {}
+        EnrollmentState::Pending => return Err(Error::EnrollmentPending),
+        EnrollmentState::Rejected | EnrollmentState::Preregistered => {
+            return Err(Error::EnrollmentRejected);
+        }
+    }
     if device.serial != hello.serial.trim() {
         return Err(Error::invalid(
             "serial_mismatch",
@@ -292,6 +305,9 @@ impl Session {
             device.status.clock_skew_secs = skew;
             store.record_status(device.id, &device.status).await?;
         }
+        if device.connection_state == floatilla_domain::ConnectionState::Online {
+            refuse_clone(&state, &device, &record).await?;
+        }
         // A router holds exactly one credential: the one it just used. Any other (the one a
         // renewal replaced, when its acknowledgement was lost) is retired with the connect.
         store.record_connect(&record, Some(credential.id)).await?;
@@ -303,6 +319,7 @@ impl Session {
                 inbox: inbox.clone(),
             },
         );
+        crate::cluster::session_started(&state, device.id, session_id).await;
         metrics::connect();
         tracing::debug!(device = %device.id, serial = %device.serial, %remote, "router connected");
         Ok(Self {
@@ -358,7 +375,7 @@ impl Session {
     /// The message loop: frames in, commands from the server, pings on schedule.
     async fn exchange(&mut self, socket: &mut Socket) -> Ending {
         let connected_at = self.connected_at;
-        let timers = self.state.config.timers;
+        let timers = self.timers();
         if Box::pin(self.welcome(socket, connected_at)).await.is_err() {
             return Ending::Quiet(DisconnectReason::ConnectionLost);
         }
@@ -373,6 +390,11 @@ impl Session {
                 }
                 command = self.inbox.recv() => match command {
                     SessionCommand::Disconnect(reason) => return Ending::Announce(reason),
+                    SessionCommand::RecheckCredential => {
+                        if !Box::pin(self.credential_still_valid()).await {
+                            return Ending::Announce(DisconnectReason::CredentialRevoked);
+                        }
+                    }
                     SessionCommand::Call(request) => {
                         let CallRequest { method, params, reply } = *request;
                         if Box::pin(self.call(socket, method, params, reply)).await.is_err() {
@@ -433,7 +455,7 @@ impl Session {
     }
 
     async fn welcome(&mut self, socket: &mut Socket, now: Timestamp) -> Result<(), ()> {
-        let timers = self.state.config.timers;
+        let timers = self.timers();
         let welcome = ServerMessage::Welcome(Welcome {
             protocol_version: PROTOCOL_VERSION,
             session_id: self.session_id.to_string(),
@@ -588,6 +610,23 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the credential this session runs on (or its pending renewal) is still valid:
+    /// asked when another node revoked some of the router's credentials.
+    async fn credential_still_valid(&self) -> bool {
+        let now = self.state.clock.now();
+        for id in std::iter::once(self.credential.id).chain(self.renewal.as_ref().map(|r| r.id)) {
+            match self.state.store.credential(id).await {
+                Ok(Some(credential)) if credential.is_valid_at(now) => return true,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, device = %self.device.id, "cannot recheck credential; keeping the session");
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     async fn call(
         &mut self,
         socket: &mut Socket,
@@ -608,6 +647,14 @@ impl Session {
             },
         )
         .await
+    }
+
+    /// The server's timers, with the heartbeat of the router's group if it has its own.
+    fn timers(&self) -> Timers {
+        self.state
+            .config
+            .timers
+            .with_profile(self.device.timer_profile)
     }
 
     fn shutdown_reconnect_after(&self) -> u32 {
@@ -633,6 +680,60 @@ impl Session {
         }
         tracing::debug!(device = %self.device.id, %reason, "router disconnected");
     }
+}
+
+/// Refuses a connection that would supersede the router's live connection from another address
+/// once too often: one credential in two places is a cloned image. The connection in place is
+/// kept, and an alarm names the router (once per episode).
+async fn refuse_clone(
+    state: &AppState,
+    device: &Device,
+    newcomer: &ConnectionRecord,
+) -> Result<(), Error> {
+    use floatilla_domain::clones::{CLONE_SUPERSEDES, CLONE_WINDOW_MINUTES};
+    let recent = state
+        .store
+        .connection_history(device.id, 2 * CLONE_SUPERSEDES as u32 + 2)
+        .await?;
+    let now = newcomer.connected_at;
+    if !is_clone(&recent, &newcomer.remote_addr, now) {
+        return Ok(());
+    }
+    let latest_alarm = state
+        .store
+        .events(
+            device.tenant_id,
+            &EventFilter {
+                kind: Some(EventKind::CredentialCloned),
+                device_id: Some(device.id),
+                ..EventFilter::default()
+            },
+            1,
+        )
+        .await?;
+    let window = chrono::Duration::minutes(CLONE_WINDOW_MINUTES);
+    if latest_alarm
+        .first()
+        .is_none_or(|alarm| now - alarm.at >= window)
+    {
+        let in_place = recent.first().map_or("", |r| r.remote_addr.as_str());
+        tracing::warn!(device = %device.id, serial = %device.serial, in_place, newcomer = %newcomer.remote_addr, "cloned router credential");
+        crate::events::record(
+            state,
+            Event::new(
+                device.tenant_id,
+                now,
+                EventKind::CredentialCloned,
+                Some(device.id),
+                format!(
+                    "router {} ({}) is connected from {in_place} and its credential keeps being used from {} too: the router image appears to be cloned; the connection in place is kept and the other is refused",
+                    device.name, device.serial, newcomer.remote_addr
+                ),
+            ),
+        )
+        .await;
+    }
+    Err(Error::CredentialInUse)
 }
 
 /// The router's clock error in whole seconds, when it is beyond the tolerance.

@@ -1,0 +1,111 @@
+//! What happened in a tenant that someone may need to know: the event log behind the API's
+//! `/events`, alarms and (later) notifications.
+
+use crate::names::named_enum;
+use crate::{DeviceId, EventId, TenantId, Timestamp};
+
+named_enum! {
+    /// How urgently an event wants attention.
+    pub enum Severity {
+        Info = "info",
+        Warning = "warning",
+        /// Something is wrong and needs a person: a cloned credential, for example.
+        Alarm = "alarm",
+    }
+}
+
+named_enum! {
+    /// Every kind of event, with a stable name.
+    pub enum EventKind {
+        /// A router enrolled (or enrolled again) and was admitted.
+        RouterEnrolled = "router_enrolled",
+        /// A router enrolled under the approval policy and waits for an admin.
+        EnrollmentRequested = "enrollment_requested",
+        /// An admin accepted a pending or rejected router.
+        EnrollmentAccepted = "enrollment_accepted",
+        /// An admin rejected a router; its credentials are revoked.
+        EnrollmentRejected = "enrollment_rejected",
+        /// A router without a pre-registered serial tried to enroll into a tenant that admits
+        /// only pre-registered ones.
+        EnrollmentRefused = "enrollment_refused",
+        /// One credential is used by more than one router at once: a cloned image.
+        CredentialCloned = "credential_cloned",
+        /// A server node stopped without closing its sessions, and another node closed them.
+        NodeLost = "node_lost",
+    }
+}
+
+impl EventKind {
+    pub fn severity(self) -> Severity {
+        match self {
+            EventKind::RouterEnrolled
+            | EventKind::EnrollmentRequested
+            | EventKind::EnrollmentAccepted => Severity::Info,
+            EventKind::EnrollmentRejected | EventKind::EnrollmentRefused | EventKind::NodeLost => {
+                Severity::Warning
+            }
+            EventKind::CredentialCloned => Severity::Alarm,
+        }
+    }
+}
+
+/// One entry of a tenant's event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: EventId,
+    pub tenant_id: TenantId,
+    pub at: Timestamp,
+    pub kind: EventKind,
+    /// The router the event is about, if any. Kept after the router is deleted.
+    pub device_id: Option<DeviceId>,
+    /// A sentence for people: what happened, naming what it is about.
+    pub message: String,
+}
+
+impl Event {
+    pub fn new(
+        tenant_id: TenantId,
+        at: Timestamp,
+        kind: EventKind,
+        device_id: Option<DeviceId>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: EventId::new(),
+            tenant_id,
+            at,
+            kind,
+            device_id,
+            message: message.into(),
+        }
+    }
+}
+
+/// Which events a listing shows, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub kind: Option<EventKind>,
+    pub severity: Option<Severity>,
+    pub device_id: Option<DeviceId>,
+    /// Only events older than this one (the last of the previous page).
+    pub before: Option<EventId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cloned_credential_is_an_alarm() {
+        assert_eq!(EventKind::CredentialCloned.severity(), Severity::Alarm);
+        assert_eq!(EventKind::RouterEnrolled.severity(), Severity::Info);
+    }
+
+    #[test]
+    fn kinds_have_distinct_names() {
+        let mut names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), EventKind::ALL.len());
+    }
+}

@@ -1,0 +1,119 @@
+//! The event log: what happened in each tenant, newest first, pruned past the retention period.
+
+use async_trait::async_trait;
+use floatilla_domain::events::{Event, EventFilter};
+use floatilla_domain::{TenantId, Timestamp};
+
+use crate::Result;
+
+#[async_trait]
+pub trait EventLog {
+    async fn record_event(&self, event: &Event) -> Result<()>;
+    /// The tenant's events matching `filter`, newest first, at most `limit`.
+    async fn events(
+        &self,
+        tenant: TenantId,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<Event>>;
+    /// Deletes at most `at_most` events from before `before`; returns how many.
+    async fn prune_events(&self, before: Timestamp, at_most: u32) -> Result<u64>;
+}
+
+/// The SQL and text parameters of an event listing, with only the conditions in use.
+pub(crate) fn event_listing(tenant: TenantId, filter: &EventFilter) -> (String, Vec<String>) {
+    let mut params = vec![tenant.to_string()];
+    let mut conditions = vec!["tenant_id = $1".to_owned()];
+    let mut add = |column: &str, value: String| {
+        params.push(value);
+        conditions.push(format!("{column} = ${}", params.len()));
+    };
+    if let Some(kind) = filter.kind {
+        add("kind", kind.as_str().to_owned());
+    }
+    if let Some(severity) = filter.severity {
+        add("severity", severity.as_str().to_owned());
+    }
+    if let Some(device) = filter.device_id {
+        add("device_id", device.to_string());
+    }
+    if let Some(before) = filter.before {
+        params.push(before.to_string());
+        conditions.push(format!("id < ${}", params.len()));
+    }
+    let sql = format!(
+        "SELECT id, tenant_id, at, kind, device_id, message FROM events WHERE {} \
+         ORDER BY id DESC LIMIT ${}",
+        conditions.join(" AND "),
+        params.len() + 1
+    );
+    (sql, params)
+}
+
+/// Implements [`EventLog`] for a store type with a `pool` field.
+macro_rules! impl_event_log {
+    ($store:ty) => {
+        #[::async_trait::async_trait]
+        impl $crate::EventLog for $store {
+            async fn record_event(
+                &self,
+                event: &::floatilla_domain::events::Event,
+            ) -> $crate::Result<()> {
+                ::sqlx::query(
+                    "INSERT INTO events (id, tenant_id, at, kind, severity, device_id, message) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(event.id.to_string())
+                .bind(event.tenant_id.to_string())
+                .bind($crate::rows::millis(event.at))
+                .bind(event.kind.as_str())
+                .bind(event.kind.severity().as_str())
+                .bind(event.device_id.map(|d| d.to_string()))
+                .bind(&event.message)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| {
+                    $crate::shared::write_error(
+                        e,
+                        || format!("event {} already exists", event.id),
+                        "tenant",
+                    )
+                })?;
+                Ok(())
+            }
+
+            async fn events(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                filter: &::floatilla_domain::events::EventFilter,
+                limit: u32,
+            ) -> $crate::Result<Vec<::floatilla_domain::events::Event>> {
+                let (sql, params) = $crate::events::event_listing(tenant, filter);
+                let mut query = ::sqlx::query_as(::sqlx::AssertSqlSafe(sql));
+                for param in &params {
+                    query = query.bind(param.as_str());
+                }
+                let rows: Vec<$crate::rows::EventRow> =
+                    query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+                $crate::rows::convert(rows)
+            }
+
+            async fn prune_events(
+                &self,
+                before: ::floatilla_domain::Timestamp,
+                at_most: u32,
+            ) -> $crate::Result<u64> {
+                Ok(::sqlx::query(
+                    "DELETE FROM events WHERE id IN \
+                     (SELECT id FROM events WHERE at < $1 LIMIT $2)",
+                )
+                .bind($crate::rows::millis(before))
+                .bind(i64::from(at_most))
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+        }
+    };
+}
+pub(crate) use impl_event_log;
