@@ -205,7 +205,7 @@ fn parse_rows(body: &str) -> Result<Vec<CsvRow>> {
             .as_ref()
             .ok()
             .and_then(|r| r.position())
-            .map_or(index as u64 + 1, |p| p.line());
+            .map_or(index as u64 + 1, |p| line_at(body, p.byte()));
         let fields = match record {
             Ok(record) => {
                 let fields: Vec<String> = record.iter().map(str::to_owned).collect();
@@ -239,6 +239,22 @@ fn parse_rows(body: &str) -> Result<Vec<CsvRow>> {
         ));
     }
     Ok(rows)
+}
+
+/// The line of the record that starts at `byte`. The reader reports where it began looking,
+/// which is before any blank lines it skipped.
+fn line_at(body: &str, byte: u64) -> u64 {
+    let start = usize::try_from(byte).unwrap_or(usize::MAX).min(body.len());
+    let skipped = body[start..]
+        .bytes()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .filter(|b| *b == b'\n')
+        .count();
+    let before = body.as_bytes()[..start]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count();
+    (before + skipped) as u64 + 1
 }
 
 /// Group names looked up once per import.

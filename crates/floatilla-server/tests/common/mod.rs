@@ -245,6 +245,44 @@ impl TestServer {
             .await
     }
 
+    /// A control channel from a given loopback address, as a router elsewhere would open it.
+    pub async fn open_channel_from(
+        &self,
+        credential: &str,
+        serial: &str,
+        source: std::net::IpAddr,
+    ) -> Result<ControlChannel, floatilla_agent::ChannelError> {
+        self.connector
+            .open_channel(
+                hello(credential, serial),
+                Some(std::net::SocketAddr::new(source, 0)),
+            )
+            .await
+    }
+
+    /// Posts a CSV import as an admin.
+    pub async fn import_csv(&self, csv: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/devices/import", self.url))
+            .bearer_auth(&self.admin_token)
+            .header("content-type", "text/csv")
+            .body(csv.to_owned())
+            .send()
+            .await
+            .expect("import request");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON answer"))
+    }
+
+    /// The tenant's events of `kind`, newest first.
+    pub async fn events(&self, kind: &str) -> Vec<Value> {
+        self.get(&format!("/api/v1/events?kind={kind}")).await["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     /// A well-behaved router on its own task, connected with `credential`.
     pub async fn router(&self, credential: &str, serial: &str) -> TestRouter {
         TestRouter::spawn(
