@@ -6,6 +6,9 @@
 #   DEVICES=2000 bench/load.sh          # a smaller run
 #   CELLULAR_DEVICES=200 CELLULAR_MINUTES=10 bench/load.sh cellular
 #                                       # bytes on the wire per idle router, default timers
+#   CELLULAR_PROFILE=1800/60 CELLULAR_MINUTES=61 bench/load.sh cellular
+#                                       # the same for routers in a group with a timer profile
+#                                       # (ping interval/pong timeout, seconds)
 #
 # Needs a release build (cargo build --release), curl, awk and ss (iproute2).
 set -euo pipefail
@@ -39,8 +42,17 @@ start_server() {
 start_server
 admin=$("$BIN" admin --data-dir "$work/data" create-token --role admin)
 "$BIN" admin --data-dir "$work/data" ca-certificate >"$work/ca.pem"
-token=$(curl -s --cacert "$work/ca.pem" -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
-  -d '{"name": "load"}' "$url/api/v1/enrollment-tokens" | sed 's/.*"token":"\([^"]*\)".*/\1/')
+api() { # PATH JSON: posts JSON as the admin
+  curl -s --cacert "$work/ca.pem" -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' -d "$2" "$url$1"
+}
+profile=${CELLULAR_PROFILE:-}
+if [[ $MODE == cellular && -n $profile ]]; then
+  api /api/v1/groups "{\"name\": \"low-data\", \"timer_profile\": {\"ping_interval_secs\": ${profile%/*}, \"pong_timeout_secs\": ${profile#*/}}}" >/dev/null
+  token_request='{"name": "load", "group": "low-data"}'
+else
+  token_request='{"name": "load"}'
+fi
+token=$(api /api/v1/enrollment-tokens "$token_request" | sed 's/.*"token":"\([^"]*\)".*/\1/')
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -85,9 +97,9 @@ if [[ $MODE == cellular ]]; then
   read -r b0 s0 < <(wire)
   sleep $(( minutes * 60 ))
   read -r b1 s1 < <(wire)
-  awk -v n="$n" -v m="$minutes" -v b="$(( b1 - b0 ))" -v s="$(( s1 - s0 ))" 'BEGIN {
+  awk -v n="$n" -v m="$minutes" -v p="${profile:-default (120/30)}" -v b="$(( b1 - b0 ))" -v s="$(( s1 - s0 ))" 'BEGIN {
     wire = b + 52 * s; per_hour = wire / n * 60 / m
-    printf "idle routers: %d for %d min, default timers\n", n, m
+    printf "idle routers: %d for %d min, timers: %s\n", n, m, p
     printf "payload+TLS bytes: %d, segments: %d\n", b, s
     printf "per router: %.0f bytes/hour on the wire, %.2f MB per 30-day month\n", per_hour, per_hour * 24 * 30 / 1e6
   }'
