@@ -30,8 +30,6 @@ named_enum! {
         EnrollmentRefused = "enrollment_refused",
         /// One credential is used by more than one router at once: a cloned image.
         CredentialCloned = "credential_cloned",
-        /// A server node stopped without closing its sessions, and another node closed them.
-        NodeLost = "node_lost",
     }
 }
 
@@ -41,9 +39,7 @@ impl EventKind {
             EventKind::RouterEnrolled
             | EventKind::EnrollmentRequested
             | EventKind::EnrollmentAccepted => Severity::Info,
-            EventKind::EnrollmentRejected | EventKind::EnrollmentRefused | EventKind::NodeLost => {
-                Severity::Warning
-            }
+            EventKind::EnrollmentRejected | EventKind::EnrollmentRefused => Severity::Warning,
             EventKind::CredentialCloned => Severity::Alarm,
         }
     }

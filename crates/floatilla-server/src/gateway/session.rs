@@ -280,6 +280,9 @@ impl Session {
             disconnected_at: None,
             reason: None,
         };
+        if device.connection_state == floatilla_domain::ConnectionState::Online {
+            refuse_clone(&state, &device, &record).await?;
+        }
         let store = &state.store;
         if device.model != hello.model
             || device.firmware != hello.firmware
@@ -304,9 +307,6 @@ impl Session {
             }
             device.status.clock_skew_secs = skew;
             store.record_status(device.id, &device.status).await?;
-        }
-        if device.connection_state == floatilla_domain::ConnectionState::Online {
-            refuse_clone(&state, &device, &record).await?;
         }
         // A router holds exactly one credential: the one it just used. Any other (the one a
         // renewal replaced, when its acknowledgement was lost) is retired with the connect.
