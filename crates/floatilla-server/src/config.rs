@@ -20,6 +20,9 @@ pub struct ServerConfig {
     /// Names this node in connection history; unique among running nodes and stable across
     /// restarts, so a restarted node can close what it left open. Empty: `HOST:PORT`.
     pub node_id: String,
+    /// Connections to the device listener start with a PROXY protocol header (version 1 or 2)
+    /// from a TCP load balancer, which names the router's own address.
+    pub proxy_protocol: bool,
     /// How long a router credential is valid.
     pub credential_lifetime: chrono::Duration,
     /// A credential is renewed over the channel once less than this remains (at most half its
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             mode: Mode::OnPrem,
             timers: Timers::default(),
             node_id: String::new(),
+            proxy_protocol: false,
             credential_lifetime: chrono::Duration::days(365),
             credential_renew_before: chrono::Duration::days(30),
             last_seen_flush_interval: Duration::from_secs(5),

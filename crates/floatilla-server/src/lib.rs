@@ -9,6 +9,7 @@ pub mod events;
 pub mod gateway;
 pub mod installation;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -241,6 +241,7 @@ pub async fn start(
         listener,
         device_tls,
         device_routes,
+        state.config.proxy_protocol,
         http_shutdown.clone(),
     ));
 
@@ -250,7 +251,7 @@ pub async fn start(
             let routes = crate::api::routes()
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
                 .with_state(state.clone());
-            background.spawn(serve(listener, tls, routes, http_shutdown.clone()));
+            background.spawn(serve(listener, tls, routes, false, http_shutdown.clone()));
             addr
         }
         None => None,
@@ -276,16 +277,19 @@ pub async fn start(
 }
 
 /// Accepts TLS connections and serves HTTP/1.1 (with WebSocket upgrades) until `shutdown`.
+/// With `proxy_protocol`, each connection must start with a load balancer's PROXY header, whose
+/// source address becomes the connection's remote address.
 async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     routes: Router,
+    proxy_protocol: bool,
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let connections = TaskTracker::new();
     loop {
-        let (tcp, remote) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -302,15 +306,23 @@ async fn serve(
         let routes = routes.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            {
+            let accepted = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, async {
+                let (stream, remote) = if proxy_protocol {
+                    crate::proxy_protocol::accept(tcp, peer).await?
+                } else {
+                    (crate::proxy_protocol::Rewind::plain(tcp), peer)
+                };
+                Ok::<_, std::io::Error>((acceptor.accept(stream).await?, remote))
+            })
+            .await;
+            let (tls, remote) = match accepted {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
-                    tracing::debug!(%error, %remote, "TLS handshake failed");
+                    tracing::debug!(%error, %peer, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!(%remote, "TLS handshake timed out");
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };

@@ -4,13 +4,14 @@
 
 mod common;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use chrono::Duration;
 use common::*;
-use floatilla_agent::ChannelError;
+use floatilla_agent::{ChannelError, Connector, ServerAddress};
 use floatilla_domain::{Clock, Role};
-use floatilla_protocol::ServerMessage;
+use floatilla_protocol::{EnrollRequest, ServerMessage};
 use floatilla_store::testing::TestDb;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -25,6 +26,7 @@ on_both_backends!(
     a_group_timer_profile_sets_the_heartbeat_of_its_routers,
     events_are_pruned_after_the_retention_period,
     a_silent_nodes_sessions_are_closed_by_the_others,
+    behind_a_load_balancer_the_proxy_header_names_the_router,
 );
 
 fn refusal_code(result: Result<impl std::fmt::Debug, ChannelError>) -> String {
@@ -481,4 +483,78 @@ async fn a_silent_nodes_sessions_are_closed_by_the_others(db: TestDb) {
         .await;
     assert_eq!(device["connection_history"][0]["node_id"], lost);
     assert!(!device["connection_history"][0]["disconnected_at"].is_null());
+}
+
+/// A TCP load balancer that sends the PROXY protocol: it passes each connection on to `node`
+/// after a header naming the client as 198.51.100.N, N being the last byte of its loopback
+/// address.
+async fn proxy_balancer(node: SocketAddr) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, peer)) = listener.accept().await {
+            tokio::spawn(async move {
+                let IpAddr::V4(ip) = peer.ip() else { return };
+                let mut upstream = tokio::net::TcpStream::connect(node).await.unwrap();
+                let header = format!(
+                    "PROXY TCP4 198.51.100.{} {} {} {}\r\n",
+                    ip.octets()[3],
+                    node.ip(),
+                    peer.port(),
+                    node.port()
+                );
+                upstream.write_all(header.as_bytes()).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    address
+}
+
+async fn behind_a_load_balancer_the_proxy_header_names_the_router(db: TestDb) {
+    let mut config = test_config();
+    config.proxy_protocol = true;
+    let server = TestServer::start_with(db, config).await;
+    let balancer = proxy_balancer(server.running().local_addr).await;
+    let through_balancer = Connector::new(
+        ServerAddress::parse(&format!("https://{balancer}")).unwrap(),
+        &server.trust(),
+        Arc::default(),
+    )
+    .unwrap();
+    let token = server
+        .running()
+        .create_enrollment_token("balanced", Duration::hours(1))
+        .await
+        .unwrap();
+    let enrolled = through_balancer
+        .enroll(&EnrollRequest {
+            token,
+            serial: "LB-1".into(),
+            model: "MRX5".into(),
+            firmware: "5.2.1".into(),
+            agent_version: "test".into(),
+            credential: None,
+        })
+        .await
+        .unwrap();
+    let _channel = through_balancer
+        .open_channel(
+            hello(&enrolled.credential, "LB-1"),
+            Some(SocketAddr::new(loopback(23), 0)),
+        )
+        .await
+        .unwrap();
+    let device = enrolled.device_id.parse().unwrap();
+    let history = server.store.connection_history(device, 1).await.unwrap();
+    assert!(
+        history[0].remote_addr.starts_with("198.51.100.23:"),
+        "{history:?}"
+    );
+    // Only the balancer may connect: a connection without its header gets no TLS handshake.
+    assert!(matches!(
+        server.open_channel(&enrolled.credential, "LB-1").await,
+        Err(ChannelError::Io(_))
+    ));
 }

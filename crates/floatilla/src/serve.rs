@@ -72,6 +72,10 @@ struct ServeOptions {
     /// This node's name in connection history [default: HOST:PORT].
     #[arg(long, env = "FLOATILLA_NODE_ID")]
     node_id: Option<String>,
+    /// Behind a TCP load balancer that sends the PROXY protocol (HAProxy's `send-proxy-v2`):
+    /// every device connection must start with its header [default: false].
+    #[arg(long, env = "FLOATILLA_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true")]
+    proxy_protocol: Option<bool>,
 }
 
 impl ServeOptions {
@@ -96,6 +100,7 @@ impl ServeOptions {
             max_router_connections: self.max_router_connections.or(file.max_router_connections),
             max_connects_per_sec: self.max_connects_per_sec.or(file.max_connects_per_sec),
             node_id: self.node_id.or(file.node_id),
+            proxy_protocol: self.proxy_protocol.or(file.proxy_protocol),
         }
     }
 
@@ -128,6 +133,7 @@ impl ServeOptions {
                     .unwrap_or(default_timers.reconnect_backoff_cap_secs),
             },
             node_id: self.node_id.clone().unwrap_or_default(),
+            proxy_protocol: self.proxy_protocol.unwrap_or(false),
             max_router_connections: self
                 .max_router_connections
                 .unwrap_or(defaults.max_router_connections),

@@ -1,52 +1,17 @@
 //! The `floatilla` binary as an operator runs it: `serve` on an ephemeral port, `admin` commands
 //! against the same data while it runs, options from flags, environment and a config file.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use common::{BIN, Running, serve};
+
 use floatilla_agent::{Connector, ServerAddress, ServerTrust};
 use floatilla_protocol::{EnrollRequest, Hello, PROTOCOL_VERSION};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_floatilla");
-
-/// A child process that is killed when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Served {
-    _process: Running,
-    url: String,
-}
-
-/// Starts `floatilla serve ARGS` and waits for its `listening on` line.
-fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .envs(envs.iter().copied())
-        .env("FLOATILLA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start floatilla serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("a line").expect("readable");
-    let url = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
-    Served {
-        _process: Running(child),
-        url,
-    }
-}
 
 fn admin(data_dir: &Path, args: &[&str]) -> Result<String, String> {
     let output = Command::new(BIN)

@@ -1,0 +1,459 @@
+//! Two `floatilla serve` processes on one PostgreSQL database, as an installation behind a load
+//! balancer runs them: a router may enroll on one node and connect to the other, a newer
+//! connection on one node ends the older one on the other, tokens made on one node work on the
+//! other, and an operator's call reaches the router whichever node holds it.
+//!
+//! Without a reachable PostgreSQL these tests return early after a notice (in CI they fail).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{BIN, Running, Served, spawn_serve, wait_listening};
+use floatilla_agent::connection::{ChannelStream, recv_message, send_message};
+use floatilla_agent::{Connector, ControlChannel, ServerAddress, ServerTrust};
+use floatilla_protocol::{
+    CallResult, DeviceMessage, EnrollRequest, EnrollResponse, EnrollmentTokenString, Hello,
+    PROTOCOL_VERSION, ServerMessage, Status,
+};
+use floatilla_store::Location;
+use floatilla_store::testing::TestDb;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// How long a test waits for something that should happen promptly.
+const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// How soon a router on one node hears that a newer connection on another node replaced it: a
+/// notification between nodes, far sooner than a node's 10-second heartbeat.
+const SUPERSEDE_WITHIN: Duration = Duration::from_secs(5);
+
+/// The two nodes, by index.
+const A: usize = 0;
+const B: usize = 1;
+const NODE_IDS: [&str; 2] = ["node-a", "node-b"];
+
+/// Two nodes on one fresh database, an admin token and a client that trusts the installation.
+struct Cluster {
+    // Declared before the database: the nodes stop before it is dropped.
+    nodes: Vec<Served>,
+    http: reqwest::Client,
+    ca_pem: String,
+    admin_token: String,
+    _db: TestDb,
+}
+
+/// Starts `floatilla serve` on the database as node `node_id`; [`wait_listening`] finishes it.
+fn spawn_node(database_url: &str, node_id: &str) -> Running {
+    spawn_serve(
+        &[
+            "--database-url",
+            database_url,
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            node_id,
+        ],
+        &[],
+    )
+}
+
+fn admin(database_url: &str, args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args(["admin", "--database-url", database_url])
+        .args(args)
+        .env("FLOATILLA_LOG", "warn")
+        .output()
+        .expect("run floatilla admin");
+    assert!(
+        output.status.success(),
+        "floatilla admin {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn hello(credential: &str, serial: &str) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        credential: credential.to_owned(),
+        serial: serial.to_owned(),
+        model: "MRX5".into(),
+        firmware: "5.2.1".into(),
+        clock: chrono::Utc::now(),
+    }
+}
+
+impl Cluster {
+    /// Both nodes started at once on a fresh database; `None` without PostgreSQL.
+    async fn start() -> Option<Cluster> {
+        let db = TestDb::postgres().await?;
+        let Location::Postgres(url) = db.location().clone() else {
+            panic!("a PostgreSQL test database");
+        };
+        // Both start together: migrations and the installation's first set-up must cope.
+        let starting: Vec<Running> = NODE_IDS.iter().map(|id| spawn_node(&url, id)).collect();
+        let nodes: Vec<Served> = starting.into_iter().map(wait_listening).collect();
+        let admin_token = admin(&url, &["create-token", "--role", "admin"])
+            .trim()
+            .to_owned();
+        let ca_pem = admin(&url, &["ca-certificate"]);
+        let trust = ServerTrust::from_ca_pem(&ca_pem).unwrap();
+        let tls = std::sync::Arc::unwrap_or_clone(trust.client_config(Default::default()).unwrap());
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap();
+        Some(Cluster {
+            nodes,
+            http,
+            ca_pem,
+            admin_token,
+            _db: db,
+        })
+    }
+
+    fn address(&self, node: usize) -> ServerAddress {
+        ServerAddress::parse(&self.nodes[node].url).unwrap()
+    }
+
+    /// An API request to `node` with `token`; answers status and JSON body (Null when empty).
+    async fn api_as(
+        &self,
+        node: usize,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.nodes[node].url))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("API request");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, body)
+    }
+
+    async fn api(
+        &self,
+        node: usize,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.api_as(node, &self.admin_token, method, path, body)
+            .await
+    }
+
+    /// A new enrollment token made through `node`'s API.
+    async fn enrollment_token(&self, node: usize, name: &str) -> String {
+        let (status, body) = self
+            .api(
+                node,
+                Method::POST,
+                "/api/v1/enrollment-tokens",
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Enrolls through `node` as a new router does: trusting only the token's CA fingerprint.
+    async fn enroll(&self, node: usize, token: &str, serial: &str) -> EnrollResponse {
+        let fingerprint = token
+            .parse::<EnrollmentTokenString>()
+            .unwrap()
+            .ca_fingerprint;
+        let connector = Connector::new(
+            self.address(node),
+            &ServerTrust::CaFingerprint(fingerprint),
+            Default::default(),
+        )
+        .unwrap();
+        let enrolled = connector
+            .enroll(&EnrollRequest {
+                token: token.to_owned(),
+                serial: serial.to_owned(),
+                model: "MRX5".into(),
+                firmware: "5.2.1".into(),
+                agent_version: "test".into(),
+                credential: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("enroll {serial} on {}: {e}", NODE_IDS[node]));
+        assert_eq!(enrolled.ca_certificate, self.ca_pem, "one CA for all nodes");
+        enrolled
+    }
+
+    /// Opens the router's control channel to `node`, trusting the CA certificate enrollment gave.
+    async fn connect(
+        &self,
+        node: usize,
+        enrolled: &EnrollResponse,
+        serial: &str,
+    ) -> ControlChannel {
+        let trust = ServerTrust::from_ca_pem(&enrolled.ca_certificate).unwrap();
+        Connector::new(self.address(node), &trust, Default::default())
+            .unwrap()
+            .open_channel(hello(&enrolled.credential, serial), None)
+            .await
+            .unwrap_or_else(|e| panic!("{serial} connects to {}: {e}", NODE_IDS[node]))
+    }
+
+    /// Polls the router on `node`'s API until `check` holds.
+    async fn wait_for_device(
+        &self,
+        node: usize,
+        id: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + PROMPTLY;
+        loop {
+            let (status, device) = self
+                .api(node, Method::GET, &format!("/api/v1/devices/{id}"), None)
+                .await;
+            assert_eq!(status, 200, "{device}");
+            if check(&device) {
+                return device;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}'s API never showed the router {what}: {device:#}",
+                NODE_IDS[node]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The entries of a router's connection history that are still open.
+fn open_sessions(device: &Value) -> Vec<&Value> {
+    device["connection_history"]
+        .as_array()
+        .expect("connection_history")
+        .iter()
+        .filter(|c| c["disconnected_at"].is_null())
+        .collect()
+}
+
+/// Whether the router is online with exactly one open session, that session on `node`.
+fn online_on(device: &Value, node: usize, session_id: &str) -> bool {
+    let open = open_sessions(device);
+    device["connection_state"] == "online"
+        && open.len() == 1
+        && open[0]["node_id"] == NODE_IDS[node]
+        && open[0]["session_id"] == session_id
+}
+
+/// A router that answers `report_status` calls until its connection ends; the task yields the
+/// other messages the server sent, in order.
+fn answer_calls(mut stream: ChannelStream) -> tokio::task::JoinHandle<Vec<ServerMessage>> {
+    tokio::spawn(async move {
+        let mut others = Vec::new();
+        while let Ok(Some(message)) = recv_message(&mut stream).await {
+            match message {
+                ServerMessage::Call {
+                    call_id, method, ..
+                } if method == "report_status" => {
+                    let status = Status {
+                        uptime_secs: Some(4242),
+                        cellular_signal_dbm: Some(-71),
+                        wan_address: Some("198.51.100.7".into()),
+                        ..Status::default()
+                    };
+                    let answer = DeviceMessage::Result(CallResult {
+                        call_id,
+                        ok: true,
+                        result: Some(serde_json::to_value(status).unwrap()),
+                        error: None,
+                    });
+                    if send_message(&mut stream, &answer).await.is_err() {
+                        break;
+                    }
+                }
+                other => others.push(other),
+            }
+        }
+        others
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_enrolled_on_one_node_connects_to_the_other_and_both_show_it_online() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let token = cluster.enrollment_token(A, "line 3").await;
+    let enrolled = cluster.enroll(A, &token, "MRX5-00001").await;
+    let channel = cluster.connect(B, &enrolled, "MRX5-00001").await;
+    assert_eq!(channel.welcome.device_id, enrolled.device_id);
+
+    let session = channel.welcome.session_id.as_str();
+    for node in [A, B] {
+        let device = cluster
+            .wait_for_device(node, &enrolled.device_id, "online on node B", |d| {
+                online_on(d, B, session)
+            })
+            .await;
+        assert_eq!(device["serial"], "MRX5-00001");
+    }
+    let (status, online) = cluster
+        .api(
+            A,
+            Method::GET,
+            "/api/v1/devices?connection_state=online",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{online}");
+    assert_eq!(online["total"], 1, "{online}");
+    assert_eq!(online["items"][0]["id"], enrolled.device_id.as_str());
+    drop(channel);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_another_node_supersedes_the_older_one_promptly() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let token = cluster.enrollment_token(A, "line 3").await;
+    let enrolled = cluster.enroll(A, &token, "MRX5-00002").await;
+    let mut older = cluster.connect(A, &enrolled, "MRX5-00002").await;
+    let older_session = older.welcome.session_id.clone();
+    cluster
+        .wait_for_device(A, &enrolled.device_id, "online on node A", |d| {
+            online_on(d, A, &older_session)
+        })
+        .await;
+
+    let newer = cluster.connect(B, &enrolled, "MRX5-00002").await;
+    let connected = Instant::now();
+    let told = tokio::time::timeout(SUPERSEDE_WITHIN, recv_message(&mut older.stream))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("node A did not tell the older connection within {SUPERSEDE_WITHIN:?}")
+        })
+        .expect("readable message");
+    match told {
+        Some(ServerMessage::Disconnect { reason, .. }) => assert_eq!(reason, "superseded"),
+        other => panic!("expected DISCONNECT superseded, got {other:?}"),
+    }
+    let took = connected.elapsed();
+
+    let newer_session = newer.welcome.session_id.as_str();
+    for node in [A, B] {
+        let device = cluster
+            .wait_for_device(node, &enrolled.device_id, "online on node B only", |d| {
+                online_on(d, B, newer_session)
+            })
+            .await;
+        let history = device["connection_history"].as_array().unwrap();
+        let ended = history
+            .iter()
+            .find(|c| c["session_id"] == older_session.as_str())
+            .unwrap_or_else(|| panic!("the older session is in the history: {device:#}"));
+        assert_eq!(ended["node_id"], NODE_IDS[A], "{device:#}");
+        assert_eq!(ended["reason"], "superseded", "{device:#}");
+        assert!(!ended["disconnected_at"].is_null(), "{device:#}");
+    }
+    assert!(took < SUPERSEDE_WITHIN, "took {took:?}");
+    drop(newer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_created_through_one_node_work_on_the_other() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let (status, created) = cluster
+        .api(
+            A,
+            Method::POST,
+            "/api/v1/api-tokens",
+            Some(json!({"name": "dashboard", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let operator = created["token"].as_str().expect("the token's text");
+    let (status, devices) = cluster
+        .api_as(B, operator, Method::GET, "/api/v1/devices", None)
+        .await;
+    assert_eq!((status, &devices["total"]), (200, &json!(0)), "{devices}");
+
+    let token = cluster.enrollment_token(A, "line 4").await;
+    let enrolled = cluster.enroll(B, &token, "MRX5-00003").await;
+    let (status, device) = cluster
+        .api_as(
+            A,
+            operator,
+            Method::GET,
+            &format!("/api/v1/devices/{}", enrolled.device_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{device}");
+    assert_eq!(device["serial"], "MRX5-00003");
+    let (status, tokens) = cluster
+        .api(A, Method::GET, "/api/v1/enrollment-tokens", None)
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+    let used = tokens
+        .as_array()
+        .and_then(|all| all.iter().find(|t| t["name"] == "line 4"))
+        .unwrap_or_else(|| panic!("the token is listed: {tokens:#}"));
+    assert_eq!(used["uses"], 1, "the enrollment on B counted: {used:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_through_one_node_reaches_the_router_on_the_other() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let token = cluster.enrollment_token(A, "line 5").await;
+    let enrolled = cluster.enroll(A, &token, "MRX5-00004").await;
+    let channel = cluster.connect(B, &enrolled, "MRX5-00004").await;
+    let session = channel.welcome.session_id.clone();
+    let router = answer_calls(channel.stream);
+    cluster
+        .wait_for_device(A, &enrolled.device_id, "online on node B", |d| {
+            online_on(d, B, &session)
+        })
+        .await;
+
+    let (status, reported) = cluster
+        .api(
+            A,
+            Method::POST,
+            &format!("/api/v1/devices/{}/refresh-status", enrolled.device_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{reported}");
+    assert_eq!(reported["uptime_secs"], 4242, "{reported}");
+    assert_eq!(reported["cellular_signal_dbm"], -71, "{reported}");
+    assert_eq!(reported["wan_address"], "198.51.100.7", "{reported}");
+
+    // Recorded in the database, so the other node shows it too.
+    let device = cluster
+        .wait_for_device(B, &enrolled.device_id, "with the reported status", |d| {
+            d["status"]["uptime_secs"] == 4242
+        })
+        .await;
+    assert_eq!(device["status"]["wan_address"], "198.51.100.7");
+    assert!(!router.is_finished(), "the router is still connected");
+    router.abort();
+}
