@@ -22,6 +22,8 @@ const MIGRATION_LOCK: i64 = 0x666c_6f61_7469_6c6c;
 /// A [`Store`](crate::Store) in a PostgreSQL database.
 pub struct PgStore {
     pool: PgPool,
+    /// For the cluster subscription's own connection, which stays out of the pool.
+    options: PgConnectOptions,
 }
 
 impl PgStore {
@@ -34,9 +36,9 @@ impl PgStore {
         migrate(&options).await?;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, options })
     }
 
     /// READ COMMITTED: a statement that finds a row locked by a concurrent writer waits and then
@@ -105,9 +107,14 @@ impl PgStore {
         Ok(())
     }
 
-    /// A connection of its own that listens on the cluster channel, reconnecting when lost.
+    /// A connection of its own that listens on the cluster channel, reconnecting when lost. It
+    /// comes from a pool of one, so the listener never takes a connection from the queries.
     async fn open_subscription(&self) -> Result<Option<Subscription>> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(self.options.clone())
+            .await?;
+        let mut listener = PgListener::connect_with(&own).await?;
         listener.listen(CHANNEL).await?;
         Ok(Some(Subscription::new(listener)))
     }
