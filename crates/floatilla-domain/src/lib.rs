@@ -19,4 +19,4 @@ pub use ids::{
     ApiTokenId, CredentialId, DeviceId, EnrollmentTokenId, EventId, GroupId, SessionId, TenantId,
 };
 pub use tenancy::{Mode, Role};
-pub use timers::{TimerProfile, Timers};
+pub use timers::{TimerChange, TimerProfile, Timers};

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::GroupId;
+
 /// The heartbeat and reconnect timing a server hands a router in WELCOME.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timers {
@@ -29,6 +31,22 @@ impl Default for Timers {
 pub struct TimerProfile {
     pub ping_interval_secs: u32,
     pub pong_timeout_secs: u32,
+}
+
+/// A change of heartbeat timing for routers already connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "applies_to", rename_all = "snake_case")]
+pub enum TimerChange {
+    /// The group's profile changed: for its routers.
+    Group {
+        group: GroupId,
+        profile: Option<TimerProfile>,
+    },
+    /// The router moved to another group (or out of any), which has this profile.
+    Router {
+        group: Option<GroupId>,
+        profile: Option<TimerProfile>,
+    },
 }
 
 impl TimerProfile {

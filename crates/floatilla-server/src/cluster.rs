@@ -12,6 +12,8 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use floatilla_domain::TimerChange;
+
 use crate::gateway::registry::{CallRequest, NotDelivered, SessionCommand};
 use crate::state::AppState;
 
@@ -67,6 +69,31 @@ pub async fn credentials_revoked(state: &AppState, device: DeviceId) {
         },
     )
     .await;
+}
+
+/// Tells the sessions concerned, on every node, that their heartbeat timing changed.
+pub async fn timers_changed(state: &AppState, device: Option<DeviceId>, change: TimerChange) {
+    retime_here(state, device, change);
+    publish(
+        state,
+        ClusterMessage::TimersChanged {
+            device,
+            change,
+            node: state.config.node_id.clone(),
+        },
+    )
+    .await;
+}
+
+fn retime_here(state: &AppState, device: Option<DeviceId>, change: TimerChange) {
+    match device {
+        Some(device) => {
+            if let Some(session) = state.sessions.get(device) {
+                let _ = session.inbox.send(SessionCommand::Retime(change));
+            }
+        }
+        None => state.sessions.broadcast(|| SessionCommand::Retime(change)),
+    }
 }
 
 /// Sends a call to the router, wherever its session is, and waits for the answer.
@@ -185,6 +212,11 @@ async fn handle(state: &AppState, message: ClusterMessage) {
                 end_if_superseded(state, device, local.session_id).await;
             }
         }
+        ClusterMessage::TimersChanged {
+            device,
+            change,
+            node,
+        } if node != me => retime_here(state, device, change),
         ClusterMessage::CredentialsRevoked { device, node } if node != me => {
             if let Some(local) = state.sessions.get(device) {
                 let _ = local.inbox.send(SessionCommand::RecheckCredential);

@@ -24,6 +24,7 @@ on_both_backends!(
     a_cloned_credential_is_refused_and_raises_one_alarm,
     a_router_that_moves_to_a_new_address_is_no_clone,
     a_group_timer_profile_sets_the_heartbeat_of_its_routers,
+    a_changed_profile_reaches_connected_routers_at_once,
     events_are_pruned_after_the_retention_period,
     a_silent_nodes_sessions_are_closed_by_the_others,
     behind_a_load_balancer_the_proxy_header_names_the_router,
@@ -557,4 +558,57 @@ async fn behind_a_load_balancer_the_proxy_header_names_the_router(db: TestDb) {
         server.open_channel(&enrolled.credential, "LB-1").await,
         Err(ChannelError::Io(_))
     ));
+}
+
+async fn a_changed_profile_reaches_connected_routers_at_once(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let (_, group) = server
+        .api(
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": "field"})),
+        )
+        .await;
+    let token = server
+        .enrollment_token(json!({"name": "field", "group": "field"}))
+        .await;
+    let enrolled = server.enroll(&token, "RT-1").await;
+    let router = server.router(&enrolled.credential, "RT-1").await;
+    assert_eq!(router.welcome.timers.ping_interval_secs, 120);
+    // A call's round trip goes through the session's queue after any earlier command, so once it
+    // is answered the session has taken up the change.
+    let settled = || async {
+        let path = format!("/api/v1/devices/{}/refresh-status", enrolled.device_id);
+        let (status, body) = server.api(Method::POST, &path, None).await;
+        assert_eq!(status, 200, "{body}");
+    };
+
+    let group_path = format!("/api/v1/groups/{}", group["id"].as_str().unwrap());
+    let (status, _) = server
+        .api(
+            Method::PATCH,
+            &group_path,
+            Some(json!({"timer_profile": {"ping_interval_secs": 1800, "pong_timeout_secs": 60}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    settled().await;
+    server.clock.advance(Duration::seconds(120));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(router.pings.load(std::sync::atomic::Ordering::SeqCst), 0);
+    server.clock.advance(Duration::seconds(1800 - 120));
+    router.wait_for_pings(1).await;
+
+    // Out of the group, the server's own timing applies again.
+    let (status, _) = server
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/devices/{}", enrolled.device_id),
+            Some(json!({"group": null})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    settled().await;
+    server.clock.advance(Duration::seconds(120));
+    router.wait_for_pings(2).await;
 }

@@ -3,7 +3,7 @@
 //! LISTEN/NOTIFY; an SQLite installation is a single node, so it has no one to tell.
 
 use async_trait::async_trait;
-use floatilla_domain::{DeviceId, SessionId, Timestamp};
+use floatilla_domain::{DeviceId, SessionId, TimerChange, Timestamp};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -23,6 +23,13 @@ pub enum ClusterMessage {
     SessionStarted {
         device: DeviceId,
         session: SessionId,
+        node: String,
+    },
+    /// Heartbeat timing changed on `node`: for one router's session, or (`device` absent) for
+    /// the sessions the change concerns.
+    TimersChanged {
+        device: Option<DeviceId>,
+        change: TimerChange,
         node: String,
     },
     /// Some of the router's credentials were revoked on `node`: a session elsewhere that runs

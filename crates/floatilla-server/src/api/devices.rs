@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use floatilla_domain::enrollment::EnrollmentState;
 use floatilla_domain::model::{DeviceFilter, DeviceStatus, PageRequest};
-use floatilla_domain::{ConnectionState, DeviceId, Role, TenantId};
+use floatilla_domain::{ConnectionState, DeviceId, Role, TenantId, TimerChange};
 use floatilla_store::DevicePatch;
 use http::StatusCode;
 use serde::Deserialize;
@@ -155,10 +155,18 @@ pub async fn patch(
         Some(None) => Some(None),
         Some(Some(name)) => Some(Some(group_id_by_name(&state, tenant, &name).await?)),
     };
+    let moved = group_id.is_some();
     let device = state
         .store
         .update_device(tenant, id, &DevicePatch { name, group_id })
         .await?;
+    if moved {
+        let change = TimerChange::Router {
+            group: device.group_id,
+            profile: device.timer_profile,
+        };
+        crate::cluster::timers_changed(&state, Some(device.id), change).await;
+    }
     Ok(Json(DeviceView::from(&device)))
 }
 

@@ -7,7 +7,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use floatilla_domain::enrollment::{EnrollmentPolicy, EnrollmentState};
 use floatilla_domain::events::{Event, EventKind};
-use floatilla_domain::{GroupId, Role, TenantId};
+use floatilla_domain::model::Group;
+use floatilla_domain::{GroupId, Role, TenantId, TimerChange, TimerProfile};
 use floatilla_store::{Preregistered, Preregistration};
 
 use super::auth::Caller;
@@ -169,10 +170,18 @@ pub async fn import(
         .store
         .preregister(tenant, &entries, state.clock.now())
         .await?;
-    for (position, outcome) in positions.into_iter().zip(outcomes) {
+    for ((position, outcome), entry) in positions.into_iter().zip(outcomes).zip(&entries) {
         let (result, id) = match outcome {
             Preregistered::Created(id) => ("created", id),
-            Preregistered::Updated(id) => ("updated", id),
+            Preregistered::Updated(id) => {
+                // A connected router that moved takes up its new group's heartbeat.
+                let change = TimerChange::Router {
+                    group: entry.group_id,
+                    profile: groups.profile(entry.group_id),
+                };
+                crate::cluster::timers_changed(&state, Some(id), change).await;
+                ("updated", id)
+            }
         };
         report[position].result = result.into();
         report[position].device_id = Some(id.to_string());
@@ -257,9 +266,9 @@ fn line_at(body: &str, byte: u64) -> u64 {
     (before + skipped) as u64 + 1
 }
 
-/// Group names looked up once per import.
+/// Groups looked up once per import, by name.
 #[derive(Default)]
-struct GroupNames(HashMap<String, Option<GroupId>>);
+struct GroupNames(HashMap<String, Option<Group>>);
 
 impl GroupNames {
     async fn id(
@@ -269,11 +278,21 @@ impl GroupNames {
         name: &str,
     ) -> Result<Option<GroupId>> {
         if let Some(known) = self.0.get(name) {
-            return Ok(*known);
+            return Ok(known.as_ref().map(|g| g.id));
         }
-        let id = state.store.group_by_name(tenant, name).await?.map(|g| g.id);
-        self.0.insert(name.to_owned(), id);
+        let group = state.store.group_by_name(tenant, name).await?;
+        let id = group.as_ref().map(|g| g.id);
+        self.0.insert(name.to_owned(), group);
         Ok(id)
+    }
+
+    fn profile(&self, id: Option<GroupId>) -> Option<TimerProfile> {
+        let id = id?;
+        self.0
+            .values()
+            .flatten()
+            .find(|g| g.id == id)
+            .and_then(|g| g.timer_profile)
     }
 }
 

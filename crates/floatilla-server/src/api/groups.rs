@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use floatilla_domain::model::Group;
-use floatilla_domain::{GroupId, Role, TenantId, TimerProfile};
+use floatilla_domain::{GroupId, Role, TenantId, TimerChange, TimerProfile};
 use floatilla_store::GroupPatch;
 use http::StatusCode;
 
@@ -62,8 +62,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(GroupView::from(&group))))
 }
 
-/// Renames a group or changes its timer profile. Routers take up a new profile when they next
-/// connect.
+/// Renames a group or changes its timer profile. Connected routers of the group are pinged on
+/// the new schedule at once, and learn its values in their next `welcome`.
 #[utoipa::path(patch, path = "/api/v1/groups/{id}", request_body = GroupPatchRequest, tag = "groups",
     responses((status = 200, body = GroupView), (status = 404, body = ErrorView), (status = 409, body = ErrorView)))]
 pub async fn update(
@@ -85,6 +85,13 @@ pub async fn update(
             .transpose()?,
     };
     let group = state.store.update_group(tenant, id, &patch).await?;
+    if patch.timer_profile.is_some() {
+        let change = TimerChange::Group {
+            group: group.id,
+            profile: group.timer_profile,
+        };
+        crate::cluster::timers_changed(&state, None, change).await;
+    }
     Ok(Json(GroupView::from(&group)))
 }
 
@@ -97,9 +104,13 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let tenant = caller.require(Role::Operator)?;
-    state
-        .store
-        .delete_group(tenant, parse_group_id(&id)?)
-        .await?;
+    let id = parse_group_id(&id)?;
+    state.store.delete_group(tenant, id).await?;
+    // Its routers are left without a group, so without its timer profile.
+    let change = TimerChange::Group {
+        group: id,
+        profile: None,
+    };
+    crate::cluster::timers_changed(&state, None, change).await;
     Ok(StatusCode::NO_CONTENT)
 }

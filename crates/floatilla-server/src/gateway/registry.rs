@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use floatilla_domain::{DeviceId, DisconnectReason, SessionId};
+use floatilla_domain::{DeviceId, DisconnectReason, SessionId, TimerChange};
 use floatilla_protocol::CallResult;
 use tokio::sync::{Notify, oneshot};
 
@@ -17,6 +17,8 @@ pub enum SessionCommand {
     Call(Box<CallRequest>),
     /// Another node revoked credentials of this router: end the session if its own is one.
     RecheckCredential,
+    /// A timer profile changed: ping on the new schedule from now on.
+    Retime(TimerChange),
 }
 
 #[derive(Debug)]
@@ -138,8 +140,13 @@ impl SessionRegistry {
 
     /// Tells every live session to end.
     pub fn disconnect_all(&self, reason: DisconnectReason) {
+        self.broadcast(|| SessionCommand::Disconnect(reason));
+    }
+
+    /// Sends a command to every live session; each decides whether it concerns it.
+    pub fn broadcast(&self, command: impl Fn() -> SessionCommand) {
         for handle in self.lock().values() {
-            let _ = handle.inbox.send(SessionCommand::Disconnect(reason));
+            let _ = handle.inbox.send(command());
         }
     }
 

@@ -14,7 +14,7 @@ use floatilla_domain::clones::is_clone;
 use floatilla_domain::enrollment::EnrollmentState;
 use floatilla_domain::events::{Event, EventFilter, EventKind};
 use floatilla_domain::model::{ConnectionRecord, Credential, Device, DeviceStatus};
-use floatilla_domain::{CredentialId, DisconnectReason, SessionId, Timers, Timestamp};
+use floatilla_domain::{CredentialId, DisconnectReason, SessionId, TimerChange, Timers, Timestamp};
 use floatilla_protocol::{
     CallResult, DeviceCredential, DeviceMessage, ErrorBody, HELLO_TIMEOUT_SECS, Hello,
     PROTOCOL_VERSION, ServerMessage, Status, Welcome, WireTimers, encode,
@@ -375,7 +375,7 @@ impl Session {
     /// The message loop: frames in, commands from the server, pings on schedule.
     async fn exchange(&mut self, socket: &mut Socket) -> Ending {
         let connected_at = self.connected_at;
-        let timers = self.timers();
+        let mut timers = self.timers();
         if Box::pin(self.welcome(socket, connected_at)).await.is_err() {
             return Ending::Quiet(DisconnectReason::ConnectionLost);
         }
@@ -393,6 +393,14 @@ impl Session {
                     SessionCommand::RecheckCredential => {
                         if !Box::pin(self.credential_still_valid()).await {
                             return Ending::Announce(DisconnectReason::CredentialRevoked);
+                        }
+                    }
+                    SessionCommand::Retime(change) => {
+                        self.apply(change);
+                        let changed = self.timers();
+                        if changed != timers {
+                            timers = changed;
+                            next_ping = self.state.clock.now() + timers.ping_interval();
                         }
                     }
                     SessionCommand::Call(request) => {
@@ -647,6 +655,20 @@ impl Session {
             },
         )
         .await
+    }
+
+    /// Takes up a timer change that concerns this router.
+    fn apply(&mut self, change: TimerChange) {
+        match change {
+            TimerChange::Group { group, profile } if self.device.group_id == Some(group) => {
+                self.device.timer_profile = profile;
+            }
+            TimerChange::Group { .. } => {}
+            TimerChange::Router { group, profile } => {
+                self.device.group_id = group;
+                self.device.timer_profile = profile;
+            }
+        }
     }
 
     /// The server's timers, with the heartbeat of the router's group if it has its own.
