@@ -178,6 +178,14 @@ async fn only_preregistered_serials_enroll_when_the_policy_says_so(db: TestDb) {
             .unwrap()
             .contains("PR-STRANGER")
     );
+    // A flood of strangers leaves one event a minute.
+    for serial in ["PR-X1", "PR-X2"] {
+        server.try_enroll(&token, serial, None).await.unwrap_err();
+    }
+    assert_eq!(server.events("enrollment_refused").await.len(), 1);
+    server.clock.advance(Duration::seconds(61));
+    server.try_enroll(&token, "PR-X3", None).await.unwrap_err();
+    assert_eq!(server.events("enrollment_refused").await.len(), 2);
 
     let enrolled = server.enroll(&token, "PR-1").await;
     assert_eq!(enrolled.device_id, imported);
