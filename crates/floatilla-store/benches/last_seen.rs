@@ -60,6 +60,13 @@ async fn fleet(store: &dyn Store) -> Vec<DeviceId> {
                 expires_at: now + Duration::days(365),
                 revoked_at: None,
             },
+            event: floatilla_domain::events::Event::new(
+                tenant.id,
+                now,
+                floatilla_domain::events::EventKind::RouterEnrolled,
+                Some(id),
+                "enrolled",
+            ),
         };
         devices.push(store.enroll(&enrollment).await.unwrap().unwrap().id);
     }

@@ -50,6 +50,35 @@ pub(crate) fn event_listing(tenant: TenantId, filter: &EventFilter) -> (String, 
     (sql, params)
 }
 
+/// Inserts `event` with `executor` (a pool or a transaction), for the event log and for the
+/// methods that record an event in the same transaction as what it reports.
+macro_rules! insert_event {
+    ($executor:expr, $event:expr) => {{
+        let event: &::floatilla_domain::events::Event = $event;
+        ::sqlx::query(
+            "INSERT INTO events (id, tenant_id, at, kind, severity, device_id, message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(event.id.to_string())
+        .bind(event.tenant_id.to_string())
+        .bind($crate::rows::millis(event.at))
+        .bind(event.kind.as_str())
+        .bind(event.kind.severity().as_str())
+        .bind(event.device_id.map(|d| d.to_string()))
+        .bind(&event.message)
+        .execute($executor)
+        .await
+        .map_err(|e| {
+            $crate::shared::write_error(
+                e,
+                || format!("event {} already exists", event.id),
+                "tenant",
+            )
+        })
+    }};
+}
+pub(crate) use insert_event;
+
 /// Implements [`EventLog`] for a store type with a `pool` field.
 macro_rules! impl_event_log {
     ($store:ty) => {
@@ -59,26 +88,7 @@ macro_rules! impl_event_log {
                 &self,
                 event: &::floatilla_domain::events::Event,
             ) -> $crate::Result<()> {
-                ::sqlx::query(
-                    "INSERT INTO events (id, tenant_id, at, kind, severity, device_id, message) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(event.id.to_string())
-                .bind(event.tenant_id.to_string())
-                .bind($crate::rows::millis(event.at))
-                .bind(event.kind.as_str())
-                .bind(event.kind.severity().as_str())
-                .bind(event.device_id.map(|d| d.to_string()))
-                .bind(&event.message)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| {
-                    $crate::shared::write_error(
-                        e,
-                        || format!("event {} already exists", event.id),
-                        "tenant",
-                    )
-                })?;
+                $crate::events::insert_event!(&self.pool, event)?;
                 Ok(())
             }
 

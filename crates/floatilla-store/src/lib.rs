@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use floatilla_domain::enrollment::EnrollmentState;
+use floatilla_domain::events::Event;
 use floatilla_domain::model::{
     ApiToken, ConnectionRecord, Credential, Device, DeviceFilter, DeviceStatus, EnrollmentToken,
     Group, Page, PageRequest, Tenant, TokenRefusal,
@@ -81,6 +82,8 @@ pub struct Enrollment {
     /// The router's enrollment state afterwards.
     pub state: EnrollmentState,
     pub credential: Credential,
+    /// What the event log says about it, written in the same transaction.
+    pub event: Event,
 }
 
 /// A change to a group. `None` leaves a field as it is.

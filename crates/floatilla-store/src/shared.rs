@@ -619,6 +619,7 @@ macro_rules! impl_store {
                     )
                 })?;
 
+                $crate::events::insert_event!(&mut *tx, &enrollment.event)?;
                 let row: $crate::rows::DeviceRow =
                     ::sqlx::query_as($crate::shared::select_devices!("WHERE d.id = $1"))
                         .bind(device_id.to_string())

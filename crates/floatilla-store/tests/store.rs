@@ -76,6 +76,7 @@ on_both_backends!(
     api_tokens_are_found_by_hash_and_revoked,
     deleting_a_device_removes_its_credentials_and_history,
     groups_keep_a_timer_profile_that_routers_see,
+    an_enrollment_writes_its_event_and_a_refused_one_writes_nothing,
     events_are_listed_newest_first_with_filters_and_pruned,
     preregistered_serials_are_created_or_updated,
     a_preregistered_router_enrolls_into_its_imported_name_and_group,
@@ -172,6 +173,13 @@ fn enrollment(token: &EnrollmentToken, serial: &str, now: Timestamp) -> Enrollme
         group_id: token.group_id,
         state: EnrollmentState::Accepted,
         credential: credential(device, now),
+        event: Event::new(
+            token.tenant_id,
+            now,
+            EventKind::RouterEnrolled,
+            Some(device),
+            format!("router {serial} enrolled"),
+        ),
     }
 }
 
@@ -1995,4 +2003,23 @@ async fn cluster_messages_reach_every_subscriber(store: Arc<dyn Store>) {
         from: "a".into(),
     };
     assert!(store.publish(&too_large).await.is_err());
+}
+
+async fn an_enrollment_writes_its_event_and_a_refused_one_writes_nothing(store: Arc<dyn Store>) {
+    let tenant = new_tenant(store.as_ref()).await;
+    let token = new_token(store.as_ref(), tenant, Some(1), None).await;
+    let device = enroll(store.as_ref(), &token, "EV-1").await;
+    let refused = store
+        .enroll(&enrollment(&token, "EV-2", at(2_000)))
+        .await
+        .unwrap();
+    assert_eq!(refused.unwrap_err(), TokenRefusal::UsedUp);
+    let events = store
+        .events(tenant, &EventFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::RouterEnrolled);
+    assert_eq!(events[0].device_id, Some(device.id));
+    assert_eq!(events[0].message, "router EV-1 enrolled");
 }

@@ -112,6 +112,14 @@ async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<Enrol
         group_id: token.group_id,
         state: admitted,
         credential: credential.clone(),
+        event: enrollment_event(
+            token.tenant_id,
+            credential.device_id,
+            existing.as_ref().map_or(serial, |d| d.name.as_str()),
+            serial,
+            admitted,
+            now,
+        ),
     };
     let device = state
         .store
@@ -122,24 +130,6 @@ async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<Enrol
         // Its earlier credentials are revoked: a session still using one must end.
         crate::cluster::credentials_revoked(state, device.id).await;
     }
-    let (kind, message) = match admitted {
-        EnrollmentState::Pending => (
-            EventKind::EnrollmentRequested,
-            format!(
-                "router {} ({}) enrolled and waits for an admin to accept it",
-                device.name, device.serial
-            ),
-        ),
-        _ => (
-            EventKind::RouterEnrolled,
-            format!("router {} ({}) enrolled", device.name, device.serial),
-        ),
-    };
-    crate::events::record(
-        state,
-        Event::new(device.tenant_id, now, kind, Some(device.id), message),
-    )
-    .await;
     tracing::info!(device = %device.id, serial = %device.serial, tenant = %device.tenant_id, state = %admitted, "router enrolled");
     Ok(EnrollResponse {
         device_id: device.id.to_string(),
@@ -152,6 +142,28 @@ async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<Enrol
         ca_certificate: state.ca.certificate_pem().to_owned(),
         enrollment: admitted.as_str().to_owned(),
     })
+}
+
+/// The event an enrollment records, in the same transaction.
+fn enrollment_event(
+    tenant: TenantId,
+    device: DeviceId,
+    name: &str,
+    serial: &str,
+    admitted: EnrollmentState,
+    now: Timestamp,
+) -> Event {
+    let (kind, message) = match admitted {
+        EnrollmentState::Pending => (
+            EventKind::EnrollmentRequested,
+            format!("router {name} ({serial}) enrolled and waits for an admin to accept it"),
+        ),
+        _ => (
+            EventKind::RouterEnrolled,
+            format!("router {name} ({serial}) enrolled"),
+        ),
+    };
+    Event::new(tenant, now, kind, Some(device), message)
 }
 
 /// Records that a serial that is not pre-registered tried to enroll: at most one such event a
