@@ -36,7 +36,13 @@ impl ForwardedCalls {
     }
 }
 
-async fn publish(state: &AppState, message: ClusterMessage) {
+/// Sends a message to the other nodes; a single-node installation (SQLite) has none, and builds
+/// no message at all: this runs on every router's connect.
+async fn publish(state: &AppState, message: impl FnOnce() -> ClusterMessage) {
+    if state.store.backend() == floatilla_store::Backend::Sqlite {
+        return;
+    }
+    let message = message();
     if let Err(error) = state.store.publish(&message).await {
         tracing::warn!(%error, ?message, "cannot tell the other nodes");
     }
@@ -44,14 +50,11 @@ async fn publish(state: &AppState, message: ClusterMessage) {
 
 /// Announces a new session, so that an older one of the same router on another node ends.
 pub async fn session_started(state: &AppState, device: DeviceId, session: SessionId) {
-    publish(
-        state,
-        ClusterMessage::SessionStarted {
-            device,
-            session,
-            node: state.config.node_id.clone(),
-        },
-    )
+    publish(state, || ClusterMessage::SessionStarted {
+        device,
+        session,
+        node: state.config.node_id.clone(),
+    })
     .await;
 }
 
@@ -61,27 +64,21 @@ pub async fn credentials_revoked(state: &AppState, device: DeviceId) {
     state
         .sessions
         .disconnect(device, DisconnectReason::CredentialRevoked);
-    publish(
-        state,
-        ClusterMessage::CredentialsRevoked {
-            device,
-            node: state.config.node_id.clone(),
-        },
-    )
+    publish(state, || ClusterMessage::CredentialsRevoked {
+        device,
+        node: state.config.node_id.clone(),
+    })
     .await;
 }
 
 /// Tells the sessions concerned, on every node, that their heartbeat timing changed.
 pub async fn timers_changed(state: &AppState, device: Option<DeviceId>, change: TimerChange) {
     retime_here(state, device, change);
-    publish(
-        state,
-        ClusterMessage::TimersChanged {
-            device,
-            change,
-            node: state.config.node_id.clone(),
-        },
-    )
+    publish(state, || ClusterMessage::TimersChanged {
+        device,
+        change,
+        node: state.config.node_id.clone(),
+    })
     .await;
 }
 
@@ -239,14 +236,11 @@ async fn handle(state: &AppState, message: ClusterMessage) {
                     Err(CallFailed::Refused(NotDelivered::Busy)) => CallOutcome::Busy,
                     Err(_) => CallOutcome::NotConnected,
                 };
-                publish(
-                    &state,
-                    ClusterMessage::Answer {
-                        call,
-                        to: from,
-                        outcome,
-                    },
-                )
+                publish(&state, || ClusterMessage::Answer {
+                    call,
+                    to: from,
+                    outcome,
+                })
                 .await;
             });
         }
