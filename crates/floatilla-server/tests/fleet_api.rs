@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 on_both_backends!(
-    routes_need_a_valid_token_except_openapi_and_metrics,
+    routes_need_a_valid_token_except_openapi_metrics_and_health,
     roles_limit_what_a_token_may_do,
     the_device_list_pages_through_the_fleet_in_serial_order,
     the_device_list_filters_by_state_text_and_group,
@@ -20,7 +20,7 @@ on_both_backends!(
     api_tokens_are_managed_through_the_api,
 );
 
-async fn routes_need_a_valid_token_except_openapi_and_metrics(db: TestDb) {
+async fn routes_need_a_valid_token_except_openapi_metrics_and_health(db: TestDb) {
     let server = TestServer::start(db).await;
     let anonymous = server
         .http
@@ -58,6 +58,17 @@ async fn routes_need_a_valid_token_except_openapi_and_metrics(db: TestDb) {
     assert!(openapi["paths"]["/api/v1/enrollment-tokens"]["post"].is_object());
     let metrics = server.metrics().await;
     assert!(metrics.contains("floatilla_routers_connected"), "{metrics}");
+    let health = server
+        .http
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
 }
 
 async fn roles_limit_what_a_token_may_do(db: TestDb) {

@@ -107,6 +107,9 @@ pub struct DevicePatch {
 pub trait Store: EventLog + EnrollmentControl + Cluster + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
+    /// Whether the database answers: for health checks.
+    async fn ping(&self) -> Result<()>;
+
     // Installation settings (key/value).
     async fn setting(&self, key: &str) -> Result<Option<String>>;
     /// Stores `value` unless `key` already has one, and returns the value in force. Safe when

@@ -177,6 +177,11 @@ macro_rules! impl_store {
                 Self::BACKEND
             }
 
+            async fn ping(&self) -> $crate::Result<()> {
+                ::sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
             async fn setting(&self, key: &str) -> $crate::Result<Option<String>> {
                 Ok(
                     ::sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")

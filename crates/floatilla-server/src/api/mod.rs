@@ -57,6 +57,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .route("/healthz", get(health))
         .route("/api/v1/devices", get(devices::list))
         .route(
             "/api/v1/devices/{id}",
@@ -117,6 +118,38 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::handle().render(),
+    )
+}
+
+/// How long the health check waits for the database.
+const HEALTH_DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// For load balancers, without credentials: `200 {"status":"ok"}` while the node serves and its
+/// database answers; `503` with the reason once the node is shutting down (so the balancer stops
+/// sending it routers first) or when the database does not answer.
+async fn health(State(state): State<AppState>) -> axum::response::Response {
+    if state.shutdown.is_cancelled() {
+        return rejection(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "this node is shutting down".into(),
+        );
+    }
+    match tokio::time::timeout(HEALTH_DATABASE_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "health check: the database does not answer");
+            database_unavailable()
+        }
+        Err(_) => database_unavailable(),
+    }
+}
+
+fn database_unavailable() -> axum::response::Response {
+    rejection(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        "the database does not answer".into(),
     )
 }
 
