@@ -212,7 +212,8 @@ pub trait Store: EventLog + EnrollmentControl + Cluster + Send + Sync + 'static 
 
     // Connections.
     /// Opens a connection-history row and marks the device online with this as its current
-    /// session (`connected_since` and `last_seen` = `connected_at`). With `only_credential`,
+    /// session (`connected_since` and `last_seen` = `connected_at`). Rows the device still has
+    /// open end as `superseded` at `connected_at`. With `only_credential`,
     /// every other credential of the device is revoked in the same transaction: the router
     /// connected with that one, so it holds no other.
     async fn record_connect(

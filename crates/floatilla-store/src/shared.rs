@@ -938,6 +938,17 @@ macro_rules! impl_store {
                 if updated == 0 {
                     return Err($crate::StoreError::NotFound("device"));
                 }
+                // The new connection replaces any the router still has open, here or on another
+                // node (live, or left behind by a node that died): its history shows one open
+                // session from now on.
+                ::sqlx::query(
+                    "UPDATE connection_history SET disconnected_at = $2, reason = 'superseded' \
+                     WHERE device_id = $1 AND disconnected_at IS NULL",
+                )
+                .bind(record.device_id.to_string())
+                .bind(connected_at)
+                .execute(&mut *tx)
+                .await?;
                 ::sqlx::query(
                     "INSERT INTO connection_history (session_id, device_id, node_id, remote_addr, \
                      connected_at, disconnected_at, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
