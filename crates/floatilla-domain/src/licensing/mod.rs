@@ -4,8 +4,12 @@ pub mod license;
 pub mod pool;
 #[cfg(test)]
 mod pool_model;
+pub mod service_clock;
+pub mod usage;
 
 pub use license::{Capacity, LicenseTerm, Seats, capacity_at, next_boundary};
 pub use pool::{
     Changes, LicenseReason, LicenseState, Pool, PoolCounts, PoolError, PoolEvent, Transition,
 };
+pub use service_clock::{ServiceClock, ServiceInstant};
+pub use usage::{Granularity, UsageBucket, UsageMeter, UsageSample};
