@@ -1,5 +1,6 @@
 //! Floating licenses: what licenses grant over time, and the rule that hands out their seats.
 
+pub mod forecast;
 pub mod license;
 pub mod pool;
 #[cfg(test)]
@@ -7,6 +8,7 @@ mod pool_model;
 pub mod service_clock;
 pub mod usage;
 
+pub use forecast::{CapacityForecast, next_capacity_change};
 pub use license::{Capacity, LicenseTerm, Seats, capacity_at, next_boundary};
 pub use pool::{
     Changes, LicenseReason, LicenseState, Pool, PoolCounts, PoolError, PoolEvent, Transition,
