@@ -1,6 +1,6 @@
 //! The floating-license rule at fleet scale: a pool with 1,000,000 live sessions. How fast a
-//! session is granted and released, and how long shedding or restoring 100,000 routers takes when
-//! the capacity changes.
+//! session is granted and released, how long shedding or restoring 100,000 routers takes when
+//! the capacity changes, and how long rebuilding the pool from its stored routers takes.
 //!
 //! Run: `cargo bench -p floatilla-domain --bench pool`
 
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use floatilla_domain::DeviceId;
-use floatilla_domain::licensing::{Capacity, Pool};
+use floatilla_domain::licensing::{Capacity, Pool, StoredRouter};
 
 const SESSIONS: u64 = 1_000_000;
 const SEATS: u64 = 600_000;
@@ -70,6 +70,17 @@ fn pool(c: &mut Criterion) {
             (false, device.0.as_u64_pair().0, device)
         })
         .collect();
+    // A node loading a tenant's pool from the database.
+    let stored: Vec<StoredRouter> = pool.routers().collect();
+    group.throughput(Throughput::Elements(stored.len() as u64));
+    group.bench_function("rebuild the pool from 1,000,000 stored routers", |b| {
+        b.iter_batched(
+            || stored.clone(),
+            |stored| Pool::rebuild(Capacity::Limited(SEATS), stored),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    group.throughput(Throughput::Elements(SWING));
     group.bench_function("baseline: recompute the whole line once", |b| {
         b.iter_batched(
             || line.clone(),

@@ -11,7 +11,8 @@ pub mod usage;
 pub use forecast::{CapacityForecast, next_capacity_change};
 pub use license::{Capacity, LicenseTerm, Seats, capacity_at, next_boundary};
 pub use pool::{
-    Changes, LicenseReason, LicenseState, Pool, PoolCounts, PoolError, PoolEvent, Transition,
+    Changes, LicenseReason, LicenseState, Pool, PoolCounts, PoolError, PoolEvent, StoredRouter,
+    Transition,
 };
 pub use service_clock::{ServiceClock, ServiceInstant};
 pub use usage::{Granularity, UsageBucket, UsageMeter, UsageSample};

@@ -138,6 +138,16 @@ pub struct PoolCounts {
     pub pinned: u64,
 }
 
+/// A router as stored, for rebuilding a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredRouter {
+    pub device: DeviceId,
+    pub managed: bool,
+    pub pinned: bool,
+    /// The place of its live session, if it has one.
+    pub session: Option<u64>,
+}
+
 impl Pool {
     pub fn new(capacity: Capacity) -> Self {
         Self {
@@ -147,6 +157,41 @@ impl Pool {
             excess: BTreeSet::new(),
             pinned: 0,
         }
+    }
+
+    /// The pool these routers make at `capacity`, built in one pass (O(n log n)) without
+    /// transitions: what a node does when it loads a tenant's pool from the database.
+    pub fn rebuild(capacity: Capacity, routers: impl IntoIterator<Item = StoredRouter>) -> Self {
+        let mut pool = Pool::new(capacity);
+        let mut line = Vec::new();
+        for stored in routers {
+            let router = Router {
+                managed: stored.managed,
+                pinned: stored.pinned,
+                session: stored.session,
+            };
+            if router.managed && router.pinned {
+                pool.pinned += 1;
+            }
+            line.extend(router.key(stored.device));
+            pool.routers.insert(stored.device, router);
+        }
+        line.sort_unstable();
+        let seats = capacity.seats_for(line.len());
+        let excess = line.split_off(seats);
+        pool.licensed = line.into_iter().collect();
+        pool.excess = excess.into_iter().collect();
+        pool
+    }
+
+    /// Every router the pool knows, as it would be stored.
+    pub fn routers(&self) -> impl Iterator<Item = StoredRouter> + '_ {
+        self.routers.iter().map(|(device, router)| StoredRouter {
+            device: *device,
+            managed: router.managed,
+            pinned: router.pinned,
+            session: router.session,
+        })
     }
 
     pub fn capacity(&self) -> Capacity {

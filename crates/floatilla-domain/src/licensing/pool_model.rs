@@ -215,6 +215,16 @@ fn run(steps: Vec<Step>) {
                 assert_eq!(pool.state(*device), None, "step {n}: a removed router");
             }
         }
+        // A pool rebuilt from the stored routers is the same pool.
+        let rebuilt = Pool::rebuild(pool.capacity(), pool.routers());
+        for device in &devices {
+            assert_eq!(
+                rebuilt.state(*device),
+                pool.state(*device),
+                "step {n}: rebuilt"
+            );
+        }
+        assert_eq!(rebuilt.counts(), pool.counts(), "step {n}: rebuilt");
         let counts = pool.counts();
         let count = |wanted| after.values().filter(|s| **s == wanted).count() as u64;
         assert_eq!(counts.licensed, count(LicenseState::Licensed), "step {n}");
