@@ -145,14 +145,7 @@ async fn a_rejected_router_is_locked_out(db: TestDb) {
 async fn only_preregistered_serials_enroll_when_the_policy_says_so(db: TestDb) {
     let server = TestServer::start(db).await;
     set_policy(&server, "preregistered").await;
-    let (status, _) = server
-        .api(
-            Method::POST,
-            "/api/v1/groups",
-            Some(json!({"name": "pumps"})),
-        )
-        .await;
-    assert_eq!(status, 201);
+    server.create_group(json!({"name": "pumps"})).await;
     let (status, report) = server
         .import_csv("serial,name,group\nPR-1,North pump,pumps\n")
         .await;
@@ -208,13 +201,7 @@ async fn only_preregistered_serials_enroll_when_the_policy_says_so(db: TestDb) {
 
 async fn an_import_answers_every_row_and_skips_only_the_bad_ones(db: TestDb) {
     let server = TestServer::start(db).await;
-    server
-        .api(
-            Method::POST,
-            "/api/v1/groups",
-            Some(json!({"name": "depot"})),
-        )
-        .await;
+    server.create_group(json!({"name": "depot"})).await;
     let long_name = "n".repeat(201);
     let csv = format!(
         "serial,name,group\n\
@@ -381,14 +368,9 @@ async fn a_group_timer_profile_sets_the_heartbeat_of_its_routers(db: TestDb) {
         (status, body["code"].as_str()),
         (400, Some("invalid_timers"))
     );
-    let (status, group) = server
-        .api(
-            Method::POST,
-            "/api/v1/groups",
-            Some(json!({"name": "metered", "timer_profile": {"ping_interval_secs": 1800, "pong_timeout_secs": 60}})),
-        )
+    let group = server
+        .create_group(json!({"name": "metered", "timer_profile": {"ping_interval_secs": 1800, "pong_timeout_secs": 60}}))
         .await;
-    assert_eq!(status, 201, "{group}");
     assert_eq!(group["timer_profile"]["ping_interval_secs"], 1800);
     let token = server
         .enrollment_token(json!({"name": "metered", "group": "metered"}))
@@ -570,13 +552,7 @@ async fn behind_a_load_balancer_the_proxy_header_names_the_router(db: TestDb) {
 
 async fn a_changed_profile_reaches_connected_routers_at_once(db: TestDb) {
     let server = TestServer::start(db).await;
-    let (_, group) = server
-        .api(
-            Method::POST,
-            "/api/v1/groups",
-            Some(json!({"name": "field"})),
-        )
-        .await;
+    let group = server.create_group(json!({"name": "field"})).await;
     let token = server
         .enrollment_token(json!({"name": "field", "group": "field"}))
         .await;

@@ -66,10 +66,7 @@ macro_rules! impl_enrollment_control {
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
-                if updated == 0 {
-                    return Err($crate::StoreError::NotFound("tenant"));
-                }
-                Ok(())
+                $crate::shared::found(updated, "tenant")
             }
 
             async fn preregister(

@@ -30,6 +30,14 @@ pub(crate) fn write_error(
     }
 }
 
+/// `NotFound(what)` unless a statement matched a row: for updates and deletes by id.
+pub(crate) fn found(rows_affected: u64, what: &'static str) -> Result<()> {
+    if rows_affected == 0 {
+        return Err(StoreError::NotFound(what));
+    }
+    Ok(())
+}
+
 /// Refuses a database on which a newer build applied migrations this one does not have: running
 /// on it would misread or damage data written in a shape this build does not know. Otherwise
 /// logs the upgrade about to happen, if any.
@@ -387,10 +395,7 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
-                if deleted == 0 {
-                    return Err($crate::StoreError::NotFound("group"));
-                }
-                Ok(())
+                $crate::shared::found(deleted, "group")
             }
 
             async fn create_enrollment_token(
@@ -482,10 +487,7 @@ macro_rules! impl_store {
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
-                if revoked == 0 {
-                    return Err($crate::StoreError::NotFound("enrollment token"));
-                }
-                Ok(())
+                $crate::shared::found(revoked, "enrollment token")
             }
 
             async fn enroll(
@@ -551,9 +553,7 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
-                        if updated == 0 {
-                            return Err($crate::StoreError::NotFound("device"));
-                        }
+                        $crate::shared::found(updated, "device")?;
                         ::sqlx::query(
                             "UPDATE credentials SET revoked_at = $2 \
                              WHERE device_id = $1 AND revoked_at IS NULL",
@@ -772,10 +772,7 @@ macro_rules! impl_store {
                         .execute(&self.pool)
                         .await?
                         .rows_affected();
-                if deleted == 0 {
-                    return Err($crate::StoreError::NotFound("device"));
-                }
-                Ok(())
+                $crate::shared::found(deleted, "device")
             }
 
             async fn allow_reenrollment(
@@ -794,10 +791,7 @@ macro_rules! impl_store {
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
-                if updated == 0 {
-                    return Err($crate::StoreError::NotFound("device"));
-                }
-                Ok(())
+                $crate::shared::found(updated, "device")
             }
 
             async fn record_inventory(
@@ -818,10 +812,7 @@ macro_rules! impl_store {
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
-                if updated == 0 {
-                    return Err($crate::StoreError::NotFound("device"));
-                }
-                Ok(())
+                $crate::shared::found(updated, "device")
             }
 
             async fn record_status(
@@ -835,10 +826,7 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
-                if updated == 0 {
-                    return Err($crate::StoreError::NotFound("device"));
-                }
-                Ok(())
+                $crate::shared::found(updated, "device")
             }
 
             async fn credential(
@@ -892,10 +880,7 @@ macro_rules! impl_store {
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
-                if revoked == 0 {
-                    return Err($crate::StoreError::NotFound("credential"));
-                }
-                Ok(())
+                $crate::shared::found(revoked, "credential")
             }
 
             async fn revoke_device_credentials(
@@ -935,9 +920,7 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if updated == 0 {
-                    return Err($crate::StoreError::NotFound("device"));
-                }
+                $crate::shared::found(updated, "device")?;
                 // The new connection replaces any the router still has open, here or on another
                 // node (live, or left behind by a node that died): its history shows one open
                 // session from now on.
@@ -1187,10 +1170,7 @@ macro_rules! impl_store {
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
-                if revoked == 0 {
-                    return Err($crate::StoreError::NotFound("API token"));
-                }
-                Ok(())
+                $crate::shared::found(revoked, "API token")
             }
         }
     };

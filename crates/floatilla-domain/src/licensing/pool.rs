@@ -85,7 +85,7 @@ pub struct Changes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
     #[error("{pinned} pinned routers would exceed the capacity of {capacity} seats")]
-    PinsExceedCapacity { pinned: u64, capacity: u64 },
+    PinsExceedCapacity { pinned: u64, capacity: Capacity },
     #[error("the router is not known to the pool")]
     UnknownRouter,
 }
@@ -209,12 +209,7 @@ impl Pool {
     /// `None` for a router the pool does not know.
     pub fn state(&self, device: DeviceId) -> Option<LicenseState> {
         let router = self.routers.get(&device)?;
-        Some(match router.key(device) {
-            None if !router.managed => LicenseState::Unmanaged,
-            None => LicenseState::Inactive,
-            Some(key) if self.licensed.contains(&key) => LicenseState::Licensed,
-            Some(_) => LicenseState::Excess,
-        })
+        Some(self.state_of(device, *router))
     }
 
     /// The routers holding a seat, in line order.
@@ -277,16 +272,12 @@ impl Pool {
     /// than there are seats.
     pub fn set_pinned(&mut self, device: DeviceId, pinned: bool) -> Result<Changes, PoolError> {
         let router = self.routers.get(&device).ok_or(PoolError::UnknownRouter)?;
-        if pinned && !router.pinned && router.managed {
-            let wanted = self.pinned + 1;
-            if let Capacity::Limited(capacity) = self.capacity
-                && wanted > capacity
-            {
-                return Err(PoolError::PinsExceedCapacity {
-                    pinned: wanted,
-                    capacity,
-                });
-            }
+        let wanted = self.pinned + 1;
+        if pinned && !router.pinned && router.managed && !self.capacity.admits(wanted) {
+            return Err(PoolError::PinsExceedCapacity {
+                pinned: wanted,
+                capacity: self.capacity,
+            });
         }
         Ok(self.change(device, |router| router.pinned = pinned))
     }

@@ -348,7 +348,7 @@ fn pins_beyond_capacity_are_refused_and_a_drop_below_them_is_an_event() {
         pool.set_pinned(routers[2], true),
         Err(PoolError::PinsExceedCapacity {
             pinned: 3,
-            capacity: 2
+            capacity: Capacity::Limited(2)
         })
     );
     let changes = pool.set_capacity(Capacity::Limited(1));

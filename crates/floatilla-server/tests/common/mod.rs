@@ -190,6 +190,13 @@ impl TestServer {
         body
     }
 
+    /// Creates a group (`body` as for `POST /api/v1/groups`) and answers it.
+    pub async fn create_group(&self, body: Value) -> Value {
+        let (status, group) = self.api(Method::POST, "/api/v1/groups", Some(body)).await;
+        assert_eq!(status, 201, "{group}");
+        group
+    }
+
     /// A new enrollment token's text.
     pub async fn enrollment_token(&self, body: Value) -> String {
         let (status, body) = self
