@@ -119,12 +119,16 @@ async fn forward_call(
     method: &str,
     params: serde_json::Value,
 ) -> Result<CallResult> {
+    // A single node (SQLite) has no other node to hold the session.
+    if state.store.backend() == floatilla_store::Backend::Sqlite {
+        return Err(offline("the router is not connected"));
+    }
     let online = state
         .store
         .device_by_id(device)
         .await?
         .is_some_and(|d| d.connection_state == floatilla_domain::ConnectionState::Online);
-    if !online || state.store.backend() == floatilla_store::Backend::Sqlite {
+    if !online {
         return Err(offline("the router is not connected"));
     }
     let call = Uuid::new_v4();

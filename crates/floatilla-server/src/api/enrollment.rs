@@ -7,7 +7,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use floatilla_domain::enrollment::{EnrollmentPolicy, EnrollmentState};
 use floatilla_domain::events::{Event, EventKind};
-use floatilla_domain::model::Group;
 use floatilla_domain::{GroupId, Role, TenantId, TimerChange, TimerProfile};
 use floatilla_store::{Preregistered, Preregistration};
 
@@ -209,12 +208,13 @@ fn parse_rows(body: &str) -> Result<Vec<CsvRow>> {
         .trim(csv::Trim::All)
         .from_reader(body.as_bytes());
     let mut rows = Vec::new();
+    let mut lines = LineCounter::default();
     for (index, record) in reader.records().enumerate() {
         let line = record
             .as_ref()
             .ok()
             .and_then(|r| r.position())
-            .map_or(index as u64 + 1, |p| line_at(body, p.byte()));
+            .map_or(index as u64 + 1, |p| lines.line_at(body, p.byte()));
         let fields = match record {
             Ok(record) => {
                 let fields: Vec<String> = record.iter().map(str::to_owned).collect();
@@ -250,25 +250,36 @@ fn parse_rows(body: &str) -> Result<Vec<CsvRow>> {
     Ok(rows)
 }
 
-/// The line of the record that starts at `byte`. The reader reports where it began looking,
-/// which is before any blank lines it skipped.
-fn line_at(body: &str, byte: u64) -> u64 {
-    let start = usize::try_from(byte).unwrap_or(usize::MAX).min(body.len());
-    let skipped = body[start..]
-        .bytes()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .filter(|b| *b == b'\n')
-        .count();
-    let before = body.as_bytes()[..start]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count();
-    (before + skipped) as u64 + 1
+/// The line of each record, counted once through the file: records come in order.
+#[derive(Default)]
+struct LineCounter {
+    /// Newlines before `counted_to`.
+    newlines: usize,
+    counted_to: usize,
 }
 
-/// Groups looked up once per import, by name.
+impl LineCounter {
+    /// The line of the record that starts at `byte`. The reader reports where it began looking,
+    /// which is before any blank lines it skipped.
+    fn line_at(&mut self, body: &str, byte: u64) -> u64 {
+        let bytes = body.as_bytes();
+        let mut start = usize::try_from(byte).unwrap_or(usize::MAX).min(bytes.len());
+        while start < bytes.len() && matches!(bytes[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        let from = self.counted_to.min(start);
+        self.newlines += bytes[from..start].iter().filter(|b| **b == b'\n').count();
+        self.counted_to = start;
+        self.newlines as u64 + 1
+    }
+}
+
+/// Groups looked up once per import: their ids by name, and their timer profiles by id.
 #[derive(Default)]
-struct GroupNames(HashMap<String, Option<Group>>);
+struct GroupNames {
+    ids: HashMap<String, Option<GroupId>>,
+    profiles: HashMap<GroupId, Option<TimerProfile>>,
+}
 
 impl GroupNames {
     async fn id(
@@ -277,22 +288,20 @@ impl GroupNames {
         tenant: TenantId,
         name: &str,
     ) -> Result<Option<GroupId>> {
-        if let Some(known) = self.0.get(name) {
-            return Ok(known.as_ref().map(|g| g.id));
+        if let Some(known) = self.ids.get(name) {
+            return Ok(*known);
         }
         let group = state.store.group_by_name(tenant, name).await?;
-        let id = group.as_ref().map(|g| g.id);
-        self.0.insert(name.to_owned(), group);
+        let id = group.map(|g| {
+            self.profiles.insert(g.id, g.timer_profile);
+            g.id
+        });
+        self.ids.insert(name.to_owned(), id);
         Ok(id)
     }
 
     fn profile(&self, id: Option<GroupId>) -> Option<TimerProfile> {
-        let id = id?;
-        self.0
-            .values()
-            .flatten()
-            .find(|g| g.id == id)
-            .and_then(|g| g.timer_profile)
+        id.and_then(|id| self.profiles.get(&id).copied().flatten())
     }
 }
 

@@ -105,12 +105,19 @@ pub async fn delete(
 ) -> Result<StatusCode> {
     let tenant = caller.require(Role::Operator)?;
     let id = parse_group_id(&id)?;
+    let had_profile = state
+        .store
+        .group(tenant, id)
+        .await?
+        .is_some_and(|group| group.timer_profile.is_some());
     state.store.delete_group(tenant, id).await?;
-    // Its routers are left without a group, so without its timer profile.
-    let change = TimerChange::Group {
-        group: id,
-        profile: None,
-    };
-    crate::cluster::timers_changed(&state, None, change).await;
+    if had_profile {
+        // Its routers are left without a group, so without its timer profile.
+        let change = TimerChange::Group {
+            group: id,
+            profile: None,
+        };
+        crate::cluster::timers_changed(&state, None, change).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -88,7 +88,8 @@ impl Admission {
         Ok(admitted)
     }
 
-    pub fn open_channels(&self) -> usize {
+    #[cfg(test)]
+    fn open_channels(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 }

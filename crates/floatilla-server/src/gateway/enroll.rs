@@ -5,7 +5,7 @@ use axum::extract::State;
 use floatilla_domain::enrollment::{
     EnrollmentRefusal, EnrollmentState, KnownSerial, decide_enrollment,
 };
-use floatilla_domain::events::{Event, EventFilter, EventKind};
+use floatilla_domain::events::{Event, EventKind};
 use floatilla_domain::model::Credential;
 use floatilla_domain::{CredentialId, DeviceId, TenantId, Timestamp};
 use floatilla_protocol::{
@@ -85,7 +85,13 @@ async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<Enrol
         }
         Err(EnrollmentRefusal::Rejected) => return Err(Error::EnrollmentRejected),
         Err(EnrollmentRefusal::NotPreregistered) => {
-            record_refusal(state, tenant.id, serial, now).await?;
+            // At most one event a minute per tenant, so that a leaked token cannot flood the
+            // event log; the metric counts every refusal.
+            let message = format!(
+                "a router with serial {serial} tried to enroll, but it is not pre-registered"
+            );
+            let event = Event::new(tenant.id, now, EventKind::EnrollmentRefused, None, message);
+            crate::events::record_unless_recent(state, event, chrono::Duration::minutes(1)).await;
             return Err(Error::SerialNotPreregistered(serial.to_owned()));
         }
     };
@@ -164,42 +170,6 @@ fn enrollment_event(
         ),
     };
     Event::new(tenant, now, kind, Some(device), message)
-}
-
-/// Records that a serial that is not pre-registered tried to enroll: at most one such event a
-/// minute per tenant, so that a leaked token cannot flood the event log (the metric counts every
-/// refusal).
-async fn record_refusal(
-    state: &AppState,
-    tenant: TenantId,
-    serial: &str,
-    now: Timestamp,
-) -> Result<()> {
-    let latest = state
-        .store
-        .events(
-            tenant,
-            &EventFilter {
-                kind: Some(EventKind::EnrollmentRefused),
-                ..EventFilter::default()
-            },
-            1,
-        )
-        .await?;
-    if latest
-        .first()
-        .is_some_and(|event| now - event.at < chrono::Duration::minutes(1))
-    {
-        return Ok(());
-    }
-    let message =
-        format!("a router with serial {serial} tried to enroll, but it is not pre-registered");
-    crate::events::record(
-        state,
-        Event::new(tenant, now, EventKind::EnrollmentRefused, None, message),
-    )
-    .await;
-    Ok(())
 }
 
 /// Whether `presented` is a currently valid credential of `device`.

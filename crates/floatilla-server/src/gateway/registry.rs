@@ -7,8 +7,7 @@ use floatilla_domain::{DeviceId, DisconnectReason, SessionId, TimerChange};
 use floatilla_protocol::CallResult;
 use tokio::sync::{Notify, oneshot};
 
-/// What other parts of the server ask of a live session. Kept small: every session's channel
-/// holds a block of these.
+/// What other parts of the server ask of a live session; queued in its [`Inbox`].
 #[derive(Debug)]
 pub enum SessionCommand {
     /// End the session, telling the router why.

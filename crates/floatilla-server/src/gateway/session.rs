@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use floatilla_domain::clones::is_clone;
 use floatilla_domain::enrollment::EnrollmentState;
-use floatilla_domain::events::{Event, EventFilter, EventKind};
+use floatilla_domain::events::{Event, EventKind};
 use floatilla_domain::model::{ConnectionRecord, Credential, Device, DeviceStatus};
 use floatilla_domain::{CredentialId, DisconnectReason, SessionId, TimerChange, Timers, Timestamp};
 use floatilla_protocol::{
@@ -687,6 +687,8 @@ impl Session {
     /// Records the end everywhere: registry, heartbeat bookkeeping, history, metrics.
     async fn finish(self, reason: DisconnectReason) {
         let now = self.state.clock.now();
+        // Commands still queued, and any sent from now on, learn at once that the session ended.
+        self.inbox.close();
         self.state
             .sessions
             .unregister(self.device.id, self.session_id);
@@ -721,39 +723,20 @@ async fn refuse_clone(
     if !is_clone(&recent, &newcomer.remote_addr, now) {
         return Ok(());
     }
-    let latest_alarm = state
-        .store
-        .events(
-            device.tenant_id,
-            &EventFilter {
-                kind: Some(EventKind::CredentialCloned),
-                device_id: Some(device.id),
-                ..EventFilter::default()
-            },
-            1,
-        )
-        .await?;
+    let in_place = recent.first().map_or("", |r| r.remote_addr.as_str());
+    let alarm = Event::new(
+        device.tenant_id,
+        now,
+        EventKind::CredentialCloned,
+        Some(device.id),
+        format!(
+            "router {} ({}) is connected from {in_place} and its credential keeps being used from {} too: the router image appears to be cloned; the connection in place is kept and the other is refused",
+            device.name, device.serial, newcomer.remote_addr
+        ),
+    );
     let window = chrono::Duration::minutes(CLONE_WINDOW_MINUTES);
-    if latest_alarm
-        .first()
-        .is_none_or(|alarm| now - alarm.at >= window)
-    {
-        let in_place = recent.first().map_or("", |r| r.remote_addr.as_str());
+    if crate::events::record_unless_recent(state, alarm, window).await {
         tracing::warn!(device = %device.id, serial = %device.serial, in_place, newcomer = %newcomer.remote_addr, "cloned router credential");
-        crate::events::record(
-            state,
-            Event::new(
-                device.tenant_id,
-                now,
-                EventKind::CredentialCloned,
-                Some(device.id),
-                format!(
-                    "router {} ({}) is connected from {in_place} and its credential keeps being used from {} too: the router image appears to be cloned; the connection in place is kept and the other is refused",
-                    device.name, device.serial, newcomer.remote_addr
-                ),
-            ),
-        )
-        .await;
     }
     Err(Error::CredentialInUse)
 }
