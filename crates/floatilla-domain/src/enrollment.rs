@@ -30,6 +30,23 @@ named_enum! {
     }
 }
 
+/// An admin's decision on an enrolled router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollmentDecision {
+    Accept,
+    Reject,
+}
+
+impl EnrollmentDecision {
+    /// The router's enrollment state after the decision.
+    pub fn state(self) -> EnrollmentState {
+        match self {
+            EnrollmentDecision::Accept => EnrollmentState::Accepted,
+            EnrollmentDecision::Reject => EnrollmentState::Rejected,
+        }
+    }
+}
+
 /// Why a router may not enroll (beyond the token's own refusals).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnrollmentRefusal {

@@ -2,7 +2,8 @@
 //! routers, and the decision on a pending router.
 
 use async_trait::async_trait;
-use floatilla_domain::enrollment::{EnrollmentPolicy, EnrollmentState};
+use floatilla_domain::enrollment::{EnrollmentDecision, EnrollmentPolicy};
+use floatilla_domain::events::Event;
 use floatilla_domain::model::Device;
 use floatilla_domain::{DeviceId, GroupId, TenantId, Timestamp};
 
@@ -37,16 +38,17 @@ pub trait EnrollmentControl {
         entries: &[Preregistration],
         now: Timestamp,
     ) -> Result<Vec<Preregistered>>;
-    /// Accepts or rejects a router that is not merely pre-registered: `Conflict` if it is.
-    /// Rejecting revokes its credentials; accepting a rejected router lets it enroll again
-    /// until `reenroll_until` (its credentials were revoked when it was rejected).
+    /// Accepts or rejects a router that is not merely pre-registered (`Conflict` if it is), and
+    /// records `event` in the same transaction. Rejecting revokes its credentials; accepting a
+    /// rejected router lets it enroll again until `reenroll_until` (its credentials were revoked
+    /// when it was rejected).
     async fn decide_enrollment(
         &self,
         tenant: TenantId,
         id: DeviceId,
-        decision: EnrollmentState,
-        now: Timestamp,
+        decision: EnrollmentDecision,
         reenroll_until: Timestamp,
+        event: &Event,
     ) -> Result<Device>;
 }
 
@@ -130,10 +132,11 @@ macro_rules! impl_enrollment_control {
                 &self,
                 tenant: ::floatilla_domain::TenantId,
                 id: ::floatilla_domain::DeviceId,
-                decision: ::floatilla_domain::enrollment::EnrollmentState,
-                now: ::floatilla_domain::Timestamp,
+                decision: ::floatilla_domain::enrollment::EnrollmentDecision,
                 reenroll_until: ::floatilla_domain::Timestamp,
+                event: &::floatilla_domain::events::Event,
             ) -> $crate::Result<::floatilla_domain::model::Device> {
+                let state = decision.state();
                 let mut tx = self.begin_write().await?;
                 let decided = ::sqlx::query(
                     "UPDATE devices SET enrollment = $3, reenroll_allowed_until = CASE \
@@ -143,20 +146,21 @@ macro_rules! impl_enrollment_control {
                 )
                 .bind(tenant.to_string())
                 .bind(id.to_string())
-                .bind(decision.as_str())
+                .bind(state.as_str())
                 .bind($crate::rows::millis(reenroll_until))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if decided > 0 && decision == ::floatilla_domain::enrollment::EnrollmentState::Rejected {
-                    ::sqlx::query(
-                        "UPDATE credentials SET revoked_at = $2 \
-                         WHERE device_id = $1 AND revoked_at IS NULL",
-                    )
-                    .bind(id.to_string())
-                    .bind($crate::rows::millis(now))
-                    .execute(&mut *tx)
-                    .await?;
+                if decided > 0 {
+                    $crate::events::insert_event!(&mut *tx, event)?;
+                }
+                if decided > 0 && decision == ::floatilla_domain::enrollment::EnrollmentDecision::Reject {
+                    $crate::shared::revoke_credentials!(
+                        &mut *tx,
+                        id,
+                        None,
+                        $crate::rows::millis(event.at)
+                    )?;
                 }
                 let row: Option<$crate::rows::DeviceRow> = ::sqlx::query_as(
                     $crate::shared::select_devices!("WHERE d.tenant_id = $1 AND d.id = $2"),

@@ -1,7 +1,7 @@
 //! The event log: what happened in each tenant, newest first, pruned past the retention period.
 
 use async_trait::async_trait;
-use floatilla_domain::events::{Event, EventFilter};
+use floatilla_domain::events::{Event, EventFilter, EventKind};
 use floatilla_domain::{TenantId, Timestamp};
 
 use crate::Result;
@@ -24,26 +24,45 @@ pub trait EventLog {
 pub(crate) fn event_listing(tenant: TenantId, filter: &EventFilter) -> (String, Vec<String>) {
     let mut params = vec![tenant.to_string()];
     let mut conditions = vec!["tenant_id = $1".to_owned()];
-    let mut add = |column: &str, value: String| {
-        params.push(value);
-        conditions.push(format!("{column} = ${}", params.len()));
+    // Each condition compares a column with parameters: `$n` stands for the next one.
+    let mut condition = |sql: String, values: Vec<String>| {
+        let mut sql = sql;
+        for value in values {
+            params.push(value);
+            sql = sql.replacen("$n", &format!("${}", params.len()), 1);
+        }
+        conditions.push(sql);
     };
     if let Some(kind) = filter.kind {
-        add("kind", kind.as_str().to_owned());
+        condition("kind = $n".into(), vec![kind.as_str().to_owned()]);
     }
     if let Some(severity) = filter.severity {
-        add("severity", severity.as_str().to_owned());
+        // Severity follows from the kind, so it is not stored: filter on its kinds.
+        let kinds: Vec<String> = EventKind::ALL
+            .iter()
+            .filter(|kind| kind.severity() == severity)
+            .map(|kind| kind.as_str().to_owned())
+            .collect();
+        // `IN (NULL)` matches nothing, should a severity have no kinds.
+        let slots = if kinds.is_empty() {
+            "NULL".to_owned()
+        } else {
+            vec!["$n"; kinds.len()].join(", ")
+        };
+        condition(format!("kind IN ({slots})"), kinds);
     }
     if let Some(device) = filter.device_id {
-        add("device_id", device.to_string());
+        condition("device_id = $n".into(), vec![device.to_string()]);
     }
     if let Some(before) = filter.before {
-        params.push(before.to_string());
-        conditions.push(format!("id < ${}", params.len()));
+        condition(
+            "(at, id) < (SELECT at, id FROM events WHERE id = $n)".into(),
+            vec![before.to_string()],
+        );
     }
     let sql = format!(
         "SELECT id, tenant_id, at, kind, device_id, message FROM events WHERE {} \
-         ORDER BY id DESC LIMIT ${}",
+         ORDER BY at DESC, id DESC LIMIT ${}",
         conditions.join(" AND "),
         params.len() + 1
     );
@@ -56,14 +75,13 @@ macro_rules! insert_event {
     ($executor:expr, $event:expr) => {{
         let event: &::floatilla_domain::events::Event = $event;
         ::sqlx::query(
-            "INSERT INTO events (id, tenant_id, at, kind, severity, device_id, message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO events (id, tenant_id, at, kind, device_id, message) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(event.id.to_string())
         .bind(event.tenant_id.to_string())
         .bind($crate::rows::millis(event.at))
         .bind(event.kind.as_str())
-        .bind(event.kind.severity().as_str())
         .bind(event.device_id.map(|d| d.to_string()))
         .bind(&event.message)
         .execute($executor)

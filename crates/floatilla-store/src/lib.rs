@@ -2,7 +2,7 @@
 //! single-node sites and a PostgreSQL implementation for several nodes sharing one database.
 //! Each backend has its own migrations, applied when the store is opened.
 
-pub mod cluster;
+mod cluster;
 mod enrollment;
 mod error;
 mod events;

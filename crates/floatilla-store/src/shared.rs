@@ -59,6 +59,25 @@ pub(crate) fn check_schema_version(newest_applied: Option<i64>, migrator: &Migra
 /// backends' limits.
 pub(crate) const LAST_SEEN_CHUNK: usize = 500;
 
+/// Revokes, at `$now` (milliseconds), every unrevoked credential of `$device` but `$except`
+/// (an `Option<CredentialId>`), with `$executor` (a pool or a transaction); answers how many.
+macro_rules! revoke_credentials {
+    ($executor:expr, $device:expr, $except:expr, $now:expr) => {{
+        let except: Option<::floatilla_domain::CredentialId> = $except;
+        ::sqlx::query(
+            "UPDATE credentials SET revoked_at = $2 \
+             WHERE device_id = $1 AND revoked_at IS NULL AND id <> COALESCE($3, '')",
+        )
+        .bind($device.to_string())
+        .bind($now)
+        .bind(except.map(|id| id.to_string()))
+        .execute($executor)
+        .await
+        .map(|done| done.rows_affected())
+    }};
+}
+pub(crate) use revoke_credentials;
+
 macro_rules! select_devices {
     ($where:literal) => {
         concat!(
@@ -554,14 +573,7 @@ macro_rules! impl_store {
                         .await?
                         .rows_affected();
                         $crate::shared::found(updated, "device")?;
-                        ::sqlx::query(
-                            "UPDATE credentials SET revoked_at = $2 \
-                             WHERE device_id = $1 AND revoked_at IS NULL",
-                        )
-                        .bind(id.to_string())
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                        $crate::shared::revoke_credentials!(&mut *tx, id, None, now)?;
                         id
                     }
                     None => {
@@ -889,16 +901,12 @@ macro_rules! impl_store {
                 except: Option<::floatilla_domain::CredentialId>,
                 now: ::floatilla_domain::Timestamp,
             ) -> $crate::Result<u64> {
-                Ok(::sqlx::query(
-                    "UPDATE credentials SET revoked_at = $2 \
-                     WHERE device_id = $1 AND revoked_at IS NULL AND id <> COALESCE($3, '')",
-                )
-                .bind(device.to_string())
-                .bind($crate::rows::millis(now))
-                .bind(except.map(|id| id.to_string()))
-                .execute(&self.pool)
-                .await?
-                .rows_affected())
+                Ok($crate::shared::revoke_credentials!(
+                    &self.pool,
+                    device,
+                    except,
+                    $crate::rows::millis(now)
+                )?)
             }
 
             async fn record_connect(
@@ -952,16 +960,13 @@ macro_rules! impl_store {
                         "device",
                     )
                 })?;
-                if let Some(kept) = only_credential {
-                    ::sqlx::query(
-                        "UPDATE credentials SET revoked_at = $2 \
-                         WHERE device_id = $1 AND revoked_at IS NULL AND id <> $3",
-                    )
-                    .bind(record.device_id.to_string())
-                    .bind(connected_at)
-                    .bind(kept.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+                if only_credential.is_some() {
+                    $crate::shared::revoke_credentials!(
+                        &mut *tx,
+                        record.device_id,
+                        only_credential,
+                        connected_at
+                    )?;
                 }
                 tx.commit().await?;
                 Ok(())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration};
 use floatilla_domain::TimerProfile;
-use floatilla_domain::enrollment::{EnrollmentPolicy, EnrollmentState};
+use floatilla_domain::enrollment::{EnrollmentDecision, EnrollmentPolicy, EnrollmentState};
 use floatilla_domain::events::{Event, EventFilter, EventKind, Severity};
 use floatilla_domain::model::{
     ApiToken, ConnectionRecord, Credential, Device, DeviceFilter, DeviceStatus, EnrollmentToken,
@@ -1695,8 +1695,6 @@ async fn events_are_listed_newest_first_with_filters_and_pruned(store: Arc<dyn S
         );
         store.record_event(&event).await.unwrap();
         recorded.push(event);
-        // Ids are time-ordered to the millisecond: keep them apart.
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     store
         .record_event(&Event::new(
@@ -1890,9 +1888,15 @@ async fn rejecting_revokes_and_accepting_a_rejected_router_lets_it_enroll_again(
         .decide_enrollment(
             tenant,
             pending.id,
-            EnrollmentState::Rejected,
-            at(2_000),
+            EnrollmentDecision::Reject,
             at(9_000),
+            &Event::new(
+                tenant,
+                at(2_000),
+                EventKind::EnrollmentRejected,
+                Some(pending.id),
+                "decided",
+            ),
         )
         .await
         .unwrap();
@@ -1908,14 +1912,33 @@ async fn rejecting_revokes_and_accepting_a_rejected_router_lets_it_enroll_again(
         .decide_enrollment(
             tenant,
             pending.id,
-            EnrollmentState::Accepted,
-            at(3_000),
+            EnrollmentDecision::Accept,
             at(9_000),
+            &Event::new(
+                tenant,
+                at(3_000),
+                EventKind::EnrollmentAccepted,
+                Some(pending.id),
+                "decided",
+            ),
         )
         .await
         .unwrap();
     assert_eq!(accepted.enrollment, EnrollmentState::Accepted);
     assert_eq!(accepted.reenroll_allowed_until, Some(at(9_000)));
+    let decided = store
+        .events(tenant, &EventFilter::default(), 10)
+        .await
+        .unwrap();
+    let kinds: Vec<EventKind> = decided.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::EnrollmentAccepted,
+            EventKind::EnrollmentRejected,
+            EventKind::RouterEnrolled
+        ]
+    );
 
     let outcomes = store
         .preregister(tenant, &[preregistration("P-9", "later", None)], at(0))
@@ -1928,9 +1951,15 @@ async fn rejecting_revokes_and_accepting_a_rejected_router_lets_it_enroll_again(
         .decide_enrollment(
             tenant,
             imported,
-            EnrollmentState::Accepted,
-            at(3_000),
+            EnrollmentDecision::Accept,
             at(9_000),
+            &Event::new(
+                tenant,
+                at(3_000),
+                EventKind::EnrollmentAccepted,
+                Some(imported),
+                "decided",
+            ),
         )
         .await
         .unwrap_err();
@@ -1942,9 +1971,15 @@ async fn rejecting_revokes_and_accepting_a_rejected_router_lets_it_enroll_again(
         .decide_enrollment(
             TenantId::new(),
             pending.id,
-            EnrollmentState::Accepted,
-            at(3_000),
+            EnrollmentDecision::Accept,
             at(9_000),
+            &Event::new(
+                tenant,
+                at(3_000),
+                EventKind::EnrollmentAccepted,
+                Some(pending.id),
+                "decided",
+            ),
         )
         .await
         .unwrap_err();
@@ -1952,6 +1987,11 @@ async fn rejecting_revokes_and_accepting_a_rejected_router_lets_it_enroll_again(
         matches!(elsewhere, StoreError::NotFound("device")),
         "{elsewhere:?}"
     );
+    let after = store
+        .events(tenant, &EventFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 3, "refused decisions record nothing");
 }
 
 async fn nodes_that_stop_heartbeating_are_found(store: Arc<dyn Store>) {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use axum::Json;
 use axum::extract::{Path, State};
-use floatilla_domain::enrollment::{EnrollmentPolicy, EnrollmentState};
+use floatilla_domain::enrollment::{EnrollmentDecision, EnrollmentPolicy};
 use floatilla_domain::events::{Event, EventKind};
 use floatilla_domain::{GroupId, Role, TenantId, TimerChange, TimerProfile};
 use floatilla_store::{Preregistered, Preregistration};
@@ -70,7 +70,7 @@ pub async fn accept(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceView>> {
-    decide(&state, caller, &id, EnrollmentState::Accepted).await
+    decide(&state, caller, &id, EnrollmentDecision::Accept).await
 }
 
 /// Rejects a router: its credentials are revoked, its channel ends, and it cannot enroll again
@@ -82,38 +82,38 @@ pub async fn reject(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceView>> {
-    decide(&state, caller, &id, EnrollmentState::Rejected).await
+    decide(&state, caller, &id, EnrollmentDecision::Reject).await
 }
 
 async fn decide(
     state: &AppState,
     caller: Caller,
     id: &str,
-    decision: EnrollmentState,
+    decision: EnrollmentDecision,
 ) -> Result<Json<DeviceView>> {
     let tenant = caller.require(Role::Admin)?;
     let device = load(state, tenant, id).await?;
     let now = state.clock.now();
     let reenroll_until = now + chrono::Duration::hours(REENROLL_AFTER_ACCEPT_HOURS);
-    let device = state
-        .store
-        .decide_enrollment(tenant, device.id, decision, now, reenroll_until)
-        .await?;
-    let kind = if decision == EnrollmentState::Rejected {
-        crate::cluster::credentials_revoked(state, device.id).await;
-        EventKind::EnrollmentRejected
-    } else {
-        EventKind::EnrollmentAccepted
+    let kind = match decision {
+        EnrollmentDecision::Accept => EventKind::EnrollmentAccepted,
+        EnrollmentDecision::Reject => EventKind::EnrollmentRejected,
     };
     let message = format!(
-        "router {} ({}) was {decision} by API token {}",
-        device.name, device.serial, caller.token.name
+        "router {} ({}) was {} by API token {}",
+        device.name,
+        device.serial,
+        decision.state(),
+        caller.token.name
     );
-    crate::events::record(
-        state,
-        Event::new(tenant, now, kind, Some(device.id), message),
-    )
-    .await;
+    let event = Event::new(tenant, now, kind, Some(device.id), message);
+    let device = state
+        .store
+        .decide_enrollment(tenant, device.id, decision, reenroll_until, &event)
+        .await?;
+    if decision == EnrollmentDecision::Reject {
+        crate::cluster::credentials_revoked(state, device.id).await;
+    }
     Ok(Json(DeviceView::from(&device)))
 }
 

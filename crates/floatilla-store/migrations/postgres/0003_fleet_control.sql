@@ -10,10 +10,9 @@ ALTER TABLE devices ADD COLUMN enrollment TEXT NOT NULL DEFAULT 'accepted'
 CREATE INDEX devices_by_enrollment ON devices (tenant_id, enrollment, serial);
 
 -- A group's heartbeat timing; both or neither are set.
-ALTER TABLE groups ADD COLUMN ping_interval_secs BIGINT;
-ALTER TABLE groups ADD COLUMN pong_timeout_secs BIGINT;
-ALTER TABLE groups ADD CONSTRAINT groups_timer_profile CHECK (
-    (ping_interval_secs IS NULL) = (pong_timeout_secs IS NULL)
+ALTER TABLE groups ADD COLUMN ping_interval_secs BIGINT CHECK (ping_interval_secs > 0);
+ALTER TABLE groups ADD COLUMN pong_timeout_secs BIGINT CHECK (
+    pong_timeout_secs > 0 AND (ping_interval_secs IS NULL) = (pong_timeout_secs IS NULL)
 );
 
 -- Events keep the id of the router they are about, without a foreign key, so that deleting the
@@ -23,17 +22,21 @@ CREATE TABLE events (
     tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     at BIGINT NOT NULL,
     kind TEXT NOT NULL,
-    severity TEXT NOT NULL,
     device_id TEXT,
     message TEXT NOT NULL
 );
--- Ids are time-ordered: listings page newest first by id.
-CREATE INDEX events_by_tenant ON events (tenant_id, id);
-CREATE INDEX events_by_device ON events (device_id, kind, id) WHERE device_id IS NOT NULL;
+-- Listings go newest first by (at, id); a severity filter becomes a filter on kinds.
+CREATE INDEX events_by_tenant ON events (tenant_id, at, id);
+CREATE INDEX events_by_kind ON events (tenant_id, kind, at, id);
+CREATE INDEX events_by_device ON events (device_id, kind, at, id) WHERE device_id IS NOT NULL;
 CREATE INDEX events_by_time ON events (at);
 
 -- The server nodes sharing this database, with the last time each said it was alive: a node
 -- that stops saying so has its sessions closed by the others.
+-- A connect ends the device's other open sessions: found without reading its whole history.
+CREATE INDEX connection_history_open_by_device ON connection_history (device_id)
+    WHERE disconnected_at IS NULL;
+
 CREATE TABLE nodes (
     id TEXT PRIMARY KEY,
     heartbeat_at BIGINT NOT NULL
