@@ -128,6 +128,11 @@ impl RouterHost for AgentHost {
         match event {
             RouterEvent::Enrolled => tracing::info!(serial = %self.identity.serial, "enrolled"),
             RouterEvent::Connected => tracing::info!("connected"),
+            RouterEvent::License(license) => tracing::info!(
+                state = %license.state,
+                reason = license.reason.as_deref().unwrap_or("-"),
+                "license"
+            ),
             RouterEvent::Disconnected { reason } => {
                 tracing::info!(
                     reason = reason.as_deref().unwrap_or("connection ended"),

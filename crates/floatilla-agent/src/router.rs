@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use floatilla_protocol::{
     CallResult, DeviceMessage, EnrollRequest, EnrollmentTokenString, ErrorBody, Hello,
-    PROTOCOL_VERSION, ServerMessage, Status,
+    PROTOCOL_VERSION, ServerMessage, Status, WireLicense,
 };
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -44,6 +44,8 @@ pub struct Enrolled {
 pub enum RouterEvent {
     Enrolled,
     Connected,
+    /// The server told the router its license state (in WELCOME, then whenever it changes).
+    License(WireLicense),
     /// The connection ended; `reason` is what the server said, if anything.
     Disconnected {
         reason: Option<String>,
@@ -367,6 +369,7 @@ async fn serve(
         welcome.timers.reconnect_backoff_cap_secs.into(),
     ));
     host.event(RouterEvent::Connected);
+    host.event(RouterEvent::License(welcome.license.clone()));
     // Silence longer than a ping interval plus the pong timeout means the server is gone.
     let silence_limit = Duration::from_secs(
         u64::from(welcome.timers.ping_interval_secs)
@@ -448,6 +451,10 @@ async fn serve(
             }
             ServerMessage::Error(error) => {
                 tracing::warn!(%error, "the server refused something this router sent");
+                Ok(())
+            }
+            ServerMessage::License(license) => {
+                host.event(RouterEvent::License(license));
                 Ok(())
             }
             ServerMessage::Welcome(_) => Ok(()),

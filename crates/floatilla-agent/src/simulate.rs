@@ -44,6 +44,8 @@ pub struct Counters {
     pub started: AtomicU64,
     pub enrolled: AtomicU64,
     pub connected: AtomicU64,
+    /// Connected routers the server last told they hold a license seat.
+    pub licensed: AtomicU64,
     pub connects: AtomicU64,
     pub refused: AtomicU64,
     pub failures: AtomicU64,
@@ -52,8 +54,9 @@ pub struct Counters {
 impl Counters {
     pub fn line(&self, devices: u32) -> String {
         format!(
-            "{}/{devices} connected, {} started, {} enrolled, {} connects, {} refused, {} failed attempts",
+            "{}/{devices} connected ({} licensed), {} started, {} enrolled, {} connects, {} refused, {} failed attempts",
             self.connected.load(Ordering::Relaxed),
+            self.licensed.load(Ordering::Relaxed),
             self.started.load(Ordering::Relaxed),
             self.enrolled.load(Ordering::Relaxed),
             self.connects.load(Ordering::Relaxed),
@@ -147,6 +150,7 @@ struct VirtualRouter {
     counters: Arc<Counters>,
     started_at: Instant,
     online: AtomicBool,
+    licensed: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -196,6 +200,16 @@ impl RouterHost for VirtualRouter {
                     counters.connected.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            RouterEvent::License(license) => {
+                let licensed = license.state == "licensed";
+                if self.licensed.swap(licensed, Ordering::Relaxed) != licensed {
+                    if licensed {
+                        counters.licensed.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        counters.licensed.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            }
             RouterEvent::Disconnected { .. } => self.went_offline(),
             RouterEvent::Refused(error) => {
                 self.went_offline();
@@ -215,6 +229,9 @@ impl VirtualRouter {
     fn went_offline(&self) {
         if self.online.swap(false, Ordering::Relaxed) {
             self.counters.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.licensed.swap(false, Ordering::Relaxed) {
+            self.counters.licensed.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -288,6 +305,7 @@ impl Simulator {
                         counters: counters.clone(),
                         started_at: Instant::now(),
                         online: AtomicBool::new(false),
+                        licensed: AtomicBool::new(false),
                     });
                     let settings = RouterSettings {
                         connections: connections.clone(),

@@ -1,6 +1,7 @@
 //! What happened in a tenant that someone may need to know: the event log behind the API's
 //! `/events`, alarms and (later) notifications.
 
+use crate::licensing::LicenseReason;
 use crate::names::named_enum;
 use crate::{DeviceId, EventId, TenantId, Timestamp};
 
@@ -30,6 +31,43 @@ named_enum! {
         EnrollmentRefused = "enrollment_refused",
         /// One credential is used by more than one router at once: a cloned image.
         CredentialCloned = "credential_cloned",
+        /// A router's session took a free seat.
+        LicenseGranted = "license_granted",
+        /// A router gave its seat back: its linger after a dropped connection ended.
+        LicenseReleasedLingerExpired = "license_released_linger_expired",
+        /// A router was marked unmanaged.
+        LicenseReleasedUnmanaged = "license_released_unmanaged",
+        /// A router was deleted.
+        LicenseReleasedDeleted = "license_released_deleted",
+        /// The capacity dropped and a router last in line lost its seat.
+        LicenseShedCapacityDropped = "license_shed_capacity_dropped",
+        /// A pinned router took a router's seat.
+        LicenseShedPinnedPriority = "license_shed_pinned_priority",
+        /// An excess router got a seat.
+        LicenseRestored = "license_restored",
+        /// A router connected while every seat was taken.
+        LicenseDeniedPoolFull = "license_denied_pool_full",
+        /// Every seat of the pool is taken.
+        LicenseLimitReached = "license_limit_reached",
+        /// The licenses counting now grant a different capacity.
+        LicenseCapacityChanged = "license_capacity_changed",
+        /// More routers are pinned than there are seats.
+        LicensePinsExceedCapacity = "license_pins_exceed_capacity",
+    }
+}
+
+impl From<LicenseReason> for EventKind {
+    fn from(reason: LicenseReason) -> Self {
+        match reason {
+            LicenseReason::Granted => EventKind::LicenseGranted,
+            LicenseReason::ReleasedLingerExpired => EventKind::LicenseReleasedLingerExpired,
+            LicenseReason::ReleasedUnmanaged => EventKind::LicenseReleasedUnmanaged,
+            LicenseReason::ReleasedDeleted => EventKind::LicenseReleasedDeleted,
+            LicenseReason::ShedCapacityDropped => EventKind::LicenseShedCapacityDropped,
+            LicenseReason::ShedPinnedPriority => EventKind::LicenseShedPinnedPriority,
+            LicenseReason::Restored => EventKind::LicenseRestored,
+            LicenseReason::DeniedPoolFull => EventKind::LicenseDeniedPoolFull,
+        }
     }
 }
 
@@ -38,9 +76,20 @@ impl EventKind {
         match self {
             EventKind::RouterEnrolled
             | EventKind::EnrollmentRequested
-            | EventKind::EnrollmentAccepted => Severity::Info,
-            EventKind::EnrollmentRejected | EventKind::EnrollmentRefused => Severity::Warning,
-            EventKind::CredentialCloned => Severity::Alarm,
+            | EventKind::EnrollmentAccepted
+            | EventKind::LicenseGranted
+            | EventKind::LicenseReleasedLingerExpired
+            | EventKind::LicenseReleasedUnmanaged
+            | EventKind::LicenseReleasedDeleted
+            | EventKind::LicenseRestored
+            | EventKind::LicenseCapacityChanged => Severity::Info,
+            EventKind::EnrollmentRejected
+            | EventKind::EnrollmentRefused
+            | EventKind::LicenseShedCapacityDropped
+            | EventKind::LicenseShedPinnedPriority
+            | EventKind::LicenseDeniedPoolFull
+            | EventKind::LicenseLimitReached => Severity::Warning,
+            EventKind::CredentialCloned | EventKind::LicensePinsExceedCapacity => Severity::Alarm,
         }
     }
 }

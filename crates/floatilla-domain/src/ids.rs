@@ -64,3 +64,7 @@ id_type!(
     /// One control-channel connection of a router.
     SessionId
 );
+id_type!(
+    /// A license installed in a tenant's pool.
+    LicenseId
+);

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::enrollment::{EnrollmentPolicy, EnrollmentState};
+use crate::licensing::{LicenseReason, LicenseState};
 use crate::timers::TimerProfile;
 use crate::{
     ApiTokenId, ConnectionState, CredentialId, DeviceId, DisconnectReason, EnrollmentTokenId,
@@ -121,7 +122,31 @@ pub struct Device {
     pub status: DeviceStatus,
     /// Until when an admin allowed this serial to enroll again without its credential.
     pub reenroll_allowed_until: Option<Timestamp>,
+    pub license: DeviceLicense,
     pub created_at: Timestamp,
+}
+
+/// A router's standing in its tenant's license pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceLicense {
+    pub state: LicenseState,
+    /// Why it is in that state: the reason of its last transition (`None` before its first).
+    pub reason: Option<LicenseReason>,
+    /// Unmanaged routers never hold a seat.
+    pub managed: bool,
+    /// Pinned routers stand first in line.
+    pub pinned: bool,
+}
+
+impl Default for DeviceLicense {
+    fn default() -> Self {
+        Self {
+            state: LicenseState::Inactive,
+            reason: None,
+            managed: true,
+            pinned: false,
+        }
+    }
 }
 
 /// A router's proof of identity: a random secret of which only the SHA-256 is kept.
@@ -172,6 +197,7 @@ pub struct DeviceFilter {
     /// Case-insensitive substring of the serial or the name.
     pub query: Option<String>,
     pub group_id: Option<GroupId>,
+    pub license_state: Option<LicenseState>,
 }
 
 /// One page of a listing ordered by serial: `after` is the last serial of the previous page.

@@ -152,6 +152,9 @@ pub enum ServerMessage {
     },
     /// Something the router sent was refused; the server closes the connection after it.
     Error(ErrorBody),
+    /// The router's license state changed. Excess and unmanaged routers receive no management
+    /// tasks; the channel itself (heartbeats, credential renewal) carries on regardless.
+    License(WireLicense),
     /// The server ends the connection for a reason that is not the router's fault.
     Disconnect {
         reason: String,
@@ -169,6 +172,19 @@ pub struct Welcome {
     pub device_id: String,
     pub server_time: DateTime<Utc>,
     pub timers: WireTimers,
+    /// The router's license state as the session starts.
+    pub license: WireLicense,
+}
+
+/// A router's standing in its tenant's floating license pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireLicense {
+    /// `licensed`, `excess`, `inactive` or `unmanaged`.
+    pub state: String,
+    /// Why: the code of the router's last license transition (`granted`, `denied_pool_full`,
+    /// `shed_capacity_dropped`, ...), absent before its first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Why a message from the other side could not be read.
@@ -194,10 +210,11 @@ impl DecodeError {
 }
 
 const DEVICE_MESSAGE_TYPES: [&str; 4] = ["hello", "status", "result", "credential_ack"];
-const SERVER_MESSAGE_TYPES: [&str; 5] = [
+const SERVER_MESSAGE_TYPES: [&str; 6] = [
     "welcome",
     "call",
     "credential_renewal",
+    "license",
     "error",
     "disconnect",
 ];

@@ -3,11 +3,11 @@
 //! says it is alive; one that falls silent has its sessions closed by the others.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use floatilla_domain::{DeviceId, DisconnectReason, SessionId};
+use floatilla_domain::{DeviceId, DisconnectReason, SessionId, TenantId};
 use floatilla_protocol::CallResult;
-use floatilla_store::{CallOutcome, ClusterMessage, Received};
+use floatilla_store::{CallOutcome, ClusterMessage, Received, Store};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -90,6 +90,20 @@ fn retime_here(state: &AppState, device: Option<DeviceId>, change: TimerChange) 
             }
         }
         None => state.sessions.broadcast(|| SessionCommand::Retime(change)),
+    }
+}
+
+/// Tells the other nodes that a tenant's license pool or licenses changed.
+pub async fn pool_changed(store: &Arc<dyn Store>, node: &str, tenant: TenantId) {
+    if store.backend() == floatilla_store::Backend::Sqlite {
+        return;
+    }
+    let message = ClusterMessage::PoolChanged {
+        tenant,
+        node: node.to_owned(),
+    };
+    if let Err(error) = store.publish(&message).await {
+        tracing::warn!(%error, ?message, "cannot tell the other nodes");
     }
 }
 
@@ -218,6 +232,9 @@ async fn handle(state: &AppState, message: ClusterMessage) {
             change,
             node,
         } if node != me => retime_here(state, device, change),
+        ClusterMessage::PoolChanged { tenant, node } if node != me => {
+            state.licensing.refresh_soon(tenant);
+        }
         ClusterMessage::CredentialsRevoked { device, node } if node != me => {
             if let Some(local) = state.sessions.get(device) {
                 let _ = local.inbox.send(SessionCommand::RecheckCredential);
@@ -311,8 +328,10 @@ async fn end_if_superseded(state: &AppState, device: DeviceId, local: SessionId)
     }
 }
 
-/// After messages may have been lost, checks every local session against the database.
+/// After messages may have been lost, checks every local session against the database and
+/// rereads every license pool.
 async fn reconcile(state: &AppState) {
+    state.licensing.refresh_all_soon();
     let sessions = state.sessions.sessions();
     tracing::info!(
         sessions = sessions.len(),
@@ -368,7 +387,14 @@ async fn close_lost_node(state: &AppState, node: &str, now: floatilla_domain::Ti
         .await
     {
         Ok(closed) => {
-            tracing::warn!(node, closed, "a node fell silent; closed its sessions");
+            tracing::warn!(
+                node,
+                closed = closed.len(),
+                "a node fell silent; closed its sessions"
+            );
+            // Its routers' lingers count from when it was last heard of, not from now.
+            let dropped_at = now - NODE_TIMEOUT;
+            crate::licensing::sessions_closed(&state.licensing, &closed, dropped_at).await;
             if let Err(error) = state.store.forget_node(node).await {
                 tracing::warn!(%error, node, "cannot forget a silent node");
             }

@@ -42,6 +42,10 @@ pub struct ServerConfig {
     pub max_router_connections: usize,
     /// The most new router channels a second (a reconnect storm is spread out, not refused).
     pub max_connects_per_sec: u32,
+    /// How long a router's session (and its seat) outlives its dropped connection.
+    pub license_linger: chrono::Duration,
+    /// Accept licenses posted as plain JSON, unsigned: for tests, demos and development.
+    pub allow_unsigned_licenses: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +73,8 @@ impl Default for ServerConfig {
             retention: chrono::Duration::days(90),
             max_router_connections: 18_000,
             max_connects_per_sec: 10_000,
+            license_linger: chrono::Duration::minutes(10),
+            allow_unsigned_licenses: false,
         }
     }
 }

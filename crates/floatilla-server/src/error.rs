@@ -4,10 +4,13 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use floatilla_domain::Role;
+use floatilla_domain::licensing::PoolError;
 use floatilla_domain::model::TokenRefusal;
 use floatilla_protocol::ErrorBody;
 use floatilla_store::StoreError;
 use http::StatusCode;
+
+use crate::licensing::PoolFailure;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,6 +62,8 @@ pub enum Error {
     UnsupportedProtocolVersion(u32),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Pool(#[from] PoolFailure),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -103,6 +108,11 @@ impl Error {
             Error::Store(StoreError::NotFound(_)) => "not_found",
             Error::Store(StoreError::Conflict(_)) => "conflict",
             Error::Store(_) => "internal_error",
+            Error::Pool(PoolFailure::Refused(PoolError::PinsExceedCapacity { .. })) => {
+                "pins_exceed_capacity"
+            }
+            Error::Pool(PoolFailure::Refused(PoolError::UnknownRouter)) => "not_found",
+            Error::Pool(PoolFailure::Store(_)) => "internal_error",
         }
     }
 
@@ -118,15 +128,22 @@ impl Error {
             | Error::SerialNotPreregistered(_)
             | Error::EnrollmentRejected
             | Error::EnrollmentPending => StatusCode::FORBIDDEN,
-            Error::NotFound(_) | Error::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
+            Error::NotFound(_)
+            | Error::Store(StoreError::NotFound(_))
+            | Error::Pool(PoolFailure::Refused(PoolError::UnknownRouter)) => StatusCode::NOT_FOUND,
             Error::Invalid { .. } | Error::UnsupportedProtocolVersion(_) => StatusCode::BAD_REQUEST,
             Error::Conflict(_)
             | Error::InvalidState { .. }
             | Error::SerialAlreadyEnrolled(_)
             | Error::CredentialInUse
-            | Error::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
+            | Error::Store(StoreError::Conflict(_))
+            | Error::Pool(PoolFailure::Refused(PoolError::PinsExceedCapacity { .. })) => {
+                StatusCode::CONFLICT
+            }
             Error::CallTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Store(_) | Error::Pool(PoolFailure::Store(_)) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

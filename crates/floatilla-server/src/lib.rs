@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod gateway;
 pub mod installation;
+pub mod licensing;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod server;

@@ -3,6 +3,8 @@
 use std::sync::OnceLock;
 
 use floatilla_domain::DisconnectReason;
+use floatilla_domain::events::EventKind;
+use floatilla_domain::licensing::LicenseReason;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const ROUTERS_CONNECTED: &str = "floatilla_routers_connected";
@@ -11,6 +13,8 @@ pub const ROUTER_DISCONNECTS: &str = "floatilla_router_disconnects_total";
 pub const DEVICE_MESSAGES: &str = "floatilla_device_messages_total";
 pub const DEVICE_REFUSALS: &str = "floatilla_device_refusals_total";
 pub const ENROLLMENTS: &str = "floatilla_enrollments_total";
+pub const LICENSE_TRANSITIONS: &str = "floatilla_license_transitions_total";
+pub const LICENSE_POOL_EVENTS: &str = "floatilla_license_pool_events_total";
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn handle() -> PrometheusHandle {
@@ -41,6 +45,14 @@ fn describe() {
     );
     metrics::describe_counter!(DEVICE_REFUSALS, "Bad input from routers, by error code.");
     metrics::describe_counter!(ENROLLMENTS, "Enrollment attempts, by result.");
+    metrics::describe_counter!(
+        LICENSE_TRANSITIONS,
+        "Routers' license state changes decided on this node, by reason."
+    );
+    metrics::describe_counter!(
+        LICENSE_POOL_EVENTS,
+        "License pool events decided on this node, by kind."
+    );
 }
 
 pub fn connected(count: usize) {
@@ -65,4 +77,12 @@ pub fn refusal(code: &'static str) {
 
 pub fn enrollment(result: &'static str) {
     metrics::counter!(ENROLLMENTS, "result" => result).increment(1);
+}
+
+pub fn license_transition(reason: LicenseReason) {
+    metrics::counter!(LICENSE_TRANSITIONS, "reason" => reason.as_str()).increment(1);
+}
+
+pub fn license_pool_event(kind: EventKind) {
+    metrics::counter!(LICENSE_POOL_EVENTS, "kind" => kind.as_str()).increment(1);
 }

@@ -24,6 +24,7 @@ use crate::gateway::admission::Admission;
 use crate::gateway::last_seen::LastSeen;
 use crate::gateway::registry::SessionRegistry;
 use crate::installation::Installation;
+use crate::licensing::Pools;
 use crate::state::AppState;
 use crate::tls::{self, CertificateAuthority, LEAF_RENEW_BEFORE_DAYS, LeafResolver, TlsError};
 
@@ -180,19 +181,6 @@ pub async fn start(
     if config.node_id.is_empty() {
         config.node_id = crate::config::default_node_id(local_addr.port());
     }
-    // Sessions this node left open when it last stopped uncleanly are over.
-    let closed = store
-        .close_node_sessions(
-            &config.node_id,
-            clock.now(),
-            floatilla_domain::DisconnectReason::ConnectionLost,
-        )
-        .await
-        .map_err(Error::from)?;
-    if closed > 0 {
-        tracing::warn!(closed, node = %config.node_id, "closed sessions left open by an earlier run");
-    }
-
     let names = tls::leaf_names(local_addr.ip(), &config.hostnames);
     let resolver = Arc::new(LeafResolver::new(ca.issue_leaf(&names, clock.now())?)?);
     let device_tls = tls::server_config(resolver.clone())?;
@@ -216,13 +204,38 @@ pub async fn start(
         config.max_router_connections,
         config.max_connects_per_sec,
     ));
+    let sessions = Arc::new(SessionRegistry::default());
+    let licensing = Pools::open(
+        store.clone(),
+        config.node_id.clone(),
+        clock.clone(),
+        sessions.clone(),
+        config.license_linger,
+    )
+    .await
+    .map_err(Error::from)?;
+    // Sessions this node left open when it last stopped uncleanly are over; their routers'
+    // lingers start now (the outage did not count against them).
+    let closed = store
+        .close_node_sessions(
+            &config.node_id,
+            clock.now(),
+            floatilla_domain::DisconnectReason::ConnectionLost,
+        )
+        .await
+        .map_err(Error::from)?;
+    if !closed.is_empty() {
+        tracing::warn!(closed = closed.len(), node = %config.node_id, "closed sessions left open by an earlier run");
+    }
+    crate::licensing::sessions_closed(&licensing, &closed, clock.now()).await;
     let state = AppState {
         store: store.clone(),
         clock: clock.clone(),
         config: Arc::new(config),
         installation: Arc::new(installation),
         ca: ca.clone(),
-        sessions: Arc::new(SessionRegistry::default()),
+        licensing: licensing.clone(),
+        sessions,
         last_seen: Arc::new(LastSeen::default()),
         admission,
         forwarded_calls: Arc::default(),
@@ -266,6 +279,7 @@ pub async fn start(
     background.spawn(prune_expired(state.clone()));
     background.spawn(crate::cluster::listen(state.clone()));
     background.spawn(crate::cluster::watch_nodes(state.clone()));
+    background.spawn(licensing.run_timers(http_shutdown.clone()));
 
     Ok(RunningServer {
         local_addr,

@@ -13,6 +13,7 @@ use crate::gateway::admission::Admission;
 use crate::gateway::last_seen::LastSeen;
 use crate::gateway::registry::SessionRegistry;
 use crate::installation::Installation;
+use crate::licensing::Pools;
 use crate::tls::CertificateAuthority;
 
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     pub installation: Arc<Installation>,
     pub ca: Arc<CertificateAuthority>,
+    /// This node's view of the tenants' license pools, through which every change goes.
+    pub licensing: Arc<Pools>,
     pub sessions: Arc<SessionRegistry>,
     pub last_seen: Arc<LastSeen>,
     /// The cap on open router channels and the rate of new ones.

@@ -3,7 +3,7 @@
 //! LISTEN/NOTIFY; an SQLite installation is a single node, so it has no one to tell.
 
 use async_trait::async_trait;
-use floatilla_domain::{DeviceId, SessionId, TimerChange, Timestamp};
+use floatilla_domain::{DeviceId, SessionId, TenantId, TimerChange, Timestamp};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -35,6 +35,8 @@ pub enum ClusterMessage {
     /// Some of the router's credentials were revoked on `node`: a session elsewhere that runs
     /// on one of them ends.
     CredentialsRevoked { device: DeviceId, node: String },
+    /// `node` changed the tenant's license pool or licenses: the others read what changed.
+    PoolChanged { tenant: TenantId, node: String },
     /// Run a call on the router's session, wherever it is, and answer to node `from`.
     Call {
         call: Uuid,

@@ -6,6 +6,7 @@ mod cluster;
 mod enrollment;
 mod error;
 mod events;
+mod licensing;
 mod postgres;
 mod rows;
 mod shared;
@@ -17,6 +18,10 @@ pub use cluster::{CallOutcome, Cluster, ClusterMessage, Received, Subscription};
 pub use enrollment::{EnrollmentControl, Preregistered, Preregistration};
 pub use error::StoreError;
 pub use events::EventLog;
+pub use licensing::{
+    License, LicensePools, PoolHead, PoolHistory, PoolPosition, PoolRead, PoolStep, PoolWrite,
+    RouterWrite,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -86,6 +91,14 @@ pub struct Enrollment {
     pub event: Event,
 }
 
+/// A session closed for a node that stopped without closing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClosedSession {
+    pub tenant: TenantId,
+    pub device: DeviceId,
+    pub session: SessionId,
+}
+
 /// A change to a group. `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct GroupPatch {
@@ -104,7 +117,9 @@ pub struct DevicePatch {
 
 /// Everything Floatilla persists. Every method is a single transaction.
 #[async_trait]
-pub trait Store: EventLog + EnrollmentControl + Cluster + Send + Sync + 'static {
+pub trait Store:
+    EventLog + EnrollmentControl + Cluster + LicensePools + Send + Sync + 'static
+{
     fn backend(&self) -> Backend;
 
     /// Whether the database answers: for health checks.
@@ -234,13 +249,13 @@ pub trait Store: EventLog + EnrollmentControl + Cluster + Send + Sync + 'static 
     /// Heartbeat bookkeeping for many devices in one transaction.
     async fn record_last_seen(&self, seen: &[(DeviceId, Timestamp)]) -> Result<()>;
     /// Closes every open session of a node (after it stopped without closing them) with
-    /// `reason`; returns how many were closed.
+    /// `reason`; returns the routers and sessions it closed.
     async fn close_node_sessions(
         &self,
         node_id: &str,
         at: Timestamp,
         reason: DisconnectReason,
-    ) -> Result<u64>;
+    ) -> Result<Vec<ClosedSession>>;
     /// The device's connections, newest first.
     async fn connection_history(
         &self,

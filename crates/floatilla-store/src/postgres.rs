@@ -9,6 +9,7 @@ use sqlx::{Connection, Postgres, Transaction};
 use crate::cluster::{CHANNEL, ClusterMessage, Subscription, impl_cluster};
 use crate::enrollment::impl_enrollment_control;
 use crate::events::impl_event_log;
+use crate::licensing::impl_license_pools;
 use crate::shared::{check_schema_version, impl_store};
 use crate::{Backend, Result};
 
@@ -29,6 +30,26 @@ pub struct PgStore {
 impl PgStore {
     const BACKEND: Backend = Backend::Postgres;
     const CASE_INSENSITIVE_LIKE: &'static str = "ILIKE";
+
+    const LOCK_POOL: &'static str = "SELECT version, next_place, capacity, licenses_revision, \
+        usage_at, usage_managed, usage_licensed, usage_excess \
+        FROM license_pools WHERE tenant_id = $1 FOR UPDATE";
+    const LOCK_SERVICE_CLOCK: &'static str =
+        "SELECT downtime_ms, alive_at FROM service_clock WHERE id = 1 FOR UPDATE";
+    const INSERT_POOL_LOG: &'static str = "INSERT INTO license_log (tenant_id, position, op) \
+        SELECT tenant_id, position, op FROM jsonb_to_recordset($1::jsonb) \
+        AS r(tenant_id TEXT, position BIGINT, op TEXT)";
+    const UPDATE_POOL_ROUTERS: &'static str = "UPDATE devices d SET \
+        managed = r.managed, pinned = r.pinned, license_place = r.place, \
+        license_session = r.session, linger_until = r.linger_until, license_state = r.state, \
+        license_reason = COALESCE(r.reason, d.license_reason) \
+        FROM jsonb_to_recordset($1::jsonb) AS r(id TEXT, managed BOOLEAN, pinned BOOLEAN, \
+        place BIGINT, session TEXT, linger_until BIGINT, state TEXT, reason TEXT) \
+        WHERE d.id = r.id AND d.tenant_id = $2";
+    const INSERT_EVENTS: &'static str = "INSERT INTO events \
+        (id, tenant_id, at, kind, device_id, message) \
+        SELECT id, tenant_id, at, kind, device_id, message FROM jsonb_to_recordset($1::jsonb) \
+        AS r(id TEXT, tenant_id TEXT, at BIGINT, kind TEXT, device_id TEXT, message TEXT)";
 
     /// Connects to the database at `url` (`postgres://…`) and brings its schema up to date.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -124,3 +145,4 @@ impl_store!(PgStore);
 impl_event_log!(PgStore);
 impl_enrollment_control!(PgStore);
 impl_cluster!(PgStore);
+impl_license_pools!(PgStore);

@@ -7,12 +7,17 @@ use std::str::FromStr;
 use chrono::DateTime;
 use floatilla_domain::events::{Event, EventKind};
 use floatilla_domain::model::{
-    ApiToken, ConnectionRecord, Credential, Device, DeviceStatus, EnrollmentToken, Group, Tenant,
+    ApiToken, ConnectionRecord, Credential, Device, DeviceLicense, DeviceStatus, EnrollmentToken,
+    Group, Tenant,
 };
 use floatilla_domain::{ConnectionState, DisconnectReason, Role, TimerProfile, Timestamp};
 use sqlx::FromRow;
 
-use crate::{Result, StoreError};
+use floatilla_domain::licensing::{
+    Capacity, LedgerRouter, LicenseTerm, Seats, ServiceInstant, UsageBucket, UsageSample,
+};
+
+use crate::{License, PoolHead, Result, StoreError};
 
 /// A timestamp as stored: milliseconds since the epoch. Finer precision is dropped.
 pub(crate) fn millis(at: Timestamp) -> i64 {
@@ -177,6 +182,10 @@ pub(crate) struct DeviceRow {
     last_disconnect_reason: Option<String>,
     status: String,
     reenroll_allowed_until: Option<i64>,
+    license_state: String,
+    license_reason: Option<String>,
+    managed: bool,
+    pinned: bool,
     created_at: i64,
 }
 
@@ -219,6 +228,12 @@ impl TryFrom<DeviceRow> for Device {
                 "devices.reenroll_allowed_until",
                 row.reenroll_allowed_until,
             )?,
+            license: DeviceLicense {
+                state: parse("devices.license_state", &row.license_state)?,
+                reason: opt_parse("devices.license_reason", row.license_reason.as_deref())?,
+                managed: row.managed,
+                pinned: row.pinned,
+            },
             created_at: timestamp("devices.created_at", row.created_at)?,
         })
     }
@@ -333,4 +348,131 @@ where
     T: TryFrom<R, Error = StoreError>,
 {
     rows.into_iter().map(T::try_from).collect()
+}
+
+#[derive(FromRow)]
+pub(crate) struct LicenseRow {
+    id: String,
+    tenant_id: String,
+    name: String,
+    seats: Option<i64>,
+    not_before: i64,
+    not_after: Option<i64>,
+    grace_until: Option<i64>,
+    created_at: i64,
+}
+
+impl TryFrom<LicenseRow> for License {
+    type Error = StoreError;
+    fn try_from(row: LicenseRow) -> Result<Self> {
+        let seats = match row.seats {
+            None => Seats::Unlimited,
+            Some(n) => Seats::Count(count("licenses.seats", n)?),
+        };
+        Ok(License {
+            id: parse("licenses.id", &row.id)?,
+            tenant_id: parse("licenses.tenant_id", &row.tenant_id)?,
+            name: row.name,
+            term: LicenseTerm {
+                seats,
+                not_before: timestamp("licenses.not_before", row.not_before)?,
+                not_after: opt_timestamp("licenses.not_after", row.not_after)?,
+                grace_until: opt_timestamp("licenses.grace_until", row.grace_until)?,
+            },
+            created_at: timestamp("licenses.created_at", row.created_at)?,
+        })
+    }
+}
+
+fn unsigned(column: &str, value: i64) -> Result<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column}: {value}")))
+}
+
+#[derive(FromRow)]
+pub(crate) struct PoolHeadRow {
+    version: i64,
+    next_place: i64,
+    capacity: Option<i64>,
+    licenses_revision: i64,
+    usage_at: Option<i64>,
+    usage_managed: i64,
+    usage_licensed: i64,
+    usage_excess: i64,
+}
+
+impl TryFrom<PoolHeadRow> for PoolHead {
+    type Error = StoreError;
+    fn try_from(row: PoolHeadRow) -> Result<Self> {
+        let usage = match row.usage_at {
+            None => None,
+            Some(at) => Some(UsageSample {
+                at: timestamp("license_pools.usage_at", at)?,
+                managed_live: unsigned("license_pools.usage_managed", row.usage_managed)?,
+                licensed: unsigned("license_pools.usage_licensed", row.usage_licensed)?,
+                excess: unsigned("license_pools.usage_excess", row.usage_excess)?,
+            }),
+        };
+        Ok(PoolHead {
+            version: unsigned("license_pools.version", row.version)?,
+            next_place: unsigned("license_pools.next_place", row.next_place)?,
+            capacity: match row.capacity {
+                None => Capacity::Unlimited,
+                Some(n) => Capacity::Limited(unsigned("license_pools.capacity", n)?),
+            },
+            licenses_revision: unsigned("license_pools.licenses_revision", row.licenses_revision)?,
+            usage,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct LedgerRow {
+    id: String,
+    managed: bool,
+    pinned: bool,
+    license_place: Option<i64>,
+    license_session: Option<String>,
+    linger_until: Option<i64>,
+    license_state: String,
+}
+
+impl TryFrom<LedgerRow> for LedgerRouter {
+    type Error = StoreError;
+    fn try_from(row: LedgerRow) -> Result<Self> {
+        Ok(LedgerRouter {
+            device: parse("devices.id", &row.id)?,
+            managed: row.managed,
+            pinned: row.pinned,
+            place: row
+                .license_place
+                .map(|p| unsigned("devices.license_place", p))
+                .transpose()?,
+            session: opt_parse("devices.license_session", row.license_session.as_deref())?,
+            linger_until: row.linger_until.map(ServiceInstant::from_millis),
+            state: parse("devices.license_state", &row.license_state)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct UsageRow {
+    bucket_start: i64,
+    peak_managed: i64,
+    peak_licensed: i64,
+    excess_router_millis: i64,
+}
+
+impl TryFrom<UsageRow> for UsageBucket {
+    type Error = StoreError;
+    fn try_from(row: UsageRow) -> Result<Self> {
+        Ok(UsageBucket {
+            start: timestamp("license_usage.bucket_start", row.bucket_start)?,
+            peak_managed: unsigned("license_usage.peak_managed", row.peak_managed)?,
+            peak_licensed: unsigned("license_usage.peak_licensed", row.peak_licensed)?,
+            excess_router_millis: unsigned(
+                "license_usage.excess_router_millis",
+                row.excess_router_millis,
+            )?,
+        })
+    }
 }

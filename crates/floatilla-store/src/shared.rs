@@ -85,7 +85,8 @@ macro_rules! select_devices {
             "d.group_id, g.name AS group_name, g.ping_interval_secs AS group_ping_interval_secs, ",
             "g.pong_timeout_secs AS group_pong_timeout_secs, d.enrollment, d.connection_state, d.connected_since, ",
             "d.last_seen, d.last_disconnect_at, d.last_disconnect_reason, d.status, ",
-            "d.reenroll_allowed_until, d.created_at ",
+            "d.reenroll_allowed_until, d.license_state, d.license_reason, d.managed, d.pinned, ",
+            "d.created_at ",
             "FROM devices d LEFT JOIN groups g ON g.id = d.group_id ",
             $where
         )
@@ -124,6 +125,10 @@ impl DeviceListing {
         if let Some(enrollment) = filter.enrollment {
             params.push(enrollment.as_str().to_owned());
             conditions.push(format!("d.enrollment = ${}", params.len()));
+        }
+        if let Some(state) = filter.license_state {
+            params.push(state.as_str().to_owned());
+            conditions.push(format!("d.license_state = ${}", params.len()));
         }
         if let Some(group) = filter.group_id {
             params.push(group.to_string());
@@ -1042,7 +1047,7 @@ macro_rules! impl_store {
                 node_id: &str,
                 at: ::floatilla_domain::Timestamp,
                 reason: ::floatilla_domain::DisconnectReason,
-            ) -> $crate::Result<u64> {
+            ) -> $crate::Result<Vec<$crate::ClosedSession>> {
                 let at = $crate::rows::millis(at);
                 let mut tx = self.begin_write().await?;
                 // Only devices whose current session is one of the node's: a device that has
@@ -1059,18 +1064,31 @@ macro_rules! impl_store {
                 .bind(reason.as_str())
                 .execute(&mut *tx)
                 .await?;
-                let closed = ::sqlx::query(
+                let closed: Vec<(String, String, String)> = ::sqlx::query_as(
                     "UPDATE connection_history SET disconnected_at = $2, reason = $3 \
-                     WHERE node_id = $1 AND disconnected_at IS NULL",
+                     WHERE node_id = $1 AND disconnected_at IS NULL \
+                     RETURNING (SELECT tenant_id FROM devices d \
+                     WHERE d.id = connection_history.device_id), device_id, session_id",
                 )
                 .bind(node_id)
                 .bind(at)
                 .bind(reason.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                .fetch_all(&mut *tx)
+                .await?;
                 tx.commit().await?;
-                Ok(closed)
+                closed
+                    .into_iter()
+                    .map(|(tenant, device, session)| {
+                        let corrupt = |e: ::uuid::Error| {
+                            $crate::StoreError::Corrupt(format!("connection_history: {e}"))
+                        };
+                        Ok($crate::ClosedSession {
+                            tenant: tenant.parse().map_err(corrupt)?,
+                            device: device.parse().map_err(corrupt)?,
+                            session: session.parse().map_err(corrupt)?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn connection_history(

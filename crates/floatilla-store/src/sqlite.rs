@@ -13,6 +13,7 @@ use sqlx::{Connection, Sqlite, Transaction};
 use crate::cluster::{ClusterMessage, Subscription, impl_cluster};
 use crate::enrollment::impl_enrollment_control;
 use crate::events::impl_event_log;
+use crate::licensing::impl_license_pools;
 use crate::shared::{check_schema_version, impl_store};
 use crate::{Backend, Result};
 
@@ -37,6 +38,25 @@ impl SqliteStore {
     const BACKEND: Backend = Backend::Sqlite;
     /// SQLite's `LIKE` already ignores case (for ASCII letters).
     const CASE_INSENSITIVE_LIKE: &'static str = "LIKE";
+
+    /// `BEGIN IMMEDIATE` already holds the database's write lock.
+    const LOCK_POOL: &'static str = "SELECT version, next_place, capacity, licenses_revision, \
+        usage_at, usage_managed, usage_licensed, usage_excess \
+        FROM license_pools WHERE tenant_id = $1";
+    const LOCK_SERVICE_CLOCK: &'static str =
+        "SELECT downtime_ms, alive_at FROM service_clock WHERE id = 1";
+    const INSERT_POOL_LOG: &'static str = "INSERT INTO license_log (tenant_id, position, op) \
+        SELECT value ->> 'tenant_id', value ->> 'position', value ->> 'op' FROM json_each($1)";
+    const UPDATE_POOL_ROUTERS: &'static str = "UPDATE devices SET \
+        managed = r.value ->> 'managed', pinned = r.value ->> 'pinned', \
+        license_place = r.value ->> 'place', license_session = r.value ->> 'session', \
+        linger_until = r.value ->> 'linger_until', license_state = r.value ->> 'state', \
+        license_reason = COALESCE(r.value ->> 'reason', license_reason) \
+        FROM json_each($1) AS r WHERE devices.id = r.value ->> 'id' AND devices.tenant_id = $2";
+    const INSERT_EVENTS: &'static str = "INSERT INTO events \
+        (id, tenant_id, at, kind, device_id, message) \
+        SELECT value ->> 'id', value ->> 'tenant_id', value ->> 'at', value ->> 'kind', \
+        value ->> 'device_id', value ->> 'message' FROM json_each($1)";
 
     /// Opens the database file, creating it and its directory when missing, and brings its
     /// schema up to date.
@@ -149,3 +169,4 @@ impl_store!(SqliteStore);
 impl_event_log!(SqliteStore);
 impl_enrollment_control!(SqliteStore);
 impl_cluster!(SqliteStore);
+impl_license_pools!(SqliteStore);

@@ -75,6 +75,34 @@ impl Capacity {
     }
 }
 
+/// Like [`Seats`]: a JSON number, or the string `"unlimited"`.
+impl Serialize for Capacity {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Capacity::Limited(n) => serializer.serialize_u64(*n),
+            Capacity::Unlimited => serializer.serialize_str("unlimited"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Capacity {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Count(u64),
+            Word(String),
+        }
+        match Wire::deserialize(deserializer)? {
+            Wire::Count(n) => Ok(Capacity::Limited(n)),
+            Wire::Word(word) if word == "unlimited" => Ok(Capacity::Unlimited),
+            Wire::Word(word) => Err(serde::de::Error::custom(format!(
+                "a capacity is a number or \"unlimited\", not \"{word}\""
+            ))),
+        }
+    }
+}
+
 impl fmt::Display for Capacity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -186,8 +186,15 @@ impl Pool {
 
     /// Every router the pool knows, as it would be stored.
     pub fn routers(&self) -> impl Iterator<Item = StoredRouter> + '_ {
-        self.routers.iter().map(|(device, router)| StoredRouter {
-            device: *device,
+        self.routers
+            .keys()
+            .filter_map(|device| self.router(*device))
+    }
+
+    /// One router as it would be stored.
+    pub fn router(&self, device: DeviceId) -> Option<StoredRouter> {
+        self.routers.get(&device).map(|router| StoredRouter {
+            device,
             managed: router.managed,
             pinned: router.pinned,
             session: router.session,

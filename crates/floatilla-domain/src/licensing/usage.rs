@@ -1,5 +1,7 @@
 //! License usage over time, for true-ups and audits: per hour or per day, the peak of concurrent
 //! managed routers, the peak of licensed ones, and how many router-minutes were spent in excess.
+//! The pool's counts are sampled after every change; each new sample adds its predecessor's
+//! share to the buckets it spans.
 
 use chrono::{Datelike, Duration, TimeZone, Timelike, Utc};
 
@@ -55,95 +57,50 @@ pub struct UsageBucket {
 }
 
 impl UsageBucket {
-    fn opening(start: Timestamp, level: &UsageSample) -> Self {
-        Self {
-            start,
-            peak_managed: level.managed_live,
-            peak_licensed: level.licensed,
-            excess_router_millis: 0,
-        }
-    }
-
     pub fn excess_router_minutes(&self) -> f64 {
         self.excess_router_millis as f64 / 60_000.0
     }
+
+    /// Folds in another share of the same bucket: peaks are the larger, excess adds up.
+    pub fn merge(&mut self, other: &UsageBucket) {
+        self.peak_managed = self.peak_managed.max(other.peak_managed);
+        self.peak_licensed = self.peak_licensed.max(other.peak_licensed);
+        self.excess_router_millis += other.excess_router_millis;
+    }
 }
 
-/// Folds samples of the pool's counts into buckets.
-#[derive(Debug, Clone)]
-pub struct UsageMeter {
+/// What the pool's counts contributed to each bucket from `last` (held until `next.at`) and
+/// `next` (from then on): one share per bucket touched, to merge into what the buckets hold.
+/// The counts of `last` are the peak of every bucket they were held in; `next`'s count in the
+/// bucket it starts. A `next` older than `last` counts from `last`'s instant.
+pub fn accrue(
+    last: &UsageSample,
+    next: &UsageSample,
     granularity: Granularity,
-    last: Option<UsageSample>,
-    open: Option<UsageBucket>,
-}
-
-impl UsageMeter {
-    pub fn new(granularity: Granularity) -> Self {
-        Self {
-            granularity,
-            last: None,
-            open: None,
-        }
-    }
-
-    /// Takes the counts from `sample.at` on, and answers the buckets that ended before it. A
-    /// sample older than the previous one counts from the previous one's instant.
-    pub fn record(&mut self, sample: UsageSample) -> Vec<UsageBucket> {
-        let Some(last) = self.last else {
-            self.open = Some(UsageBucket::opening(
-                self.granularity.bucket_start(sample.at),
-                &sample,
-            ));
-            self.last = Some(sample);
-            return Vec::new();
+) -> Vec<UsageBucket> {
+    let until = next.at.max(last.at);
+    let mut shares = Vec::new();
+    let mut start = granularity.bucket_start(last.at);
+    let mut from = last.at;
+    loop {
+        let end = start + granularity.length();
+        let stop = end.min(until);
+        let span = (stop - from).num_milliseconds().max(0) as u64;
+        let mut share = UsageBucket {
+            start,
+            peak_managed: last.managed_live,
+            peak_licensed: last.licensed,
+            excess_router_millis: last.excess * span,
         };
-        let sample = UsageSample {
-            at: sample.at.max(last.at),
-            ..sample
-        };
-        let closed = self.advance(sample.at);
-        if let Some(open) = &mut self.open {
-            open.peak_managed = open.peak_managed.max(sample.managed_live);
-            open.peak_licensed = open.peak_licensed.max(sample.licensed);
+        if end > until {
+            share.peak_managed = share.peak_managed.max(next.managed_live);
+            share.peak_licensed = share.peak_licensed.max(next.licensed);
+            shares.push(share);
+            return shares;
         }
-        self.last = Some(sample);
-        closed
-    }
-
-    /// The buckets that ended before `now`, the counts unchanged since the last sample.
-    pub fn close_until(&mut self, now: Timestamp) -> Vec<UsageBucket> {
-        match self.last {
-            Some(last) if now > last.at => self.advance(now),
-            _ => Vec::new(),
-        }
-    }
-
-    /// The bucket in progress, as far as it goes.
-    pub fn current(&self) -> Option<UsageBucket> {
-        self.open
-    }
-
-    /// Counts the last sample's excess up to `until`, closing buckets on the way.
-    fn advance(&mut self, until: Timestamp) -> Vec<UsageBucket> {
-        let (Some(mut last), Some(mut open)) = (self.last, self.open) else {
-            return Vec::new();
-        };
-        let mut closed = Vec::new();
-        loop {
-            let end = open.start + self.granularity.length();
-            let stop = end.min(until);
-            let span = (stop - last.at).num_milliseconds().max(0) as u64;
-            open.excess_router_millis += last.excess * span;
-            last.at = stop;
-            if end > until {
-                break;
-            }
-            closed.push(open);
-            open = UsageBucket::opening(end, &last);
-        }
-        self.open = Some(open);
-        self.last = Some(last);
-        closed
+        shares.push(share);
+        start = end;
+        from = end;
     }
 }
 
@@ -164,55 +121,76 @@ mod tests {
         }
     }
 
+    /// Folds a series of samples into buckets, as the store does.
+    fn fold(samples: &[UsageSample], granularity: Granularity) -> Vec<UsageBucket> {
+        let mut buckets: Vec<UsageBucket> = Vec::new();
+        for pair in samples.windows(2) {
+            for share in accrue(&pair[0], &pair[1], granularity) {
+                match buckets.iter_mut().find(|b| b.start == share.start) {
+                    Some(bucket) => bucket.merge(&share),
+                    None => buckets.push(share),
+                }
+            }
+        }
+        buckets
+    }
+
     #[test]
     fn hours_keep_their_peaks_and_excess_minutes() {
-        let mut meter = UsageMeter::new(Granularity::Hour);
-        assert!(meter.record(sample(at(1, 10, 0), 5, 3)).is_empty());
-        assert!(meter.record(sample(at(1, 10, 30), 8, 3)).is_empty());
-        let closed = meter.record(sample(at(1, 11, 15), 2, 2));
+        let buckets = fold(
+            &[
+                sample(at(1, 10, 0), 5, 3),
+                sample(at(1, 10, 30), 8, 3),
+                sample(at(1, 11, 15), 2, 2),
+                sample(at(1, 13, 0), 2, 2),
+            ],
+            Granularity::Hour,
+        );
+        assert_eq!(buckets.len(), 4);
         assert_eq!(
-            closed,
-            vec![UsageBucket {
+            buckets[0],
+            UsageBucket {
                 start: at(1, 10, 0),
                 peak_managed: 8,
                 peak_licensed: 3,
                 // 2 routers for 30 minutes, then 5 for 30 minutes.
                 excess_router_millis: (2 * 30 + 5 * 30) * 60_000,
-            }]
+            }
         );
-        let closed = meter.close_until(at(1, 13, 0));
-        assert_eq!(closed.len(), 2);
         // The level carried into 11:00 counts as that hour's peak.
-        assert_eq!(closed[0].start, at(1, 11, 0));
-        assert_eq!((closed[0].peak_managed, closed[0].peak_licensed), (8, 3));
-        assert_eq!(closed[0].excess_router_minutes(), 75.0);
-        assert_eq!(closed[1].start, at(1, 12, 0));
+        assert_eq!(buckets[1].start, at(1, 11, 0));
+        assert_eq!((buckets[1].peak_managed, buckets[1].peak_licensed), (8, 3));
+        assert_eq!(buckets[1].excess_router_minutes(), 75.0);
+        assert_eq!(buckets[2].start, at(1, 12, 0));
         assert_eq!(
-            (closed[1].peak_managed, closed[1].excess_router_millis),
+            (buckets[2].peak_managed, buckets[2].excess_router_millis),
             (2, 0)
         );
-        assert_eq!(meter.current().unwrap().start, at(1, 13, 0));
+        assert_eq!(buckets[3].start, at(1, 13, 0));
     }
 
     #[test]
     fn days_are_utc_days() {
-        let mut meter = UsageMeter::new(Granularity::Day);
-        meter.record(sample(at(1, 23, 0), 4, 1));
-        let closed = meter.record(sample(at(2, 1, 0), 0, 0));
-        assert_eq!(closed.len(), 1);
-        assert_eq!(closed[0].start, at(1, 0, 0));
-        assert_eq!(closed[0].excess_router_minutes(), 3.0 * 60.0);
-        assert_eq!(meter.current().unwrap().excess_router_minutes(), 3.0 * 60.0);
+        let buckets = fold(
+            &[sample(at(1, 23, 0), 4, 1), sample(at(2, 1, 0), 0, 0)],
+            Granularity::Day,
+        );
+        assert_eq!(buckets.len(), 2);
+        assert_eq!(buckets[0].start, at(1, 0, 0));
+        assert_eq!(buckets[0].excess_router_minutes(), 3.0 * 60.0);
+        assert_eq!(buckets[1].excess_router_minutes(), 3.0 * 60.0);
+        assert_eq!(buckets[1].peak_managed, 4);
     }
 
     #[test]
     fn a_late_sample_counts_from_the_previous_instant() {
-        let mut meter = UsageMeter::new(Granularity::Hour);
-        meter.record(sample(at(1, 10, 30), 3, 1));
-        meter.record(sample(at(1, 10, 20), 6, 1));
-        let bucket = meter.current().unwrap();
-        assert_eq!(bucket.peak_managed, 6);
-        assert_eq!(bucket.excess_router_millis, 0);
-        assert!(meter.close_until(at(1, 10, 0)).is_empty());
+        let shares = accrue(
+            &sample(at(1, 10, 30), 3, 1),
+            &sample(at(1, 10, 20), 6, 1),
+            Granularity::Hour,
+        );
+        assert_eq!(shares.len(), 1);
+        assert_eq!(shares[0].peak_managed, 6);
+        assert_eq!(shares[0].excess_router_millis, 0);
     }
 }

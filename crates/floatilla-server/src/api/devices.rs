@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use floatilla_domain::enrollment::EnrollmentState;
+use floatilla_domain::licensing::LicenseState;
 use floatilla_domain::model::{DeviceFilter, DeviceStatus, PageRequest};
 use floatilla_domain::{ConnectionState, DeviceId, Role, TenantId, TimerChange};
 use floatilla_store::DevicePatch;
@@ -36,6 +37,8 @@ pub struct ListQuery {
     group: Option<String>,
     /// `preregistered`, `pending`, `accepted` or `rejected`.
     enrollment: Option<String>,
+    /// `licensed`, `excess`, `inactive` or `unmanaged`.
+    license_state: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     limit: Option<u32>,
     /// The `next` of the previous page.
@@ -80,6 +83,12 @@ pub async fn list(
         .map(str::parse::<EnrollmentState>)
         .transpose()
         .map_err(|e| Error::invalid("invalid_enrollment_state", e))?;
+    let license_state = query
+        .license_state
+        .as_deref()
+        .map(str::parse::<LicenseState>)
+        .transpose()
+        .map_err(|e| Error::invalid("invalid_license_state", e))?;
     let group_id = match query.group.as_deref() {
         Some(name) => Some(group_id_by_name(&state, tenant, name).await?),
         None => None,
@@ -102,6 +111,7 @@ pub async fn list(
         enrollment,
         query: query.q.filter(|q| !q.trim().is_empty()),
         group_id,
+        license_state,
     };
     let page = state
         .store

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use floatilla_domain::licensing::{LicenseReason, LicenseState};
 use floatilla_domain::{DeviceId, DisconnectReason, SessionId, TimerChange};
 use floatilla_protocol::CallResult;
 use tokio::sync::{Notify, oneshot};
@@ -18,6 +19,11 @@ pub enum SessionCommand {
     RecheckCredential,
     /// A timer profile changed: ping on the new schedule from now on.
     Retime(TimerChange),
+    /// The router's license state is now this: tell it, if that is news.
+    License {
+        state: LicenseState,
+        reason: Option<LicenseReason>,
+    },
 }
 
 #[derive(Debug)]

@@ -13,11 +13,12 @@ use std::time::Duration;
 use floatilla_domain::clones::is_clone;
 use floatilla_domain::enrollment::EnrollmentState;
 use floatilla_domain::events::{Event, EventKind};
+use floatilla_domain::licensing::{LicenseReason, LicenseState};
 use floatilla_domain::model::{ConnectionRecord, Credential, Device, DeviceStatus};
 use floatilla_domain::{CredentialId, DisconnectReason, SessionId, TimerChange, Timers, Timestamp};
 use floatilla_protocol::{
     CallResult, DeviceCredential, DeviceMessage, ErrorBody, HELLO_TIMEOUT_SECS, Hello,
-    PROTOCOL_VERSION, ServerMessage, Status, Welcome, WireTimers, encode,
+    PROTOCOL_VERSION, ServerMessage, Status, Welcome, WireLicense, WireTimers, encode,
 };
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
@@ -32,6 +33,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::error::Error;
 use crate::gateway::credentials;
 use crate::gateway::registry::{CallRequest, Inbox, SessionCommand, SessionHandle};
+use crate::licensing::Request;
 use crate::metrics;
 use crate::state::AppState;
 
@@ -320,6 +322,15 @@ impl Session {
             },
         );
         crate::cluster::session_started(&state, device.id, session_id).await;
+        let connected = Request::Connected {
+            device: device.id,
+            session: session_id,
+        };
+        let standing = state.licensing.submit(device.tenant_id, connected).await?;
+        if let Some(standing) = standing {
+            device.license.state = standing.state;
+            device.license.reason = standing.reason.or(device.license.reason);
+        }
         metrics::connect();
         tracing::debug!(device = %device.id, serial = %device.serial, %remote, "router connected");
         Ok(Self {
@@ -403,6 +414,17 @@ impl Session {
                             next_ping = self.state.clock.now() + timers.ping_interval();
                         }
                     }
+                    SessionCommand::License { state, reason } => {
+                        if state != self.device.license.state {
+                            self.device.license.state = state;
+                            self.device.license.reason = reason;
+                            metrics::message("out", "license");
+                            let told = Box::pin(send_text(socket, &ServerMessage::License(wire_license(state, reason)))).await;
+                            if told.is_err() {
+                                return Ending::Quiet(DisconnectReason::ConnectionLost);
+                            }
+                        }
+                    }
                     SessionCommand::Call(request) => {
                         let CallRequest { method, params, reply } = *request;
                         if Box::pin(self.call(socket, method, params, reply)).await.is_err() {
@@ -474,6 +496,7 @@ impl Session {
                 pong_timeout_secs: timers.pong_timeout_secs,
                 reconnect_backoff_cap_secs: timers.reconnect_backoff_cap_secs,
             },
+            license: wire_license(self.device.license.state, self.device.license.reason),
         });
         send_text(socket, &welcome).await?;
         metrics::message("out", "welcome");
@@ -702,6 +725,19 @@ impl Session {
         {
             tracing::error!(%error, device = %self.device.id, %reason, "cannot record disconnect");
         }
+        let dropped = Request::Dropped {
+            device: self.device.id,
+            session: self.session_id,
+            at: now,
+        };
+        if let Err(error) = self
+            .state
+            .licensing
+            .submit(self.device.tenant_id, dropped)
+            .await
+        {
+            tracing::error!(%error, device = %self.device.id, "cannot start the session's linger");
+        }
         tracing::debug!(device = %self.device.id, %reason, "router disconnected");
     }
 }
@@ -739,6 +775,13 @@ async fn refuse_clone(
         tracing::warn!(device = %device.id, serial = %device.serial, in_place, newcomer = %newcomer.remote_addr, "cloned router credential");
     }
     Err(Error::CredentialInUse)
+}
+
+fn wire_license(state: LicenseState, reason: Option<LicenseReason>) -> WireLicense {
+    WireLicense {
+        state: state.as_str().to_owned(),
+        reason: reason.map(|reason| reason.as_str().to_owned()),
+    }
 }
 
 /// The router's clock error in whole seconds, when it is beyond the tolerance.
