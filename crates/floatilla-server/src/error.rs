@@ -20,6 +20,12 @@ pub enum Error {
     Forbidden(Role),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// This server does not do that, whoever asks.
+    #[error("{message}")]
+    NotAllowed {
+        code: &'static str,
+        message: &'static str,
+    },
     /// The request is well formed but its content is not acceptable.
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
@@ -88,6 +94,7 @@ impl Error {
             Error::Unauthenticated => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
+            Error::NotAllowed { code, .. } => code,
             Error::Invalid { code, .. } => code,
             Error::Conflict(_) => "conflict",
             Error::InvalidState { code, .. } => code,
@@ -124,6 +131,7 @@ impl Error {
             | Error::CredentialExpired
             | Error::CredentialRevoked => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_)
+            | Error::NotAllowed { .. }
             | Error::EnrollmentTokenRefused(_)
             | Error::SerialNotPreregistered(_)
             | Error::EnrollmentRejected

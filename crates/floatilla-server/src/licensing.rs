@@ -94,11 +94,10 @@ impl From<StoreError> for PoolFailure {
 }
 
 /// A pool's figures for the API.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct PoolSummary {
     pub capacity: Capacity,
     pub counts: PoolCounts,
-    pub terms: Vec<LicenseTerm>,
 }
 
 /// Where a router stands after a change.
@@ -221,17 +220,14 @@ impl Pools {
     }
 
     /// The pool's capacity and counts, brought up to date first.
-    pub async fn summary(&self, tenant: TenantId) -> Result<PoolSummary, StoreError> {
-        self.submit(tenant, Request::Sweep)
-            .await
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    pub async fn summary(&self, tenant: TenantId) -> Result<PoolSummary, PoolFailure> {
+        self.submit(tenant, Request::Sweep).await?;
         let pool = self.tenant(tenant);
         let copy = pool.copy.lock().await;
         let ledger = copy.ledger.as_ref();
         Ok(PoolSummary {
             capacity: ledger.map_or(Capacity::Limited(0), Ledger::capacity),
             counts: ledger.map(Ledger::counts).unwrap_or_default(),
-            terms: copy.terms().to_vec(),
         })
     }
 

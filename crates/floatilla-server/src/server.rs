@@ -115,6 +115,32 @@ impl RunningServer {
         Ok(text)
     }
 
+    /// The on-premises tenant's licenses.
+    pub async fn licenses(&self) -> Result<Vec<floatilla_store::License>, Error> {
+        Ok(self.state.store.licenses(self.on_prem_tenant()?).await?)
+    }
+
+    /// Adds an unsigned license to the on-premises tenant's pool (the server must accept
+    /// them): for programs that embed a server (the demo).
+    pub async fn add_unsigned_license(
+        &self,
+        name: &str,
+        seats: floatilla_domain::licensing::Seats,
+        not_after: Option<floatilla_domain::Timestamp>,
+    ) -> Result<(), Error> {
+        let tenant = self.on_prem_tenant()?;
+        crate::api::licensing::add_unsigned_license(
+            &self.state,
+            tenant,
+            name,
+            seats,
+            None,
+            not_after,
+        )
+        .await
+        .map(|_| ())
+    }
+
     fn on_prem_tenant(&self) -> Result<floatilla_domain::TenantId, Error> {
         self.state.installation.on_prem_tenant.ok_or_else(|| {
             Error::invalid("tenant_required", "a cloud installation has many tenants")

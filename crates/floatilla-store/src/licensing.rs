@@ -120,6 +120,8 @@ pub trait LicensePools {
         known: PoolPosition,
         step: &mut PoolStep<'_>,
     ) -> Result<bool>;
+    /// The pool's head, without the lock; `None` before its first change.
+    async fn pool_head(&self, tenant: TenantId) -> Result<Option<PoolHead>>;
     /// The same read without the lock, for a node that only follows.
     async fn read_pool(&self, tenant: TenantId, known: PoolPosition) -> Result<PoolRead>;
 
@@ -309,6 +311,21 @@ macro_rules! impl_license_pools {
                 .await?;
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            async fn pool_head(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+            ) -> $crate::Result<Option<$crate::PoolHead>> {
+                let head: Option<$crate::rows::PoolHeadRow> = ::sqlx::query_as(
+                    "SELECT version, next_place, capacity, licenses_revision, usage_at, \
+                     usage_managed, usage_licensed, usage_excess \
+                     FROM license_pools WHERE tenant_id = $1",
+                )
+                .bind(tenant.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+                head.map(TryInto::try_into).transpose()
             }
 
             async fn read_pool(

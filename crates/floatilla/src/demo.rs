@@ -8,8 +8,9 @@ use anyhow::Context;
 use clap::Args;
 use floatilla_agent::ServerAddress;
 use floatilla_agent::simulate::{Simulator, SimulatorConfig};
+use floatilla_domain::licensing::Seats;
 use floatilla_domain::{Role, SystemClock};
-use floatilla_server::ServerConfig;
+use floatilla_server::{RunningServer, ServerConfig};
 
 use crate::options::{raise_open_file_limit, wait_for_signal};
 use crate::storage::StorageOptions;
@@ -28,6 +29,26 @@ pub struct DemoCommand {
 }
 
 impl DemoCommand {
+    /// On the first run, licenses for most of the fleet, part of them for 15 minutes only, so
+    /// the pool sheds routers while you watch. Answers what it installed.
+    async fn give_seats(&self, server: &RunningServer) -> anyhow::Result<Option<String>> {
+        if !server.licenses().await?.is_empty() {
+            return Ok(None);
+        }
+        let permanent = self.devices * 7 / 10;
+        let temporary = self.devices / 5;
+        server
+            .add_unsigned_license("demo: permanent", Seats::Count(permanent), None)
+            .await?;
+        let ends = chrono::Utc::now() + chrono::Duration::minutes(15);
+        server
+            .add_unsigned_license("demo: 15 minutes", Seats::Count(temporary), Some(ends))
+            .await?;
+        Ok(Some(format!(
+            "Licenses: {permanent} permanent seats and {temporary} more for 15 minutes; the rest of the fleet is excess."
+        )))
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         raise_open_file_limit();
         let storage = StorageOptions {
@@ -37,6 +58,7 @@ impl DemoCommand {
         let store = storage.open().await?;
         let config = ServerConfig {
             listen: self.listen,
+            allow_unsigned_licenses: true,
             ..ServerConfig::default()
         };
         let server = floatilla_server::start(config, store, Arc::new(SystemClock))
@@ -46,6 +68,7 @@ impl DemoCommand {
         let ca_file = self.data_dir.join("ca.pem");
         std::fs::write(&ca_file, server.ca_certificate_pem())?;
         let api_token = server.create_api_token("demo", Role::Admin).await?;
+        let seats = self.give_seats(&server).await?;
         let enroll_token = server
             .create_enrollment_token("demo fleet", chrono::Duration::days(1))
             .await?;
@@ -63,11 +86,18 @@ impl DemoCommand {
             "Floatilla demo: {} simulated routers are connecting.",
             self.devices
         );
+        if let Some(seats) = seats {
+            println!("{seats}");
+        }
         println!("  API token:      {api_token}");
         println!("  CA certificate: {}", ca_file.display());
         println!();
         println!(
             "  curl --cacert {} -H 'Authorization: Bearer {api_token}' {url}/api/v1/devices?limit=5",
+            ca_file.display()
+        );
+        println!(
+            "  curl --cacert {} -H 'Authorization: Bearer {api_token}' {url}/api/v1/license-pool",
             ca_file.display()
         );
         println!("  curl --cacert {} {url}/metrics", ca_file.display());

@@ -76,6 +76,14 @@ struct ServeOptions {
     /// every device connection must start with its header [default: false].
     #[arg(long, env = "FLOATILLA_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true")]
     proxy_protocol: Option<bool>,
+    /// How long a router keeps its license seat after its connection drops, in seconds
+    /// [default: 600].
+    #[arg(long, env = "FLOATILLA_LICENSE_LINGER_SECS")]
+    license_linger_secs: Option<u32>,
+    /// Accept unsigned licenses posted as JSON to /api/v1/licenses: for tests, demos and
+    /// development, never production [default: false].
+    #[arg(long, env = "FLOATILLA_ALLOW_UNSIGNED_LICENSES", num_args = 0..=1, default_missing_value = "true")]
+    allow_unsigned_licenses: Option<bool>,
 }
 
 impl ServeOptions {
@@ -101,6 +109,10 @@ impl ServeOptions {
             max_connects_per_sec: self.max_connects_per_sec.or(file.max_connects_per_sec),
             node_id: self.node_id.or(file.node_id),
             proxy_protocol: self.proxy_protocol.or(file.proxy_protocol),
+            license_linger_secs: self.license_linger_secs.or(file.license_linger_secs),
+            allow_unsigned_licenses: self
+                .allow_unsigned_licenses
+                .or(file.allow_unsigned_licenses),
         }
     }
 
@@ -134,6 +146,12 @@ impl ServeOptions {
             },
             node_id: self.node_id.clone().unwrap_or_default(),
             proxy_protocol: self.proxy_protocol.unwrap_or(false),
+            license_linger: self
+                .license_linger_secs
+                .map_or(defaults.license_linger, |secs| {
+                    chrono::Duration::seconds(secs.into())
+                }),
+            allow_unsigned_licenses: self.allow_unsigned_licenses.unwrap_or(false),
             max_router_connections: self
                 .max_router_connections
                 .unwrap_or(defaults.max_router_connections),

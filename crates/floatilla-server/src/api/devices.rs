@@ -145,7 +145,8 @@ pub async fn get(
     }))
 }
 
-/// Renames a router or moves it to another group.
+/// Renames a router, moves it to another group, marks it managed or unmanaged, pins or
+/// unpins it.
 #[utoipa::path(patch, path = "/api/v1/devices/{id}", request_body = DevicePatchRequest, tag = "devices",
     responses((status = 200, body = DeviceView), (status = 400, body = ErrorView), (status = 404, body = ErrorView)))]
 pub async fn patch(
@@ -166,10 +167,15 @@ pub async fn patch(
         Some(Some(name)) => Some(Some(group_id_by_name(&state, tenant, &name).await?)),
     };
     let moved = group_id.is_some();
-    let device = state
+    let mut device = state
         .store
         .update_device(tenant, id, &DevicePatch { name, group_id })
         .await?;
+    if request.managed.is_some() || request.pinned.is_some() {
+        super::licensing::apply_settings(&state, tenant, &[id], request.managed, request.pinned)
+            .await?;
+        device = load(&state, tenant, &id.to_string()).await?;
+    }
     if moved {
         let change = TimerChange::Router {
             group: device.group_id,
@@ -192,6 +198,10 @@ pub async fn delete(
     let id = parse_device_id(&id)?;
     state.store.delete_device(tenant, id).await?;
     crate::cluster::credentials_revoked(&state, id).await;
+    state
+        .licensing
+        .submit(tenant, crate::licensing::Request::Removed { device: id })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,6 +7,7 @@ pub mod enrollment;
 pub mod events;
 pub mod extract;
 pub mod groups;
+pub mod licensing;
 pub mod tokens;
 pub mod views;
 
@@ -23,7 +24,7 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Floatilla API", version = "1", description = "Manage a fleet of routers: devices, groups, enrollment, events and API tokens."),
+    info(title = "Floatilla API", version = "1", description = "Manage a fleet of routers: devices, groups, enrollment, the floating license pool, events and API tokens."),
     paths(
         devices::list, devices::get, devices::patch, devices::delete, devices::revoke_credentials,
         devices::allow_reenrollment, devices::refresh_status,
@@ -32,6 +33,8 @@ use crate::state::AppState;
         tokens::list_api_tokens, tokens::create_api_token, tokens::revoke_api_token,
         enrollment::policy, enrollment::set_policy, enrollment::accept, enrollment::reject,
         enrollment::import, events::list,
+        licensing::pool, licensing::list, licensing::create, licensing::delete, licensing::bulk,
+        licensing::usage,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -78,6 +81,17 @@ pub fn routes() -> Router<AppState> {
             post(devices::refresh_status),
         )
         .route("/api/v1/devices/import", post(enrollment::import))
+        .route("/api/v1/devices/bulk", post(licensing::bulk))
+        .route("/api/v1/license-pool", get(licensing::pool))
+        .route(
+            "/api/v1/licenses",
+            get(licensing::list).post(licensing::create),
+        )
+        .route(
+            "/api/v1/licenses/{id}",
+            axum::routing::delete(licensing::delete),
+        )
+        .route("/api/v1/license-usage", get(licensing::usage))
         .route("/api/v1/devices/{id}/accept", post(enrollment::accept))
         .route("/api/v1/devices/{id}/reject", post(enrollment::reject))
         .route(

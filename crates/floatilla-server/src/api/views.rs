@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use floatilla_domain::TimerProfile;
 use floatilla_domain::events::Event;
+use floatilla_domain::licensing::Seats;
 use floatilla_domain::model::{
     ApiToken, ConnectionRecord, Device, DeviceStatus, EnrollmentToken, Group,
 };
@@ -30,6 +31,17 @@ pub struct DeviceView {
     pub model: String,
     pub firmware: String,
     pub agent_version: String,
+    /// `licensed` (holds a seat), `excess` (live and managed but beyond the capacity: receives
+    /// no updates or tasks), `inactive` (no live session) or `unmanaged`.
+    pub license_state: String,
+    /// The reason of the router's last license transition: granted, released_linger_expired,
+    /// released_unmanaged, released_deleted, shed_capacity_dropped, shed_pinned_priority,
+    /// restored or denied_pool_full; null before its first.
+    pub license_reason: Option<String>,
+    /// Unmanaged routers stay visible but never hold a seat.
+    pub managed: bool,
+    /// Pinned routers stand first in line for a seat.
+    pub pinned: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -49,6 +61,10 @@ impl From<&Device> for DeviceView {
             model: d.model.clone(),
             firmware: d.firmware.clone(),
             agent_version: d.agent_version.clone(),
+            license_state: d.license.state.as_str().to_owned(),
+            license_reason: d.license.reason.map(|r| r.as_str().to_owned()),
+            managed: d.license.managed,
+            pinned: d.license.pinned,
             created_at: d.created_at,
         }
     }
@@ -130,6 +146,10 @@ pub struct DevicePatchRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub group: Option<Option<String>>,
+    /// `false` takes the router out of management: it gives up its seat and receives nothing.
+    pub managed: Option<bool>,
+    /// `true` puts the router first in line for a seat.
+    pub pinned: Option<bool>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -355,4 +375,109 @@ impl ApiTokenView {
 pub struct ErrorView {
     pub code: String,
     pub message: String,
+}
+
+/// The license pool now.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PoolView {
+    /// Seats: a number, or `"unlimited"`.
+    #[schema(value_type = Object)]
+    pub capacity: serde_json::Value,
+    /// Routers holding a seat.
+    pub in_use: u64,
+    /// Seats free; null when the capacity is unlimited.
+    pub free: Option<u64>,
+    /// Live managed routers beyond the capacity.
+    pub excess: u64,
+    /// Managed routers pinned first in line (live or not).
+    pub pinned: u64,
+    /// The ids of the licenses that count now.
+    pub counting_licenses: Vec<String>,
+    /// The next change of capacity, if any is scheduled.
+    pub next_change: Option<CapacityChangeView>,
+    /// Why the pool grants nothing, when it does not.
+    pub explanation: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CapacityChangeView {
+    pub at: DateTime<Utc>,
+    #[schema(value_type = Object)]
+    pub from: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub to: serde_json::Value,
+    /// Licensed routers that would become excess, with the fleet as it is now.
+    pub routers_shed: u64,
+    /// Excess routers that would be licensed.
+    pub routers_restored: u64,
+    /// The change in plain words.
+    pub description: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LicenseView {
+    pub id: String,
+    pub name: String,
+    /// A number, or `"unlimited"`.
+    #[schema(value_type = Object)]
+    pub seats: Seats,
+    pub not_before: DateTime<Utc>,
+    /// Null for a permanent license.
+    pub not_after: Option<DateTime<Utc>>,
+    /// `valid`, `not_yet_valid` or `expired`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LicenseList {
+    pub items: Vec<LicenseView>,
+}
+
+/// An unsigned license, for servers that accept them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LicenseRequest {
+    pub name: String,
+    /// A number, or `"unlimited"`.
+    #[schema(value_type = Object)]
+    pub seats: Seats,
+    /// Default: now.
+    pub not_before: Option<DateTime<Utc>>,
+    /// Default: never (a permanent license).
+    pub not_after: Option<DateTime<Utc>>,
+}
+
+/// Routers to change: `ids` or `group` (every router in it now), and the settings.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkLicenseRequest {
+    pub ids: Option<Vec<String>>,
+    pub group: Option<String>,
+    pub managed: Option<bool>,
+    pub pinned: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BulkLicenseResult {
+    /// How many routers the settings were applied to.
+    pub changed: u64,
+}
+
+/// One hour's or day's license usage.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageView {
+    pub start: DateTime<Utc>,
+    /// The most managed routers with a live session at once (licensed and excess).
+    pub peak_managed: u64,
+    pub peak_licensed: u64,
+    /// Excess routers times the minutes they were excess.
+    pub excess_router_minutes: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageList {
+    /// `hour` or `day`.
+    pub granularity: String,
+    pub items: Vec<UsageView>,
 }
