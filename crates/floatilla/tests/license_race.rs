@@ -372,7 +372,6 @@ async fn routers_racing_through_two_nodes_get_exactly_the_seats_first_in_line() 
         .await
         .unwrap_or_else(|_| panic!("the fleet was not welcomed within {CONNECT_WITHIN:?}"));
     let welcomed_in = racing.elapsed();
-    eprintln!("DEBUG welcomed in {welcomed_in:?}");
     for router in &routers {
         assert_eq!(router.channel.welcome.device_id, router.enrolled.device_id);
     }
@@ -399,15 +398,6 @@ async fn routers_racing_through_two_nodes_get_exactly_the_seats_first_in_line() 
             _ => ("excess", Some("denied_pool_full")),
         };
         assert_eq!(router.license(), expected, "{}", router.enrolled.serial);
-    }
-    for node in [A, B] {
-        let on_node = routers.iter().filter(|r| r.enrolled.node == node);
-        assert_eq!(
-            on_node.count(),
-            ROUTERS / 2,
-            "routers on {}",
-            NODE_IDS[node]
-        );
     }
 
     // What both nodes' APIs say.
@@ -458,11 +448,6 @@ async fn routers_racing_through_two_nodes_get_exactly_the_seats_first_in_line() 
     let places: HashSet<i64> = rows.iter().filter_map(|r| r.place).collect();
     assert_eq!(places.len(), ROUTERS, "places are distinct: {rows:#?}");
     rows.sort_by_key(|r| r.place);
-    {
-        let node_of: HashMap<&str, usize> = routers.iter().map(|r| (r.enrolled.device_id.as_str(), r.enrolled.node)).collect();
-        let seq: String = rows.iter().map(|r| char::from(b'a' + node_of[r.id.as_str()] as u8)).collect();
-        eprintln!("DEBUG places {:?}..{:?} nodes in line {seq}", rows[0].place, rows[ROUTERS-1].place);
-    }
     let (first, rest) = rows.split_at(SEATS);
     let out_of_line: Vec<&DeviceRow> = first
         .iter()
