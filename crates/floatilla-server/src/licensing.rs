@@ -33,6 +33,9 @@ use crate::metrics;
 /// How often a node says it is alive (for outage accounting) and rechecks its timers.
 const ALIVE_INTERVAL: chrono::Duration = chrono::Duration::seconds(10);
 
+/// How long the timers wait before retrying changes that could not be stored.
+const RETRY_AFTER_FAILURE: chrono::Duration = chrono::Duration::seconds(1);
+
 /// Without any node saying it was alive for this long, the service counts as having been down.
 const OUTAGE_AFTER: chrono::Duration = chrono::Duration::seconds(30);
 
@@ -281,19 +284,27 @@ impl Pools {
                 }
                 next_alive = now + ALIVE_INTERVAL;
             }
+            let mut failed = false;
             for (tenant, due) in self.deadlines().await {
                 if due <= now
                     && let Err(error) = self.submit(tenant, Request::Sweep).await
                 {
                     tracing::warn!(%error, %tenant, "cannot apply the pool's due changes");
+                    failed = true;
                 }
             }
-            let wake = self
+            let earliest = self
                 .deadlines()
                 .await
                 .into_iter()
                 .map(|(_, due)| due)
                 .fold(next_alive, Timestamp::min);
+            // After a failure, try again a little later rather than at once and forever.
+            let wake = if failed {
+                earliest.max(now + RETRY_AFTER_FAILURE)
+            } else {
+                earliest
+            };
             tokio::select! {
                 () = self.clock.sleep_until(wake) => {}
                 () = self.deadlines_moved.notified() => {}

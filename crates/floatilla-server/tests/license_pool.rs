@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 on_both_backends!(
     seats_expire_at_the_instant_and_come_back_oldest_first,
     without_a_license_every_router_is_excess_and_the_pool_says_why,
+    operators_unmanage_and_pin_routers,
+    a_reconnect_within_the_linger_keeps_the_seat_and_a_late_one_loses_it,
+    usage_is_kept_per_hour_and_day_as_json_and_csv,
 );
 
 fn licensing_config() -> floatilla_server::ServerConfig {
@@ -163,5 +166,240 @@ async fn without_a_license_every_router_is_excess_and_the_pool_says_why(db: Test
     assert_eq!(
         (status, body["code"].as_str()),
         (403, Some("unsigned_licenses_not_allowed"))
+    );
+}
+
+/// Connects routers in order; answers their ids and channels.
+async fn connect_fleet(
+    server: &TestServer,
+    prefix: &str,
+    count: usize,
+) -> Vec<(String, TestRouter)> {
+    let mut routers = Vec::new();
+    for n in 1..=count {
+        let serial = format!("{prefix}-{n:02}");
+        let enrolled = server.enrolled(&serial).await;
+        let router = server.router(&enrolled.credential, &serial).await;
+        routers.push((enrolled.device_id, router));
+    }
+    routers
+}
+
+async fn operators_unmanage_and_pin_routers(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "two", "seats": 2})).await;
+    let mut routers = connect_fleet(&server, "OP", 3).await;
+    let ids: Vec<String> = routers.iter().map(|(id, _)| id.clone()).collect();
+
+    // Unmanaging the first frees its seat for the third.
+    let (status, device) = server
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/devices/{}", ids[0]),
+            Some(json!({"managed": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{device}");
+    assert_eq!(
+        (
+            &device["license_state"],
+            &device["license_reason"],
+            &device["managed"]
+        ),
+        (
+            &json!("unmanaged"),
+            &json!("released_unmanaged"),
+            &json!(false)
+        )
+    );
+    assert_eq!(
+        next_license(&mut routers[0].1).await,
+        (
+            "unmanaged".to_owned(),
+            Some("released_unmanaged".to_owned())
+        )
+    );
+    assert_eq!(
+        next_license(&mut routers[2].1).await,
+        ("licensed".to_owned(), Some("restored".to_owned()))
+    );
+
+    // Managed again, it goes to the end of the line: excess.
+    let (status, _) = server
+        .api(
+            Method::POST,
+            "/api/v1/devices/bulk",
+            Some(json!({"ids": [ids[0]], "managed": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_license(&mut routers[0].1).await.0, "excess");
+
+    // Pinned, it jumps the line and the last licensed router gives up its seat.
+    let (status, _) = server
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/devices/{}", ids[0]),
+            Some(json!({"pinned": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        next_license(&mut routers[0].1).await,
+        ("licensed".to_owned(), Some("restored".to_owned()))
+    );
+    assert_eq!(
+        next_license(&mut routers[2].1).await,
+        ("excess".to_owned(), Some("shed_pinned_priority".to_owned()))
+    );
+    assert_eq!(server.get("/api/v1/license-pool").await["pinned"], 1);
+
+    // Three pins for two seats are refused as a whole.
+    server.create_group(json!({"name": "core"})).await;
+    for id in &ids {
+        let (status, _) = server
+            .api(
+                Method::PATCH,
+                &format!("/api/v1/devices/{id}"),
+                Some(json!({"group": "core"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let (status, body) = server
+        .api(
+            Method::POST,
+            "/api/v1/devices/bulk",
+            Some(json!({"group": "core", "pinned": true})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("pins_exceed_capacity")),
+        "{body}"
+    );
+    assert_eq!(server.get("/api/v1/license-pool").await["pinned"], 1);
+
+    // With a third seat the group's pins fit; losing it raises the alarm.
+    let third = add_license(&server, json!({"name": "third", "seats": 1})).await;
+    let (status, body) = server
+        .api(
+            Method::POST,
+            "/api/v1/devices/bulk",
+            Some(json!({"group": "core", "pinned": true})),
+        )
+        .await;
+    assert_eq!((status, &body["changed"]), (200, &json!(3)), "{body}");
+    let (status, _) = server
+        .api(
+            Method::DELETE,
+            &format!("/api/v1/licenses/{}", third["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let alarms = server.events("license_pins_exceed_capacity").await;
+    assert_eq!(alarms.len(), 1);
+    assert_eq!(alarms[0]["severity"], "alarm");
+    let pool = server.get("/api/v1/license-pool").await;
+    assert_eq!(
+        (&pool["pinned"], &pool["in_use"], &pool["excess"]),
+        (&json!(3), &json!(2), &json!(1))
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("floatilla_license_transitions_total{reason=\"shed_pinned_priority\"}"),
+        "{metrics}"
+    );
+}
+
+async fn a_reconnect_within_the_linger_keeps_the_seat_and_a_late_one_loses_it(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "one", "seats": 1})).await;
+    let first = server.enrolled("LG-1").await;
+    let second = server.enrolled("LG-2").await;
+    server.router(&first.credential, "LG-1").await.close().await;
+    server
+        .wait_offline_with(&first.device_id, "clean_close")
+        .await;
+    let mut waiting = server.router(&second.credential, "LG-2").await;
+    assert_eq!(waiting.welcome.license.state, "excess");
+
+    // Back within the linger: the seat and the place are still the first router's.
+    server.clock.advance(Duration::minutes(9));
+    let back = server.router(&first.credential, "LG-1").await;
+    assert_eq!(back.welcome.license.state, "licensed");
+    back.close().await;
+    server
+        .wait_offline_with(&first.device_id, "clean_close")
+        .await;
+
+    // Ten minutes after the drop the session ends, and the waiting router takes the seat.
+    server.clock.advance(Duration::minutes(10));
+    assert_eq!(
+        next_license(&mut waiting).await,
+        ("licensed".to_owned(), Some("restored".to_owned()))
+    );
+    let device = server
+        .get(&format!("/api/v1/devices/{}", first.device_id))
+        .await;
+    assert_eq!(
+        (&device["license_state"], &device["license_reason"]),
+        (&json!("inactive"), &json!("released_linger_expired"))
+    );
+    let late = server.router(&first.credential, "LG-1").await;
+    assert_eq!(late.welcome.license.state, "excess");
+    assert_eq!(
+        late.welcome.license.reason.as_deref(),
+        Some("denied_pool_full")
+    );
+}
+
+async fn usage_is_kept_per_hour_and_day_as_json_and_csv(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "one", "seats": 1})).await;
+    let _routers = connect_fleet(&server, "US", 3).await;
+    server.clock.advance(Duration::minutes(30));
+    let usage = server.get("/api/v1/license-usage?granularity=hour").await;
+    let items = usage["items"].as_array().unwrap();
+    let total_excess: f64 = items
+        .iter()
+        .map(|i| i["excess_router_minutes"].as_f64().unwrap())
+        .sum();
+    // Two routers in excess for the 30 minutes (the connects took no time on this clock).
+    assert_eq!(total_excess, 60.0, "{usage}");
+    assert!(
+        items
+            .iter()
+            .any(|i| i["peak_managed"] == 3 && i["peak_licensed"] == 1)
+    );
+    let days = server.get("/api/v1/license-usage?granularity=day").await;
+    assert_eq!(days["granularity"], "day");
+    assert!(!days["items"].as_array().unwrap().is_empty());
+
+    let csv = server
+        .http
+        .get(format!(
+            "{}/api/v1/license-usage?granularity=hour&format=csv",
+            server.url
+        ))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = csv.text().await.unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("start,granularity,peak_managed,peak_licensed,excess_router_minutes")
+    );
+    assert!(lines.any(|line| line.contains(",hour,3,1,")), "{text}");
+    let (status, body) = server
+        .api(Method::GET, "/api/v1/license-usage?granularity=week", None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_granularity"))
     );
 }

@@ -18,7 +18,8 @@ use crate::{DeviceId, SessionId};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum PoolOp {
     /// A control channel opened: a new session (with a new place in line) unless the router's
-    /// session is still live, in which case the connection continues it.
+    /// session is still live, in which case the connection continues it. Session ids are
+    /// time-ordered: a connection older than the router's current one changes nothing.
     Connected {
         device: DeviceId,
         session: SessionId,
@@ -216,6 +217,13 @@ impl Ledger {
     /// pins) changes nothing, so it is never logged.
     pub fn apply(&mut self, op: &PoolOp) -> Result<Changes, PoolError> {
         let changes = match *op {
+            PoolOp::Connected { device, session }
+                if self.links.get(&device).is_some_and(|l| l.session > session) =>
+            {
+                // A connection older than the router's current one, logged late by a busy
+                // node: it was superseded already and continues nothing.
+                Changes::default()
+            }
             PoolOp::Connected { device, session } => {
                 if let Some(until) = self.links.get(&device).and_then(|l| l.linger_until) {
                     self.lingering.remove(&(until, device));
@@ -361,6 +369,29 @@ mod tests {
         drop_at(&mut ledger, device, new, 5);
         assert!(!ledger.is_connected(device));
         assert_eq!(ledger.router(device).unwrap().session, Some(new));
+    }
+
+    #[test]
+    fn a_connection_logged_after_its_successor_changes_nothing() {
+        let mut ledger = Ledger::new();
+        let device = DeviceId::new();
+        let older = SessionId::new();
+        let newer = SessionId::new();
+        ledger
+            .apply(&PoolOp::Connected {
+                device,
+                session: newer,
+            })
+            .unwrap();
+        ledger
+            .apply(&PoolOp::Connected {
+                device,
+                session: older,
+            })
+            .unwrap();
+        drop_at(&mut ledger, device, older, 5);
+        assert!(ledger.is_connected(device));
+        assert_eq!(ledger.router(device).unwrap().session, Some(newer));
     }
 
     #[test]

@@ -326,7 +326,22 @@ impl Session {
             device: device.id,
             session: session_id,
         };
-        let standing = state.licensing.submit(device.tenant_id, connected).await?;
+        // Registered first, so no license change decided from now on misses this session.
+        let standing = match state.licensing.submit(device.tenant_id, connected).await {
+            Ok(standing) => standing,
+            Err(error) => {
+                state.sessions.unregister(device.id, session_id);
+                let now = state.clock.now();
+                let lost = DisconnectReason::ConnectionLost;
+                if let Err(error) = store
+                    .record_disconnect(session_id, device.id, now, lost)
+                    .await
+                {
+                    tracing::error!(%error, device = %device.id, "cannot record disconnect");
+                }
+                return Err(error.into());
+            }
+        };
         if let Some(standing) = standing {
             device.license.state = standing.state;
             device.license.reason = standing.reason.or(device.license.reason);
