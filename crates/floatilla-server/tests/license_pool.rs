@@ -18,6 +18,7 @@ on_both_backends!(
     operators_unmanage_and_pin_routers,
     a_reconnect_within_the_linger_keeps_the_seat_and_a_late_one_loses_it,
     usage_is_kept_per_hour_and_day_as_json_and_csv,
+    an_outage_longer_than_the_linger_reshuffles_nothing,
 );
 
 fn licensing_config() -> floatilla_server::ServerConfig {
@@ -401,5 +402,31 @@ async fn usage_is_kept_per_hour_and_day_as_json_and_csv(db: TestDb) {
     assert_eq!(
         (status, body["code"].as_str()),
         (400, Some("invalid_granularity"))
+    );
+}
+
+async fn an_outage_longer_than_the_linger_reshuffles_nothing(db: TestDb) {
+    let mut server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "one", "seats": 1})).await;
+    let first = server.enrolled("OU-1").await;
+    let second = server.enrolled("OU-2").await;
+    let holder = server.router(&first.credential, "OU-1").await;
+    let waiting = server.router(&second.credential, "OU-2").await;
+    assert_eq!(waiting.welcome.license.state, "excess");
+
+    // The server stops (both channels end) and stays down for an hour.
+    server.restart_after(Duration::hours(1)).await;
+    drop((holder, waiting));
+    // The waiting router comes back first, but the seat is still the first router's.
+    let waiting = server.router(&second.credential, "OU-2").await;
+    assert_eq!(waiting.welcome.license.state, "excess");
+    let holder = server.router(&first.credential, "OU-1").await;
+    assert_eq!(holder.welcome.license.state, "licensed");
+    assert_eq!(server.events("license_granted").await.len(), 1);
+    assert!(
+        server
+            .events("license_released_linger_expired")
+            .await
+            .is_empty()
     );
 }

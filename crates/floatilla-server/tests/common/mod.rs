@@ -347,8 +347,14 @@ impl TestServer {
 
     /// Stops the server and starts it again on the same address and database.
     pub async fn restart(&mut self) {
+        self.restart_after(chrono::Duration::zero()).await;
+    }
+
+    /// Stops the server, lets `down_for` pass on its clock, and starts it again.
+    pub async fn restart_after(&mut self, down_for: chrono::Duration) {
         let address = self.running().local_addr;
         self.shutdown().await;
+        self.clock.advance(down_for);
         let config = ServerConfig {
             listen: address,
             ..self.config.clone()
