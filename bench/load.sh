@@ -9,6 +9,13 @@
 #   CELLULAR_PROFILE=1800/60 CELLULAR_MINUTES=61 bench/load.sh cellular
 #                                       # the same for routers in a group with a timer profile
 #                                       # (ping interval/pong timeout, seconds)
+#   DEVICES=18000 bench/load.sh storm   # reconnect storm: a license of DEVICES*3/4 seats, every
+#                                       # router connected, then the server is killed (SIGKILL)
+#                                       # and restarted on the same port and data: seconds until
+#                                       # all routers are back and licensed as before (same
+#                                       # licensed serials, kept by the linger), with a timeline;
+#                                       # the routers' reconnect backoff (1 s doubling, jittered)
+#                                       # is part of that time
 #
 # Needs a release build (cargo build --release), curl, awk and ss (iproute2).
 set -euo pipefail
@@ -31,11 +38,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_server() {
-  "$BIN" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
+server_flags=()
+[[ $MODE == storm ]] && server_flags+=(--allow-unsigned-licenses)
+start_server() { # [ADDRESS]: starts the server on ADDRESS (default: a free port), waits until it serves
+  "$BIN" serve --data-dir "$work/data" --listen "${1:-127.0.0.1:0}" "${server_flags[@]}" \
+    >"$work/serve.out" 2>"$work/serve.err" &
   server=$!
   pids+=("$server")
-  for _ in $(seq 1 100); do grep -q '^listening on ' "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
+  local deadline=$(( $(date +%s) + TIMEOUT ))
+  until grep -q '^listening on ' "$work/serve.out" 2>/dev/null; do
+    kill -0 "$server" 2>/dev/null || { echo "the server exited:" >&2; cat "$work/serve.err" >&2; exit 1; }
+    (( $(date +%s) < deadline )) || { echo "the server did not start within $TIMEOUT s" >&2; exit 1; }
+    sleep 0.1
+  done
   url=$(sed -n 's/^listening on //p' "$work/serve.out")
   port=${url##*:}
 }
@@ -102,6 +117,91 @@ if [[ $MODE == cellular ]]; then
     printf "idle routers: %d for %d min, timers: %s\n", n, m, p
     printf "payload+TLS bytes: %d, segments: %d\n", b, s
     printf "per router: %.0f bytes/hour on the wire, %.2f MB per 30-day month\n", per_hour, per_hour * 24 * 30 / 1e6
+  }'
+  stop_simulator
+  exit 0
+fi
+
+if [[ $MODE == storm ]]; then
+  seats=$(( DEVICES * 3 / 4 ))
+  excess=$(( DEVICES - seats ))
+  get() { curl -s --cacert "$work/ca.pem" -H "Authorization: Bearer $admin" "$url$1"; }
+  pool() { # "IN_USE EXCESS" of the license pool
+    get /api/v1/license-pool | grep -o '"\(in_use\|excess\)":[0-9]*' | cut -d: -f2 | paste -sd' '
+  }
+  licensed_serials() { # the licensed routers' serials, sorted, one a line
+    local cursor="" page
+    while :; do
+      page=$(get "/api/v1/devices?license_state=licensed&limit=1000${cursor:+&cursor=$cursor}")
+      grep -o '"serial":"[^"]*"' <<<"$page" | cut -d'"' -f4 || true
+      cursor=$(grep -o '"next":"[^"]*"' <<<"$page" | cut -d'"' -f4 || true)
+      [[ -n $cursor ]] || break
+    done | sort
+  }
+  since() { awk -v s="$1" -v e="$(now)" 'BEGIN {printf "%.2f", e - s}'; }
+  sim_line() { tail -n 1 "$work/sim.err" 2>/dev/null; }
+  sim_failed() { sim_line | sed -n 's/.* \([0-9]*\) failed attempts.*/\1/p'; }
+  api /api/v1/licenses "{\"name\": \"storm\", \"seats\": $seats}" >/dev/null
+
+  # Round 1 enrolls and connects every router, as in the load mode.
+  simulate "$DEVICES" "$RATE"
+  enroll_seconds=$(wait_connected "$DEVICES")
+  deadline=$(( $(date +%s) + TIMEOUT ))
+  until [[ $(pool) == "$seats $excess" ]]; do
+    (( $(date +%s) < deadline )) || { echo "timed out waiting for the pool (at $(pool))" >&2; exit 1; }
+    sleep 0.2
+  done
+  licensed_serials >"$work/licensed.before"
+  sleep 2 # the simulator's progress line catches up
+  failed0=$(sim_failed)
+
+  # An unclean death: routers see their connections drop and come back with their backoff.
+  killed_at=$(now)
+  kill -KILL "$server"
+  wait "$server" 2>/dev/null || true
+  start_server "127.0.0.1:$port"
+  startup_seconds=$(since "$killed_at")
+  cpu0=$(cpu_ticks "$server")
+  closed=$(sed 's/\x1b\[[0-9;]*m//g' "$work/serve.err" | grep -o 'closed=[0-9]*' | head -n 1 | cut -d= -f2 || true)
+  first=""
+  deadline=$(( $(date +%s) + TIMEOUT ))
+  while :; do
+    c=$(connected); c=${c:-0}
+    t=$(since "$killed_at")
+    echo "$t $c" >>"$work/timeline"
+    [[ -z $first && $c -gt 0 ]] && first=$t
+    [[ $c == "$DEVICES" && $(pool) == "$seats $excess" ]] && break
+    (( $(date +%s) < deadline )) || { echo "timed out waiting for the storm to settle (at $c routers, pool $(pool))" >&2; exit 1; }
+    sleep 0.2
+  done
+  storm_seconds=$(since "$killed_at")
+  cpu1=$(cpu_ticks "$server")
+  licensed_serials >"$work/licensed.after"
+  sleep 2
+  failed1=$(sim_failed)
+  same=$(comm -3 "$work/licensed.before" "$work/licensed.after" | wc -l)
+  # About 20 points of the connected count, the first at the restart.
+  timeline=$(awk -v end="$storm_seconds" '
+    BEGIN { step = end / 20; if (step < 0.25) step = 0.25; mark = 0 }
+    $1 >= mark { printf " %.2fs:%d", $1, $2; mark = $1 + step }' "$work/timeline")
+  awk -v n="$DEVICES" -v seats="$seats" -v r="$RATE" -v es="$enroll_seconds" -v ss="$storm_seconds" \
+      -v up="$startup_seconds" -v first="$first" -v closed="${closed:-?}" \
+      -v c="$(( cpu1 - cpu0 ))" -v t="$(getconf CLK_TCK)" -v failed="$(( ${failed1:-0} - ${failed0:-0} ))" \
+      -v before="$(wc -l <"$work/licensed.before")" -v after="$(wc -l <"$work/licensed.after")" \
+      -v differ="$same" -v timeline="$timeline" 'BEGIN {
+    printf "routers: %d, seats: %d (%d excess), simulator start rate %d/s\n", n, seats, n - seats, r
+    printf "round 1, enroll + connect: %.1f s (%.0f routers/s)\n", es, n / es
+    printf "storm: killed with SIGKILL, restarted on the same port and data\n"
+    printf "  restart until the server serves again: %.2f s (it closed %s sessions of the killed run)\n", up, closed
+    printf "  first router back: %.2f s after the kill\n", first
+    printf "  all back, pool at %d licensed + %d excess: %.2f s after the kill (%.0f routers/s), %.2f s after it served\n", seats, n - seats, ss, n / ss, ss - up
+    printf "  server CPU from serving to settled: %.2f s (%.0f %% of one core)\n", c / t, c / t / (ss - up) * 100
+    printf "  connection attempts that failed during the storm (simulator): %d\n", failed
+    printf "  routers connected, by seconds after the kill:%s\n", timeline
+    printf "  (a router retries 0.5-1 s after its connection drops, then 1-2, 2-4, 4-8 s ... while\n"
+    printf "  its attempts fail: no router can be back sooner than 0.5 s, whatever the server does)\n"
+    if (before == after && differ == 0) printf "licensed routers: the same %d before and after\n", before
+    else printf "licensed routers: DIFFERENT: %d before, %d after, %d serials in only one list\n", before, after, differ
   }'
   stop_simulator
   exit 0

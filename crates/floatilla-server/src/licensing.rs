@@ -491,7 +491,8 @@ impl Pools {
 /// Starts the lingers of sessions closed for a node that stopped without closing them, `at`
 /// the moment they count as dropped.
 pub async fn sessions_closed(pools: &Pools, closed: &[ClosedSession], at: Timestamp) {
-    for session in closed {
+    // All at once, so that they share batches: a node that held thousands of routers.
+    let drops = closed.iter().map(|session| async move {
         let request = Request::Dropped {
             device: session.device,
             session: session.session,
@@ -500,7 +501,8 @@ pub async fn sessions_closed(pools: &Pools, closed: &[ClosedSession], at: Timest
         if let Err(error) = pools.submit(session.tenant, request).await {
             tracing::warn!(%error, device = %session.device, "cannot start the linger of a closed session");
         }
-    }
+    });
+    futures_util::future::join_all(drops).await;
 }
 
 /// Applies what was read to the copy; answers the transitions that routers must hear.

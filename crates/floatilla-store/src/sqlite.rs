@@ -47,12 +47,14 @@ impl SqliteStore {
         "SELECT downtime_ms, alive_at FROM service_clock WHERE id = 1";
     const INSERT_POOL_LOG: &'static str = "INSERT INTO license_log (tenant_id, position, op) \
         SELECT value ->> 'tenant_id', value ->> 'position', value ->> 'op' FROM json_each($1)";
+    /// The unary `+` keeps SQLite from scanning the tenant's routers by the tenant index for
+    /// every array element: each element finds its row by id instead.
     const UPDATE_POOL_ROUTERS: &'static str = "UPDATE devices SET \
         managed = r.value ->> 'managed', pinned = r.value ->> 'pinned', \
         license_place = r.value ->> 'place', license_session = r.value ->> 'session', \
         linger_until = r.value ->> 'linger_until', license_state = r.value ->> 'state', \
         license_reason = COALESCE(r.value ->> 'reason', license_reason) \
-        FROM json_each($1) AS r WHERE devices.id = r.value ->> 'id' AND devices.tenant_id = $2";
+        FROM json_each($1) AS r WHERE devices.id = r.value ->> 'id' AND +devices.tenant_id = $2";
     const INSERT_EVENTS: &'static str = "INSERT INTO events \
         (id, tenant_id, at, kind, device_id, message) \
         SELECT value ->> 'id', value ->> 'tenant_id', value ->> 'at', value ->> 'kind', \
