@@ -431,14 +431,17 @@ const PRUNE_BATCH: u32 = 5_000;
 /// Deletes connection history and events past the retention period: at start, then once a day.
 async fn prune_expired(state: AppState) {
     loop {
-        let cutoff = state.clock.now() - state.config.retention;
+        // The next round is due a day after this one began: a clock that moved on while this
+        // one ran makes it due at once, rather than a day after that.
+        let began = state.clock.now();
+        let cutoff = began - state.config.retention;
         let store = &state.store;
         prune("connection history", cutoff, |batch| {
             store.prune_connection_history(cutoff, batch)
         })
         .await;
         prune("events", cutoff, |batch| store.prune_events(cutoff, batch)).await;
-        let next = state.clock.now() + chrono::Duration::days(1);
+        let next = began + chrono::Duration::days(1);
         tokio::select! {
             () = state.clock.sleep_until(next) => {}
             () = state.shutdown.cancelled() => return,
