@@ -234,8 +234,8 @@ impl Pools {
         })
     }
 
-    /// Brings this node's copy of a tenant's pool up to date without taking the lock: when
-    /// another node says it changed.
+    /// Brings this node's copy of a tenant's pool up to date without taking the tenant's lock
+    /// in the database: when another node says the pool changed.
     pub async fn refresh(&self, tenant: TenantId) -> Result<(), StoreError> {
         let pool = self.tenant(tenant);
         let mut copy = pool.copy.lock().await;
