@@ -53,6 +53,10 @@ named_enum! {
         LicenseCapacityChanged = "license_capacity_changed",
         /// More routers are pinned than there are seats.
         LicensePinsExceedCapacity = "license_pins_exceed_capacity",
+        /// The wall clock is behind the newest signed time, or jumped: license capacity holds.
+        LicenseClockInDoubt = "license_clock_in_doubt",
+        /// The wall clock agrees with the trusted clocks again, or an admin acknowledged it.
+        LicenseClockTrusted = "license_clock_trusted",
     }
 }
 
@@ -82,14 +86,17 @@ impl EventKind {
             | EventKind::LicenseReleasedUnmanaged
             | EventKind::LicenseReleasedDeleted
             | EventKind::LicenseRestored
-            | EventKind::LicenseCapacityChanged => Severity::Info,
+            | EventKind::LicenseCapacityChanged
+            | EventKind::LicenseClockTrusted => Severity::Info,
             EventKind::EnrollmentRejected
             | EventKind::EnrollmentRefused
             | EventKind::LicenseShedCapacityDropped
             | EventKind::LicenseShedPinnedPriority
             | EventKind::LicenseDeniedPoolFull
             | EventKind::LicenseLimitReached => Severity::Warning,
-            EventKind::CredentialCloned | EventKind::LicensePinsExceedCapacity => Severity::Alarm,
+            EventKind::CredentialCloned
+            | EventKind::LicensePinsExceedCapacity
+            | EventKind::LicenseClockInDoubt => Severity::Alarm,
         }
     }
 }

@@ -105,6 +105,7 @@ async fn fleet(store: &dyn Store, name: &str, routers: usize) -> Fleet {
                 not_after: None,
                 grace_until: None,
             },
+            signed: None,
             created_at: now,
         })
         .await

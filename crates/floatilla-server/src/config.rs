@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use floatilla_domain::licensing::signed::RootPublicKey;
 use floatilla_domain::{Mode, Timers};
 
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct ServerConfig {
     pub license_linger: chrono::Duration,
     /// Accept licenses posted as plain JSON, unsigned: for tests, demos and development.
     pub allow_unsigned_licenses: bool,
+    /// The vendor roots whose certified issuers' license files this installation accepts.
+    pub trusted_license_roots: Vec<RootPublicKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +78,7 @@ impl Default for ServerConfig {
             max_connects_per_sec: 10_000,
             license_linger: chrono::Duration::minutes(10),
             allow_unsigned_licenses: false,
+            trusted_license_roots: Vec::new(),
         }
     }
 }

@@ -10,6 +10,7 @@ use floatilla_protocol::ErrorBody;
 use floatilla_store::StoreError;
 use http::StatusCode;
 
+use crate::api::views::RouterRef;
 use crate::licensing::PoolFailure;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,17 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Pool(#[from] PoolFailure),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A change of licenses would leave fewer seats than routers licensed now.
+    #[error(
+        "the capacity would fall from {from} to {to} seats: {} licensed routers would become excess; repeat with ?acknowledge_downgrade=true to proceed", routers.len()
+    )]
+    DowngradeRequiresAcknowledgement {
+        from: String,
+        to: String,
+        routers: Vec<RouterRef>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -120,6 +132,8 @@ impl Error {
             }
             Error::Pool(PoolFailure::Refused(PoolError::UnknownRouter)) => "not_found",
             Error::Pool(PoolFailure::Store(_)) => "internal_error",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::DowngradeRequiresAcknowledgement { .. } => "downgrade_requires_acknowledgement",
         }
     }
 
@@ -145,10 +159,12 @@ impl Error {
             | Error::SerialAlreadyEnrolled(_)
             | Error::CredentialInUse
             | Error::Store(StoreError::Conflict(_))
+            | Error::DowngradeRequiresAcknowledgement { .. }
             | Error::Pool(PoolFailure::Refused(PoolError::PinsExceedCapacity { .. })) => {
                 StatusCode::CONFLICT
             }
             Error::CallTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Store(_) | Error::Pool(PoolFailure::Store(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -173,6 +189,15 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         if self.status().is_server_error() {
             tracing::error!(error = %self, "request failed");
+        }
+        if let Error::DowngradeRequiresAcknowledgement { routers, .. } = &self {
+            let body = self.body();
+            let answer = serde_json::json!({
+                "code": body.code,
+                "message": body.message,
+                "routers": routers,
+            });
+            return (self.status(), Json(answer)).into_response();
         }
         (self.status(), Json(self.body())).into_response()
     }

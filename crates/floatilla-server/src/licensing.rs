@@ -16,13 +16,14 @@ use std::sync::{Arc, Mutex};
 
 use floatilla_domain::events::{Event, EventKind};
 use floatilla_domain::licensing::{
-    Capacity, Changes, Granularity, Ledger, LicenseReason, LicenseState, LicenseTerm, PoolCounts,
-    PoolError, PoolEvent, PoolOp, ServiceClock, Transition, UsageSample, accrue, capacity_at,
-    next_boundary,
+    Capacity, Changes, ClockChange, ClockDoubt, ClockGuard, Granularity, Ledger, LicenseReason,
+    LicenseState, LicenseTerm, Lineage, PoolCounts, PoolError, PoolEvent, PoolOp, ServiceClock,
+    Transition, UsageSample, accrue, capacity_at, effective_terms, next_boundary,
 };
 use floatilla_domain::{Clock, DeviceId, SessionId, TenantId, Timestamp};
 use floatilla_store::{
-    ClosedSession, PoolHistory, PoolPosition, PoolRead, PoolWrite, RouterWrite, Store, StoreError,
+    ClosedSession, License, PoolHistory, PoolPosition, PoolRead, PoolWrite, RouterWrite, Store,
+    StoreError,
 };
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -163,6 +164,10 @@ pub struct Pools {
     tenants: Mutex<HashMap<TenantId, Arc<TenantPool>>>,
     /// Wakes the timer task: deadlines may have moved.
     deadlines_moved: Notify,
+    /// Whether the wall clock can be trusted for license decisions.
+    clock_guard: Mutex<ClockGuard>,
+    /// Why the wall clock is in doubt, while it is.
+    clock_doubt: Mutex<Option<ClockDoubt>>,
 }
 
 impl Pools {
@@ -176,6 +181,17 @@ impl Pools {
         linger: chrono::Duration,
     ) -> Result<Arc<Self>, StoreError> {
         let service_clock = store.start_service_clock(clock.now(), OUTAGE_AFTER).await?;
+        let tenants = store.tenants().await?;
+        let mut newest_signed = None;
+        for tenant in &tenants {
+            let licenses = store.licenses(tenant.id).await?;
+            let issued = licenses
+                .iter()
+                .filter_map(|l| l.signed.as_ref())
+                .map(|s| s.issued_at);
+            newest_signed = newest_signed.max(issued.max());
+        }
+        let clock_guard = ClockGuard::new(clock.now(), clock.monotonic(), newest_signed);
         let pools = Arc::new(Self {
             store: store.clone(),
             node_id,
@@ -185,8 +201,10 @@ impl Pools {
             service_clock: Mutex::new(service_clock),
             tenants: Mutex::default(),
             deadlines_moved: Notify::new(),
+            clock_guard: Mutex::new(clock_guard),
+            clock_doubt: Mutex::default(),
         });
-        for tenant in store.tenants().await? {
+        for tenant in tenants {
             pools.refresh(tenant.id).await?;
         }
         Ok(pools)
@@ -214,12 +232,79 @@ impl Pools {
             .unwrap_or_else(|_| Err(PoolFailure::Store("the batch was dropped".into())))
     }
 
+    /// A signed time was seen: an installed license's issue time. A wall clock far behind it is
+    /// not trusted for license decisions.
+    pub fn saw_signed_time(&self, at: Timestamp) {
+        lock(&self.clock_guard).saw_signed_time(at);
+    }
+
+    /// Why the wall clock is in doubt, if it is; license capacity holds meanwhile.
+    pub fn clock_doubt(&self) -> Option<ClockDoubt> {
+        *lock(&self.clock_doubt)
+    }
+
+    /// An admin accepts the wall clock as it reads: capacity follows it again at once.
+    pub async fn acknowledge_clock(&self, tenant: TenantId) -> Result<(), PoolFailure> {
+        let verdict = lock(&self.clock_guard).acknowledge(self.clock.now(), self.clock.monotonic());
+        self.clock_changed(verdict.change).await;
+        self.submit(tenant, Request::Sweep).await?;
+        Ok(())
+    }
+
+    /// Reads the wall clock against the trusted clocks: whether license decisions may follow it
+    /// now. The first reading of a doubt episode, and the one that ends it, raise an event.
+    async fn clock_trusted(&self) -> bool {
+        let verdict = lock(&self.clock_guard).observe(self.clock.now(), self.clock.monotonic());
+        self.clock_changed(verdict.change).await;
+        verdict.trusted
+    }
+
+    async fn clock_changed(&self, change: Option<ClockChange>) {
+        let Some(change) = change else { return };
+        let (kind, message) = match change {
+            ClockChange::Doubt(doubt) => {
+                *lock(&self.clock_doubt) = Some(doubt);
+                tracing::error!(?doubt, "the wall clock is in doubt; license capacity holds");
+                (EventKind::LicenseClockInDoubt, describe_doubt(doubt))
+            }
+            ClockChange::Trusted => {
+                *lock(&self.clock_doubt) = None;
+                tracing::warn!("the wall clock is trusted again");
+                (
+                    EventKind::LicenseClockTrusted,
+                    "the wall clock is trusted again: license capacity follows it".to_owned(),
+                )
+            }
+        };
+        let tenants: Vec<TenantId> = lock(&self.tenants).keys().copied().collect();
+        let now = self.clock.now();
+        for tenant in tenants {
+            let event = Event::new(tenant, now, kind, None, message.clone());
+            if let Err(error) = self.store.record_event(&event).await {
+                tracing::error!(%error, "cannot record a clock event");
+            }
+        }
+    }
+
     /// After the tenant's licenses changed here: apply the capacity now in force and tell the
     /// other nodes, whose timers need the new terms.
     pub async fn licenses_changed(&self, tenant: TenantId) -> Result<(), PoolFailure> {
         self.submit(tenant, Request::Sweep).await?;
         crate::cluster::pool_changed(&self.store, &self.node_id, tenant).await;
         Ok(())
+    }
+
+    /// The licensed routers that a capacity of `capacity` would make excess, first to go first:
+    /// the last in line.
+    pub async fn would_shed(&self, tenant: TenantId, capacity: Capacity) -> Vec<DeviceId> {
+        let pool = self.tenant(tenant);
+        let copy = pool.copy.lock().await;
+        let Some(ledger) = &copy.ledger else {
+            return Vec::new();
+        };
+        let licensed: Vec<DeviceId> = ledger.pool().licensed().collect();
+        let kept = capacity.seats_for(licensed.len());
+        licensed[kept..].iter().rev().copied().collect()
     }
 
     /// The pool's capacity and counts, brought up to date first.
@@ -285,7 +370,12 @@ impl Pools {
                 next_alive = now + ALIVE_INTERVAL;
             }
             let mut failed = false;
-            for (tenant, due) in self.deadlines().await {
+            let due_now = if self.clock_trusted().await {
+                self.deadlines().await
+            } else {
+                Vec::new()
+            };
+            for (tenant, due) in due_now {
                 if due <= now
                     && let Err(error) = self.submit(tenant, Request::Sweep).await
                 {
@@ -359,6 +449,7 @@ impl Pools {
     }
 
     async fn run_batch(&self, pool: &TenantPool, copy: &mut Copy, batch: Vec<(Request, Reply)>) {
+        let clock_trusted = self.clock_trusted().await;
         let now = self.clock.now();
         let service_clock = *lock(&self.service_clock);
         let mut outcomes: Vec<Result<(), PoolFailure>> = Vec::new();
@@ -377,11 +468,15 @@ impl Pools {
                     copy.licenses.as_ref().map_or(&[][..], |(_, terms)| terms),
                     now,
                 );
-                if capacity != ledger.capacity() {
+                // While the wall clock is in doubt nothing is due: no license starts or ends,
+                // no linger ends, whatever the clock says.
+                if clock_trusted && capacity != ledger.capacity() {
                     decision.apply_due(ledger, PoolOp::Capacity { capacity });
                 }
-                for device in ledger.lingers_over(service_clock.service_time(now)) {
-                    decision.apply_due(ledger, PoolOp::Expired { device });
+                if clock_trusted {
+                    for device in ledger.lingers_over(service_clock.service_time(now)) {
+                        decision.apply_due(ledger, PoolOp::Expired { device });
+                    }
                 }
                 outcomes = requests
                     .iter()
@@ -509,8 +604,8 @@ pub async fn sessions_closed(pools: &Pools, closed: &[ClosedSession], at: Timest
 fn catch_up(copy: &mut Copy, read: PoolRead) -> Heard {
     let mut heard = Heard::default();
     if let Some(licenses) = read.licenses {
-        let terms = licenses.into_iter().map(|license| license.term).collect();
-        copy.licenses = Some((read.head.licenses_revision, terms));
+        let lineages: Vec<Lineage<'_>> = licenses.iter().map(License::lineage).collect();
+        copy.licenses = Some((read.head.licenses_revision, effective_terms(&lineages)));
     }
     match read.history {
         PoolHistory::Log(ops) => {
@@ -725,6 +820,24 @@ impl Decision {
             usage,
             usage_shares,
         })
+    }
+}
+
+fn describe_doubt(doubt: ClockDoubt) -> String {
+    match doubt {
+        ClockDoubt::Behind { by } => format!(
+            "the wall clock is {} minutes behind the newest signed license time: license capacity holds where it was until the clock is set right or an admin acknowledges it",
+            by.num_minutes()
+        ),
+        ClockDoubt::Jumped { by } => format!(
+            "the wall clock jumped {} by {} minutes against the server's monotonic clock: license capacity holds where it was until the clock is set right or an admin acknowledges it",
+            if by > chrono::Duration::zero() {
+                "forward"
+            } else {
+                "back"
+            },
+            by.num_minutes().abs()
+        ),
     }
 }
 

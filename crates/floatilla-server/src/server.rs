@@ -129,16 +129,15 @@ impl RunningServer {
         not_after: Option<floatilla_domain::Timestamp>,
     ) -> Result<(), Error> {
         let tenant = self.on_prem_tenant()?;
-        crate::api::licensing::add_unsigned_license(
-            &self.state,
-            tenant,
-            name,
+        let request = crate::api::views::LicenseRequest {
+            name: name.to_owned(),
             seats,
-            None,
+            not_before: None,
             not_after,
-        )
-        .await
-        .map(|_| ())
+        };
+        crate::api::licensing::add_unsigned_license(&self.state, tenant, &request)
+            .await
+            .map(|_| ())
     }
 
     fn on_prem_tenant(&self) -> Result<floatilla_domain::TenantId, Error> {

@@ -291,13 +291,27 @@ async fn operators_unmanage_and_pin_routers(db: TestDb) {
         )
         .await;
     assert_eq!((status, &body["changed"]), (200, &json!(3)), "{body}");
-    let (status, _) = server
-        .api(
-            Method::DELETE,
-            &format!("/api/v1/licenses/{}", third["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
+    // Removing a seat in use needs an acknowledgement, which names who would lose theirs.
+    let third_path = format!("/api/v1/licenses/{}", third["id"].as_str().unwrap());
+    let (status, body) = server.api(Method::DELETE, &third_path, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("downgrade_requires_acknowledgement")),
+        "{body}"
+    );
+    // The first router took a new place at the end of the line when it was managed again.
+    let last_pinned = ids[0].as_str();
+    assert_eq!(body["routers"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["routers"][0]["id"], last_pinned);
+    assert_eq!(
+        server.get("/api/v1/licenses").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let acknowledged = format!("{third_path}?acknowledge_downgrade=true");
+    let (status, _) = server.api(Method::DELETE, &acknowledged, None).await;
     assert_eq!(status, 204);
     let alarms = server.events("license_pins_exceed_capacity").await;
     assert_eq!(alarms.len(), 1);

@@ -535,6 +535,7 @@ impl Harness {
                         not_after,
                         grace_until: None,
                     },
+                    signed: None,
                     created_at: self.clock.now(),
                 };
                 self.store.add_license(&license).await.map_err(fail)?;

@@ -20,7 +20,7 @@ pub use error::StoreError;
 pub use events::EventLog;
 pub use licensing::{
     License, LicensePools, PoolHead, PoolHistory, PoolPosition, PoolRead, PoolStep, PoolWrite,
-    RouterWrite,
+    RouterWrite, SignedDetails,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

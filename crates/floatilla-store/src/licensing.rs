@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use floatilla_domain::events::Event;
 use floatilla_domain::licensing::{
-    Capacity, Granularity, LedgerRouter, LicenseReason, LicenseTerm, PoolOp, ServiceClock,
+    Capacity, Granularity, LedgerRouter, LicenseReason, LicenseTerm, Lineage, PoolOp, ServiceClock,
     UsageBucket, UsageSample,
 };
 use floatilla_domain::{LicenseId, TenantId, Timestamp};
@@ -21,7 +21,33 @@ pub struct License {
     pub tenant_id: TenantId,
     pub name: String,
     pub term: LicenseTerm,
+    /// What a signed license file says besides its term; `None` for an unsigned license.
+    pub signed: Option<SignedDetails>,
     pub created_at: Timestamp,
+}
+
+/// A signed license's particulars, and its file as installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedDetails {
+    pub serial: String,
+    pub customer: String,
+    pub issued_at: Timestamp,
+    /// Serials of the licenses this one replaces from its start.
+    pub supersedes: Vec<String>,
+    pub entitlements: Vec<String>,
+    pub issuer_key_id: String,
+    pub text: String,
+}
+
+impl License {
+    /// The license as renewals see it.
+    pub fn lineage(&self) -> Lineage<'_> {
+        Lineage {
+            term: self.term,
+            serial: self.signed.as_ref().map(|s| s.serial.as_str()),
+            supersedes: self.signed.as_ref().map_or(&[], |s| &s.supersedes),
+        }
+    }
 }
 
 /// How far a node's copy of a tenant's pool has come: `None` for what it has not read yet.
@@ -158,10 +184,13 @@ macro_rules! impl_license_pools {
         impl $crate::LicensePools for $store {
             async fn add_license(&self, license: &$crate::License) -> $crate::Result<()> {
                 let term = &license.term;
+                let signed = license.signed.as_ref();
                 let mut tx = self.begin_write().await?;
                 ::sqlx::query(
                     "INSERT INTO licenses (id, tenant_id, name, seats, not_before, not_after, \
-                     grace_until, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                     grace_until, created_at, serial, customer, issued_at, supersedes, \
+                     entitlements, issuer_key_id, signed_text) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(license.id.to_string())
                 .bind(license.tenant_id.to_string())
@@ -171,12 +200,22 @@ macro_rules! impl_license_pools {
                 .bind($crate::rows::opt_millis(term.not_after))
                 .bind($crate::rows::opt_millis(term.grace_until))
                 .bind($crate::rows::millis(license.created_at))
+                .bind(signed.map(|s| s.serial.clone()))
+                .bind(signed.map(|s| s.customer.clone()))
+                .bind(signed.map(|s| $crate::rows::millis(s.issued_at)))
+                .bind($crate::licensing::list_json(signed.map_or(&[][..], |s| &s.supersedes))?)
+                .bind($crate::licensing::list_json(signed.map_or(&[][..], |s| &s.entitlements))?)
+                .bind(signed.map(|s| s.issuer_key_id.clone()))
+                .bind(signed.map(|s| s.text.clone()))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| {
                     $crate::shared::write_error(
                         e,
-                        || format!("license {} already exists", license.id),
+                        || match signed {
+                            Some(signed) => format!("license {} is installed already", signed.serial),
+                            None => format!("license {} already exists", license.id),
+                        },
                         "tenant",
                     )
                 })?;
@@ -208,8 +247,7 @@ macro_rules! impl_license_pools {
                 tenant: ::floatilla_domain::TenantId,
             ) -> $crate::Result<Vec<$crate::License>> {
                 let rows: Vec<$crate::rows::LicenseRow> = ::sqlx::query_as(
-                    "SELECT id, tenant_id, name, seats, not_before, not_after, grace_until, \
-                     created_at FROM licenses WHERE tenant_id = $1 ORDER BY not_before, id",
+                    $crate::licensing::select_licenses!(),
                 )
                 .bind(tenant.to_string())
                 .fetch_all(&self.pool)
@@ -456,13 +494,11 @@ macro_rules! read_after {
             let licenses = if known.licenses_revision == Some(head.licenses_revision) {
                 None
             } else {
-                let rows: Vec<$crate::rows::LicenseRow> = ::sqlx::query_as(
-                    "SELECT id, tenant_id, name, seats, not_before, not_after, grace_until, \
-                     created_at FROM licenses WHERE tenant_id = $1 ORDER BY not_before, id",
-                )
-                .bind(tenant.to_string())
-                .fetch_all(&mut *$tx)
-                .await?;
+                let rows: Vec<$crate::rows::LicenseRow> =
+                    ::sqlx::query_as($crate::licensing::select_licenses!())
+                        .bind(tenant.to_string())
+                        .fetch_all(&mut *$tx)
+                        .await?;
                 Some(
                     rows.into_iter()
                         .map(TryInto::try_into)
@@ -528,6 +564,21 @@ pub(crate) fn contiguous_log(
         );
     }
     Ok((version + ops.len() as u64 == head).then_some(ops))
+}
+
+/// Every column of `licenses`, for a tenant's licenses in order of their start.
+macro_rules! select_licenses {
+    () => {
+        "SELECT id, tenant_id, name, seats, not_before, not_after, grace_until, created_at, \
+         serial, customer, issued_at, supersedes, entitlements, issuer_key_id, signed_text \
+         FROM licenses WHERE tenant_id = $1 ORDER BY not_before, id"
+    };
+}
+pub(crate) use select_licenses;
+
+/// A list of strings as its JSON column.
+pub(crate) fn list_json(items: &[String]) -> Result<String> {
+    serde_json::to_string(items).map_err(|e| json_error("list", e))
 }
 
 /// `licenses.seats`: NULL for unlimited.

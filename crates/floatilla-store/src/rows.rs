@@ -17,7 +17,7 @@ use floatilla_domain::licensing::{
     Capacity, LedgerRouter, LicenseTerm, Seats, ServiceInstant, UsageBucket, UsageSample,
 };
 
-use crate::{License, PoolHead, Result, StoreError};
+use crate::{License, PoolHead, Result, SignedDetails, StoreError};
 
 /// A timestamp as stored: milliseconds since the epoch. Finer precision is dropped.
 pub(crate) fn millis(at: Timestamp) -> i64 {
@@ -360,6 +360,17 @@ pub(crate) struct LicenseRow {
     not_after: Option<i64>,
     grace_until: Option<i64>,
     created_at: i64,
+    serial: Option<String>,
+    customer: Option<String>,
+    issued_at: Option<i64>,
+    supersedes: String,
+    entitlements: String,
+    issuer_key_id: Option<String>,
+    signed_text: Option<String>,
+}
+
+fn string_list(column: &str, json: &str) -> Result<Vec<String>> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
 }
 
 impl TryFrom<LicenseRow> for License {
@@ -378,6 +389,21 @@ impl TryFrom<LicenseRow> for License {
                 not_before: timestamp("licenses.not_before", row.not_before)?,
                 not_after: opt_timestamp("licenses.not_after", row.not_after)?,
                 grace_until: opt_timestamp("licenses.grace_until", row.grace_until)?,
+            },
+            signed: match (row.serial, row.signed_text) {
+                (Some(serial), Some(text)) => Some(SignedDetails {
+                    serial,
+                    customer: row.customer.unwrap_or_default(),
+                    issued_at: timestamp(
+                        "licenses.issued_at",
+                        row.issued_at.unwrap_or(row.created_at),
+                    )?,
+                    supersedes: string_list("licenses.supersedes", &row.supersedes)?,
+                    entitlements: string_list("licenses.entitlements", &row.entitlements)?,
+                    issuer_key_id: row.issuer_key_id.unwrap_or_default(),
+                    text,
+                }),
+                _ => None,
             },
             created_at: timestamp("licenses.created_at", row.created_at)?,
         })

@@ -29,6 +29,8 @@ pub struct AdminCommand {
 enum AdminAction {
     /// Print the installation's CA certificate (PEM), for routers given `--ca-cert`.
     CaCertificate,
+    /// Print the installation's id: the vendor issues signed licenses for it.
+    InstallationId,
     /// Create a tenant (cloud mode); prints its id.
     CreateTenant { name: String },
     /// Create an API token; prints the token.
@@ -68,6 +70,7 @@ impl AdminCommand {
                 let ca = CertificateAuthority::load_or_create(store.as_ref()).await?;
                 print!("{}", ca.certificate_pem());
             }
+            AdminAction::InstallationId => println!("{}", installation.id),
             AdminAction::CreateTenant { name } => {
                 let tenant = installation
                     .create_tenant(store.as_ref(), &clock, &name)

@@ -5,6 +5,8 @@ mod admin;
 mod agent;
 #[cfg(feature = "server")]
 mod demo;
+#[cfg(feature = "server")]
+mod license;
 mod options;
 #[cfg(feature = "server")]
 mod serve;
@@ -36,6 +38,9 @@ enum Command {
     /// Run a server with a simulated fleet, to try Floatilla out.
     #[cfg(feature = "server")]
     Demo(demo::DemoCommand),
+    /// Signed license files for installations on premises: keys, issuing, checking.
+    #[cfg(feature = "server")]
+    License(license::LicenseCommand),
     /// Run the router agent: enroll once, then keep the control channel to the server.
     Agent(agent::AgentCommand),
     /// Simulate a fleet of routers speaking the real protocol.
@@ -68,6 +73,8 @@ fn main() -> anyhow::Result<()> {
             Command::Admin(command) => command.run().await,
             #[cfg(feature = "server")]
             Command::Demo(command) => command.run().await,
+            #[cfg(feature = "server")]
+            Command::License(command) => command.run().await,
             Command::Agent(command) => command.run().await,
             Command::Simulate(command) => command.run().await,
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use floatilla_domain::licensing::signed::RootPublicKey;
 use floatilla_domain::{Mode, SystemClock, Timers};
 use floatilla_server::{ConsoleListener, ServerConfig};
 use serde::Deserialize;
@@ -84,6 +85,15 @@ struct ServeOptions {
     /// development, never production [default: false].
     #[arg(long, env = "FLOATILLA_ALLOW_UNSIGNED_LICENSES", num_args = 0..=1, default_missing_value = "true")]
     allow_unsigned_licenses: Option<bool>,
+    /// A license root's public key (`root.pub`): license files issued under it are accepted
+    /// (repeatable; the file key is `trusted_roots`). Without any, every file is refused
+    /// as `unknown_issuer`.
+    #[arg(
+        long = "trusted-root",
+        env = "FLOATILLA_TRUSTED_ROOTS",
+        value_delimiter = ','
+    )]
+    trusted_roots: Option<Vec<PathBuf>>,
 }
 
 impl ServeOptions {
@@ -113,6 +123,7 @@ impl ServeOptions {
             allow_unsigned_licenses: self
                 .allow_unsigned_licenses
                 .or(file.allow_unsigned_licenses),
+            trusted_roots: self.trusted_roots.or(file.trusted_roots),
         }
     }
 
@@ -152,6 +163,7 @@ impl ServeOptions {
                     chrono::Duration::seconds(secs.into())
                 }),
             allow_unsigned_licenses: self.allow_unsigned_licenses.unwrap_or(false),
+            trusted_license_roots: trusted_license_roots(self.trusted_roots.as_deref())?,
             max_router_connections: self
                 .max_router_connections
                 .unwrap_or(defaults.max_router_connections),
@@ -169,6 +181,43 @@ impl ServeOptions {
             ..defaults
         })
     }
+}
+
+/// The license roots this build trusts: the vendor's, pinned at build time (feature
+/// `pinned-license-root`: an operator cannot add their own), or those given with
+/// `--trusted-root`.
+fn trusted_license_roots(files: Option<&[PathBuf]>) -> anyhow::Result<Vec<RootPublicKey>> {
+    if cfg!(feature = "pinned-license-root") {
+        if files.is_some_and(|files| !files.is_empty()) {
+            anyhow::bail!(
+                "this build trusts only its vendor's license root; --trusted-root is not accepted"
+            );
+        }
+        return Ok(vec![pinned_root()?]);
+    }
+    files
+        .unwrap_or_default()
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the license root {}", path.display()))?;
+            RootPublicKey::from_armored(&text)
+                .with_context(|| format!("{} is not a license root's public key", path.display()))
+        })
+        .collect()
+}
+
+/// The root a vendor build pins: `FLOATILLA_PINNED_LICENSE_ROOT` names its `root.pub` when
+/// building with the feature.
+#[cfg(feature = "pinned-license-root")]
+fn pinned_root() -> anyhow::Result<RootPublicKey> {
+    RootPublicKey::from_armored(include_str!(env!("FLOATILLA_PINNED_LICENSE_ROOT")))
+        .context("the pinned license root is not a root's public key")
+}
+
+#[cfg(not(feature = "pinned-license-root"))]
+fn pinned_root() -> anyhow::Result<RootPublicKey> {
+    anyhow::bail!("this build pins no license root")
 }
 
 impl ServeCommand {

@@ -511,7 +511,7 @@ async fn a_license_removed_through_one_node_sheds_the_router_on_the_other_prompt
         .api(
             A,
             Method::DELETE,
-            &format!("/api/v1/licenses/{license}"),
+            &format!("/api/v1/licenses/{license}?acknowledge_downgrade=true"),
             None,
         )
         .await;

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Timestamp;
+use crate::names::named_enum;
 
 /// The seats a license grants: a number, or no limit at all. Never a magic number for "no limit".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,6 +166,98 @@ pub fn next_boundary<'a>(
         .min()
 }
 
+named_enum! {
+    /// Where an installed license stands, for people.
+    pub enum LicenseStatus {
+        /// Counts, and stops counting (if ever) in more than 30 days.
+        Valid = "valid",
+        /// Starts later.
+        NotYetValid = "not_yet_valid",
+        /// Counts, and stops counting (at the end of any grace period) within 30 days.
+        Expiring = "expiring",
+        /// Past its `not_after`, still counting until its grace period ends.
+        InGrace = "in_grace",
+        Expired = "expired",
+        /// Its successor has started.
+        Superseded = "superseded",
+    }
+}
+
+/// A license's end is announced as `expiring` this long before.
+pub const EXPIRING_WITHIN_DAYS: i64 = 30;
+
+/// The license's status at `now`, with the whole days left while it is expiring or in grace.
+pub fn license_status(
+    term: &LicenseTerm,
+    superseded_from: Option<Timestamp>,
+    now: Timestamp,
+) -> (LicenseStatus, Option<i64>) {
+    if superseded_from.is_some_and(|from| now >= from) {
+        return (LicenseStatus::Superseded, None);
+    }
+    if now < term.not_before {
+        return (LicenseStatus::NotYetValid, None);
+    }
+    let Some(end) = term.effective_end() else {
+        return (LicenseStatus::Valid, None);
+    };
+    if now >= end {
+        return (LicenseStatus::Expired, None);
+    }
+    let days_left = (end - now).num_days();
+    if term.not_after.is_some_and(|not_after| now >= not_after) {
+        return (LicenseStatus::InGrace, Some(days_left));
+    }
+    if days_left < EXPIRING_WITHIN_DAYS {
+        return (LicenseStatus::Expiring, Some(days_left));
+    }
+    (LicenseStatus::Valid, None)
+}
+
+/// A license as far as renewals go: its term, its serial (signed licenses have one) and the
+/// serials it supersedes.
+#[derive(Debug, Clone, Copy)]
+pub struct Lineage<'a> {
+    pub term: LicenseTerm,
+    pub serial: Option<&'a str>,
+    pub supersedes: &'a [String],
+}
+
+/// When a successor takes over the license with `serial`: the earliest start among the
+/// licenses that supersede it.
+pub fn superseded_at(serial: &str, licenses: &[Lineage<'_>]) -> Option<Timestamp> {
+    licenses
+        .iter()
+        .filter(|l| l.supersedes.iter().any(|s| s == serial))
+        .map(|l| l.term.not_before)
+        .min()
+}
+
+/// The terms that count: a superseded license stops counting when its successor starts, so an
+/// early renewal, installed ahead of time, leaves no gap and counts no seat twice.
+pub fn effective_terms(licenses: &[Lineage<'_>]) -> Vec<LicenseTerm> {
+    licenses
+        .iter()
+        .map(|license| {
+            let Some(successor_start) = license.serial.and_then(|s| superseded_at(s, licenses))
+            else {
+                return license.term;
+            };
+            let end = license
+                .term
+                .effective_end()
+                .map_or(successor_start, |end| end.min(successor_start));
+            // Ends no earlier than it starts: a license superseded before its start never counts.
+            let end = end.max(license.term.not_before);
+            LicenseTerm {
+                not_after: Some(end),
+                grace_until: None,
+                ..license.term
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +309,69 @@ mod tests {
         assert_eq!(next_boundary(&terms, day(0)), Some(day(30)));
         assert_eq!(next_boundary(&terms, day(30)), Some(day(60)));
         assert_eq!(next_boundary(&terms, day(90)), None);
+    }
+
+    #[test]
+    fn an_early_renewal_takes_over_at_its_start_with_no_gap_and_no_double_count() {
+        let old = term(Seats::Count(10), 0, Some(30), Some(40));
+        let renewal = term(Seats::Count(12), 25, Some(395), None);
+        let supersedes = vec!["A-1".to_owned()];
+        let lineages = [
+            Lineage {
+                term: old,
+                serial: Some("A-1"),
+                supersedes: &[],
+            },
+            Lineage {
+                term: renewal,
+                serial: Some("A-2"),
+                supersedes: &supersedes,
+            },
+        ];
+        let terms = effective_terms(&lineages);
+        let just_before = day(25) - Duration::milliseconds(1);
+        assert_eq!(capacity_at(&terms, just_before), Capacity::Limited(10));
+        assert_eq!(capacity_at(&terms, day(25)), Capacity::Limited(12));
+        assert_eq!(capacity_at(&terms, day(35)), Capacity::Limited(12));
+        assert_eq!(superseded_at("A-1", &lineages), Some(day(25)));
+        assert_eq!(superseded_at("A-2", &lineages), None);
+        // A successor that starts before the license itself: it never counts.
+        let early = term(Seats::Count(3), -5, None, None);
+        let lineages = [
+            Lineage {
+                term: old,
+                serial: Some("A-1"),
+                supersedes: &[],
+            },
+            Lineage {
+                term: early,
+                serial: None,
+                supersedes: &supersedes,
+            },
+        ];
+        assert_eq!(
+            capacity_at(&effective_terms(&lineages), day(1)),
+            Capacity::Limited(3)
+        );
+    }
+
+    #[test]
+    fn status_follows_the_term_grace_and_successor() {
+        let t = term(Seats::Count(10), 10, Some(100), Some(114));
+        let status = |now| license_status(&t, Some(day(200)), now);
+        assert_eq!(status(day(5)), (LicenseStatus::NotYetValid, None));
+        assert_eq!(status(day(10)), (LicenseStatus::Valid, None));
+        // Days left count to the end of the grace period, when the license stops counting.
+        assert_eq!(status(day(80)), (LicenseStatus::Valid, None));
+        assert_eq!(status(day(90)), (LicenseStatus::Expiring, Some(24)));
+        assert_eq!(status(day(100)), (LicenseStatus::InGrace, Some(14)));
+        assert_eq!(status(day(114)), (LicenseStatus::Expired, None));
+        assert_eq!(status(day(200)), (LicenseStatus::Superseded, None));
+        let permanent = term(Seats::Unlimited, 0, None, None);
+        assert_eq!(
+            license_status(&permanent, None, day(9_999)),
+            (LicenseStatus::Valid, None)
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::state::AppState;
         enrollment::policy, enrollment::set_policy, enrollment::accept, enrollment::reject,
         enrollment::import, events::list,
         licensing::pool, licensing::list, licensing::create, licensing::delete, licensing::bulk,
-        licensing::usage,
+        licensing::usage, licensing::acknowledge_clock, licensing::installation,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -83,6 +83,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/devices/import", post(enrollment::import))
         .route("/api/v1/devices/bulk", post(licensing::bulk))
         .route("/api/v1/license-pool", get(licensing::pool))
+        .route(
+            "/api/v1/license-pool/clock/acknowledge",
+            post(licensing::acknowledge_clock),
+        )
+        .route("/api/v1/installation", get(licensing::installation))
         .route(
             "/api/v1/licenses",
             get(licensing::list).post(licensing::create),

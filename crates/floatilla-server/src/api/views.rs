@@ -397,6 +397,27 @@ pub struct PoolView {
     pub next_change: Option<CapacityChangeView>,
     /// Why the pool grants nothing, when it does not.
     pub explanation: Option<String>,
+    /// Whether license decisions follow the wall clock now.
+    pub clock: ClockView,
+}
+
+/// The wall clock as license decisions see it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClockView {
+    /// While `false`, capacity holds where it was: no license starts or ends.
+    pub trusted: bool,
+    /// `behind_signed_time` or `jumped`, while in doubt.
+    pub doubt: Option<String>,
+    /// How far the wall clock is off, in seconds (negative: behind).
+    pub off_by_secs: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InstallationView {
+    /// Signed license files name the installation they are for.
+    pub installation_id: String,
+    /// `on-prem` or `cloud`.
+    pub mode: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -424,9 +445,35 @@ pub struct LicenseView {
     pub not_before: DateTime<Utc>,
     /// Null for a permanent license.
     pub not_after: Option<DateTime<Utc>>,
-    /// `valid`, `not_yet_valid` or `expired`.
+    /// The end of its grace period, if it has one: it counts until then.
+    pub grace_until: Option<DateTime<Utc>>,
+    /// `valid`, `not_yet_valid`, `expiring`, `in_grace`, `expired` or `superseded`.
     pub status: String,
+    /// Whole days until it stops counting, while `expiring` or `in_grace`.
+    pub days_left: Option<i64>,
+    /// Whether the pool sums its seats now.
+    pub counting: bool,
+    /// Installed from a signed license file.
+    pub signed: bool,
+    pub serial: Option<String>,
+    pub customer: Option<String>,
+    pub issued_at: Option<DateTime<Utc>>,
+    /// Serials this license replaces from its start.
+    pub supersedes: Vec<String>,
+    /// When a successor replaces this license.
+    pub superseded_from: Option<DateTime<Utc>>,
+    pub entitlements: Vec<String>,
+    /// The issuing key that signed it.
+    pub issuer_key_id: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// A router, named.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RouterRef {
+    pub id: String,
+    pub serial: String,
+    pub name: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
