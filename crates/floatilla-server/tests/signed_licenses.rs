@@ -178,6 +178,12 @@ async fn every_rejection_has_its_code_and_disturbs_nothing(db: TestDb) {
         assert!(serials.contains(&serial), "{licenses}");
     }
     assert_eq!(server.get("/api/v1/license-pool").await["capacity"], 25);
+
+    // A server that trusts no root starts, and refuses every file as from an unknown issuer.
+    let untrusting = TestServer::start(TestDb::sqlite()).await;
+    let id = installation_id(&untrusting).await;
+    let text = vendor.license(&claims(&id, "L-10", 5, untrusting.clock.now()));
+    assert_eq!(rejected(&untrusting, &text).await, "unknown_issuer");
 }
 
 /// The events of `kind` once there are `count` of them: the node that notices a clock change
