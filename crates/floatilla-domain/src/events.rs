@@ -53,6 +53,8 @@ named_enum! {
         LicenseCapacityChanged = "license_capacity_changed",
         /// More routers are pinned than there are seats.
         LicensePinsExceedCapacity = "license_pins_exceed_capacity",
+        /// The capacity drops within a warning window (30, 14, 7, 1 days by default).
+        LicenseCapacityDropNotice = "license_capacity_drop_notice",
         /// The wall clock is behind the newest signed time, or jumped: license capacity holds.
         LicenseClockInDoubt = "license_clock_in_doubt",
         /// The wall clock agrees with the trusted clocks again, or an admin acknowledged it.
@@ -93,7 +95,8 @@ impl EventKind {
             | EventKind::LicenseShedCapacityDropped
             | EventKind::LicenseShedPinnedPriority
             | EventKind::LicenseDeniedPoolFull
-            | EventKind::LicenseLimitReached => Severity::Warning,
+            | EventKind::LicenseLimitReached
+            | EventKind::LicenseCapacityDropNotice => Severity::Warning,
             EventKind::CredentialCloned
             | EventKind::LicensePinsExceedCapacity
             | EventKind::LicenseClockInDoubt => Severity::Alarm,

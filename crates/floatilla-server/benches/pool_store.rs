@@ -33,7 +33,7 @@ use floatilla_domain::licensing::{LicenseState, LicenseTerm, Seats};
 use floatilla_domain::model::Tenant;
 use floatilla_domain::{Clock, DeviceId, LicenseId, ManualClock, SessionId, TenantId, Timestamp};
 use floatilla_server::gateway::registry::SessionRegistry;
-use floatilla_server::licensing::{Pools, Request};
+use floatilla_server::licensing::{PoolSettings, Pools, Request};
 use floatilla_store::testing::TestDb;
 use floatilla_store::{License, Location, Preregistered, Preregistration, Store};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -399,7 +399,7 @@ fn bench_backend(c: &mut Criterion, runtime: &tokio::runtime::Runtime, backend: 
             "bench-node".into(),
             Arc::new(clock.clone()),
             Arc::new(SessionRegistry::default()),
-            LINGER,
+            PoolSettings::with_linger(LINGER),
         )
         .await
         .unwrap();

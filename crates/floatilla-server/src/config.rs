@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub license_linger: chrono::Duration,
     /// Accept licenses posted as plain JSON, unsigned: for tests, demos and development.
     pub allow_unsigned_licenses: bool,
+    /// Days before a capacity drop at which a warning is given.
+    pub license_notice_days: Vec<u32>,
     /// The vendor roots whose certified issuers' license files this installation accepts.
     pub trusted_license_roots: Vec<RootPublicKey>,
 }
@@ -78,6 +80,7 @@ impl Default for ServerConfig {
             max_connects_per_sec: 10_000,
             license_linger: chrono::Duration::minutes(10),
             allow_unsigned_licenses: false,
+            license_notice_days: vec![30, 14, 7, 1],
             trusted_license_roots: Vec::new(),
         }
     }

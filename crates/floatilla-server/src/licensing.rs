@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex};
 
 use floatilla_domain::events::{Event, EventKind};
 use floatilla_domain::licensing::{
-    Capacity, Changes, ClockChange, ClockDoubt, ClockGuard, Granularity, Ledger, LicenseReason,
-    LicenseState, LicenseTerm, Lineage, PoolCounts, PoolError, PoolEvent, PoolOp, ServiceClock,
-    Transition, UsageSample, accrue, capacity_at, effective_terms, next_boundary,
+    Capacity, CapacityForecast, Changes, ClockChange, ClockDoubt, ClockGuard, Granularity, Ledger,
+    LicenseReason, LicenseState, LicenseTerm, Lineage, NoticeWindows, PoolCounts, PoolError,
+    PoolEvent, PoolOp, ServiceClock, Transition, UsageSample, accrue, capacity_at, effective_terms,
+    next_boundary, next_capacity_drop,
 };
 use floatilla_domain::{Clock, DeviceId, SessionId, TenantId, Timestamp};
 use floatilla_store::{
@@ -152,6 +153,25 @@ struct Heard {
     everyone: bool,
 }
 
+/// How the pools behave.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// How long a session outlives its dropped connection.
+    pub linger: chrono::Duration,
+    /// When to warn ahead of a capacity drop.
+    pub notice_windows: NoticeWindows,
+}
+
+impl PoolSettings {
+    /// The default warnings (30, 14, 7 and 1 days ahead) with this linger.
+    pub fn with_linger(linger: chrono::Duration) -> Self {
+        Self {
+            linger,
+            notice_windows: NoticeWindows::default(),
+        }
+    }
+}
+
 /// The license pools as this node sees them.
 pub struct Pools {
     store: Arc<dyn Store>,
@@ -160,6 +180,7 @@ pub struct Pools {
     clock: Arc<dyn Clock>,
     sessions: Arc<SessionRegistry>,
     linger: chrono::Duration,
+    notice_windows: NoticeWindows,
     service_clock: Mutex<ServiceClock>,
     tenants: Mutex<HashMap<TenantId, Arc<TenantPool>>>,
     /// Wakes the timer task: deadlines may have moved.
@@ -178,7 +199,7 @@ impl Pools {
         node_id: String,
         clock: Arc<dyn Clock>,
         sessions: Arc<SessionRegistry>,
-        linger: chrono::Duration,
+        settings: PoolSettings,
     ) -> Result<Arc<Self>, StoreError> {
         let service_clock = store.start_service_clock(clock.now(), OUTAGE_AFTER).await?;
         let tenants = store.tenants().await?;
@@ -197,7 +218,8 @@ impl Pools {
             node_id,
             clock,
             sessions,
-            linger,
+            linger: settings.linger,
+            notice_windows: settings.notice_windows,
             service_clock: Mutex::new(service_clock),
             tenants: Mutex::default(),
             deadlines_moved: Notify::new(),
@@ -370,7 +392,8 @@ impl Pools {
                 next_alive = now + ALIVE_INTERVAL;
             }
             let mut failed = false;
-            let due_now = if self.clock_trusted().await {
+            let trusted = self.clock_trusted().await;
+            let due_now = if trusted {
                 self.deadlines().await
             } else {
                 Vec::new()
@@ -382,6 +405,9 @@ impl Pools {
                     tracing::warn!(%error, %tenant, "cannot apply the pool's due changes");
                     failed = true;
                 }
+            }
+            if trusted {
+                self.send_notices().await;
             }
             let earliest = self
                 .deadlines()
@@ -423,7 +449,10 @@ impl Pools {
             let capacity_off = copy.ledger.as_ref().is_some_and(|ledger| {
                 copy.licenses.is_some() && ledger.capacity() != capacity_at(copy.terms(), now)
             });
-            let due = [linger_end, boundary, capacity_off.then_some(now)]
+            let notice = self
+                .next_drop(&copy, now)
+                .and_then(|drop| self.notice_windows.next_opening(drop.at, now));
+            let due = [linger_end, boundary, capacity_off.then_some(now), notice]
                 .into_iter()
                 .flatten()
                 .min();
@@ -432,6 +461,63 @@ impl Pools {
             }
         }
         deadlines
+    }
+
+    /// The next capacity drop within the widest notice window, for the fleet as it is now.
+    fn next_drop(&self, copy: &Copy, now: Timestamp) -> Option<CapacityForecast> {
+        let counts = copy.ledger.as_ref()?.counts();
+        next_capacity_drop(
+            copy.terms(),
+            now,
+            counts.licensed + counts.excess,
+            self.notice_windows.horizon(),
+        )
+    }
+
+    /// The warning ahead of the tenant's next capacity drop, if one of its windows is open:
+    /// for the pool's figures.
+    pub async fn drop_warning(&self, tenant: TenantId) -> Option<String> {
+        let pool = self.tenant(tenant);
+        let copy = pool.copy.lock().await;
+        let now = self.clock.now();
+        let drop = self.next_drop(&copy, now)?;
+        self.notice_windows.current(drop.at, now)?;
+        Some(drop.notice(now))
+    }
+
+    /// Records, once per window and drop (whichever node is first), a warning event for every
+    /// tenant whose capacity drops within an open notice window.
+    async fn send_notices(&self) {
+        let pools: Vec<Arc<TenantPool>> = lock(&self.tenants).values().cloned().collect();
+        let now = self.clock.now();
+        for pool in pools {
+            let due = {
+                let copy = pool.copy.lock().await;
+                self.next_drop(&copy, now).and_then(|drop| {
+                    let window = self.notice_windows.current(drop.at, now)?;
+                    Some((drop, window))
+                })
+            };
+            let Some((drop, window)) = due else { continue };
+            let event = Event::new(
+                pool.tenant,
+                now,
+                EventKind::LicenseCapacityDropNotice,
+                None,
+                drop.notice(now),
+            );
+            match self
+                .store
+                .record_notice(pool.tenant, drop.at, window, &event)
+                .await
+            {
+                Ok(true) => metrics::license_pool_event(EventKind::LicenseCapacityDropNotice),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, tenant = %pool.tenant, "cannot record a capacity notice")
+                }
+            }
+        }
     }
 
     fn tenant(&self, tenant: TenantId) -> Arc<TenantPool> {

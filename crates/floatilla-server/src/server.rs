@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use floatilla_domain::Clock;
+use floatilla_domain::licensing::NoticeWindows;
 use floatilla_protocol::CaFingerprint;
 use floatilla_store::Store;
 use hyper::body::Incoming;
@@ -24,7 +25,7 @@ use crate::gateway::admission::Admission;
 use crate::gateway::last_seen::LastSeen;
 use crate::gateway::registry::SessionRegistry;
 use crate::installation::Installation;
-use crate::licensing::Pools;
+use crate::licensing::{PoolSettings, Pools};
 use crate::state::AppState;
 use crate::tls::{self, CertificateAuthority, LEAF_RENEW_BEFORE_DAYS, LeafResolver, TlsError};
 
@@ -235,7 +236,10 @@ pub async fn start(
         config.node_id.clone(),
         clock.clone(),
         sessions.clone(),
-        config.license_linger,
+        PoolSettings {
+            linger: config.license_linger,
+            notice_windows: NoticeWindows::new(config.license_notice_days.clone()),
+        },
     )
     .await
     .map_err(Error::from)?;

@@ -19,6 +19,7 @@ on_both_backends!(
     a_reconnect_within_the_linger_keeps_the_seat_and_a_late_one_loses_it,
     usage_is_kept_per_hour_and_day_as_json_and_csv,
     an_outage_longer_than_the_linger_reshuffles_nothing,
+    a_capacity_drop_is_announced_at_each_window,
 );
 
 fn licensing_config() -> floatilla_server::ServerConfig {
@@ -443,4 +444,75 @@ async fn an_outage_longer_than_the_linger_reshuffles_nothing(db: TestDb) {
             .await
             .is_empty()
     );
+}
+
+/// The tenant's events of `kind` once there are `count`: timers record them as the clock moves.
+async fn events_eventually(server: &TestServer, kind: &str, count: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let events = server.events(kind).await;
+        if events.len() >= count || tokio::time::Instant::now() > deadline {
+            assert_eq!(events.len(), count, "{kind}: {events:?}");
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn a_capacity_drop_is_announced_at_each_window(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    let ends = server.clock.now() + Duration::days(40);
+    add_license(
+        &server,
+        json!({"name": "until spring", "seats": 10, "not_after": ends}),
+    )
+    .await;
+    add_license(&server, json!({"name": "forever", "seats": 2})).await;
+    let _routers = connect_fleet(&server, "NT", 5).await;
+    assert_eq!(
+        server.get("/api/v1/license-pool").await["warning"],
+        Value::Null
+    );
+
+    let mut given = 0;
+    for days in [30, 14, 7, 1] {
+        // A minute before the window opens: nothing yet.
+        let opens = ends - Duration::days(days);
+        server
+            .clock
+            .advance(opens - server.clock.now() - Duration::minutes(1));
+        assert_eq!(
+            server.events("license_capacity_drop_notice").await.len(),
+            given
+        );
+        server.clock.advance(Duration::minutes(1));
+        given += 1;
+        let notices = events_eventually(&server, "license_capacity_drop_notice", given).await;
+        let expected_when = if days == 1 {
+            "in 1 day".to_owned()
+        } else {
+            format!("in {days} days")
+        };
+        assert_eq!(
+            notices[0]["message"],
+            format!(
+                "{expected_when}, {} 10 seats expire: 3 routers would become excess",
+                ends.format("on %Y-%m-%d at %H:%M UTC")
+            )
+        );
+        assert_eq!(notices[0]["severity"], "warning");
+        assert_eq!(
+            server.get("/api/v1/license-pool").await["warning"],
+            notices[0]["message"]
+        );
+    }
+    // The drop itself ends the warnings; nothing more is announced.
+    server.clock.advance(Duration::days(1));
+    let pool = server.get("/api/v1/license-pool").await;
+    assert_eq!(
+        (&pool["capacity"], &pool["warning"]),
+        (&json!(2), &Value::Null)
+    );
+    server.clock.advance(Duration::days(30));
+    assert_eq!(server.events("license_capacity_drop_notice").await.len(), 4);
 }

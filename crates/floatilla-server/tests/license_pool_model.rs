@@ -18,7 +18,9 @@ use floatilla_domain::licensing::{Capacity, LicenseState, LicenseTerm, PoolError
 use floatilla_domain::model::Tenant;
 use floatilla_domain::{Clock, DeviceId, LicenseId, ManualClock, SessionId, TenantId, Timestamp};
 use floatilla_server::gateway::registry::SessionRegistry;
-use floatilla_server::licensing::{PoolFailure, Pools, Request, Standing, sessions_closed};
+use floatilla_server::licensing::{
+    PoolFailure, PoolSettings, Pools, Request, Standing, sessions_closed,
+};
 use floatilla_store::testing::TestDb;
 use floatilla_store::{ClosedSession, License, Preregistered, Preregistration, Store};
 use proptest::prelude::*;
@@ -406,7 +408,7 @@ impl Harness {
                 node.into(),
                 Arc::new(clock.clone()),
                 Arc::new(SessionRegistry::default()),
-                Duration::milliseconds(LINGER_MS),
+                PoolSettings::with_linger(Duration::milliseconds(LINGER_MS)),
             )
             .await
             .expect("open the license pools");

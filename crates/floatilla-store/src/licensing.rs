@@ -161,6 +161,17 @@ pub trait LicensePools {
         to: Timestamp,
     ) -> Result<Vec<UsageBucket>>;
 
+    /// Records that the warning `window_days` before the tenant's capacity drop at `drop_at`
+    /// was given, with its event, unless it was given already (by any node): answers whether
+    /// this call gave it.
+    async fn record_notice(
+        &self,
+        tenant: TenantId,
+        drop_at: Timestamp,
+        window_days: u32,
+        event: &Event,
+    ) -> Result<bool>;
+
     /// A node starts: if no node said it was alive within `quiet` before `now`, the time since
     /// the last one did is an outage, which lingers do not count. Answers the clock in force.
     async fn start_service_clock(
@@ -408,6 +419,33 @@ macro_rules! impl_license_pools {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn record_notice(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                drop_at: ::floatilla_domain::Timestamp,
+                window_days: u32,
+                event: &::floatilla_domain::events::Event,
+            ) -> $crate::Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let inserted = ::sqlx::query(
+                    "INSERT INTO license_notices (tenant_id, drop_at, window_days, sent_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(tenant.to_string())
+                .bind($crate::rows::millis(drop_at))
+                .bind(i64::from(window_days))
+                .bind($crate::rows::millis(event.at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| $crate::shared::write_error(e, String::new, "tenant"))?
+                .rows_affected();
+                if inserted > 0 {
+                    $crate::events::insert_event!(&mut *tx, event)?;
+                }
+                tx.commit().await?;
+                Ok(inserted > 0)
             }
 
             async fn start_service_clock(

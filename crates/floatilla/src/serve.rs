@@ -85,6 +85,9 @@ struct ServeOptions {
     /// development, never production [default: false].
     #[arg(long, env = "FLOATILLA_ALLOW_UNSIGNED_LICENSES", num_args = 0..=1, default_missing_value = "true")]
     allow_unsigned_licenses: Option<bool>,
+    /// Days before a capacity drop at which a warning event is given [default: 30,14,7,1].
+    #[arg(long, env = "FLOATILLA_LICENSE_NOTICE_DAYS", value_delimiter = ',')]
+    license_notice_days: Option<Vec<u32>>,
     /// A license root's public key (`root.pub`): license files issued under it are accepted
     /// (repeatable; the file key is `trusted_roots`). Without any, every file is refused
     /// as `unknown_issuer`.
@@ -124,6 +127,7 @@ impl ServeOptions {
                 .allow_unsigned_licenses
                 .or(file.allow_unsigned_licenses),
             trusted_roots: self.trusted_roots.or(file.trusted_roots),
+            license_notice_days: self.license_notice_days.or(file.license_notice_days),
         }
     }
 
@@ -164,6 +168,10 @@ impl ServeOptions {
                 }),
             allow_unsigned_licenses: self.allow_unsigned_licenses.unwrap_or(false),
             trusted_license_roots: trusted_license_roots(self.trusted_roots.as_deref())?,
+            license_notice_days: self
+                .license_notice_days
+                .clone()
+                .unwrap_or(defaults.license_notice_days.clone()),
             max_router_connections: self
                 .max_router_connections
                 .unwrap_or(defaults.max_router_connections),

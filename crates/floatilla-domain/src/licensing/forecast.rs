@@ -44,7 +44,96 @@ pub fn next_capacity_change(
     }
 }
 
+/// The next drop of capacity after `now`, no later than `within`, for `live_managed` routers:
+/// rises on the way are passed over, since only a drop needs a warning.
+pub fn next_capacity_drop(
+    terms: &[LicenseTerm],
+    now: Timestamp,
+    live_managed: u64,
+    within: chrono::Duration,
+) -> Option<CapacityForecast> {
+    let horizon = now + within;
+    let mut at = now;
+    loop {
+        let change = next_capacity_change(terms, at, live_managed)?;
+        if change.at > horizon {
+            return None;
+        }
+        if change.is_drop() {
+            return Some(change);
+        }
+        at = change.at;
+    }
+}
+
+/// The warning windows before a capacity drop, in days (30, 14, 7 and 1 by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeWindows(Vec<u32>);
+
+impl NoticeWindows {
+    /// Windows in any order; duplicates and zero are dropped.
+    pub fn new(mut days: Vec<u32>) -> Self {
+        days.retain(|d| *d > 0);
+        days.sort_unstable_by(|a, b| b.cmp(a));
+        days.dedup();
+        Self(days)
+    }
+
+    /// How far ahead the widest window looks.
+    pub fn horizon(&self) -> chrono::Duration {
+        chrono::Duration::days(self.0.first().copied().unwrap_or(0).into())
+    }
+
+    /// The window a drop at `drop_at` is in, seen from `now`: the narrowest one that has
+    /// opened. A notice is due once per window; after an outage only the narrowest is sent.
+    pub fn current(&self, drop_at: Timestamp, now: Timestamp) -> Option<u32> {
+        if now >= drop_at {
+            return None;
+        }
+        self.0
+            .iter()
+            .copied()
+            .filter(|days| drop_at - chrono::Duration::days((*days).into()) <= now)
+            .min()
+    }
+
+    /// When the next window before `drop_at` opens after `now`.
+    pub fn next_opening(&self, drop_at: Timestamp, now: Timestamp) -> Option<Timestamp> {
+        self.0
+            .iter()
+            .map(|days| drop_at - chrono::Duration::days((*days).into()))
+            .filter(|opening| *opening > now)
+            .min()
+    }
+}
+
+impl Default for NoticeWindows {
+    fn default() -> Self {
+        Self::new(vec![30, 14, 7, 1])
+    }
+}
+
 impl CapacityForecast {
+    /// Whether fewer routers could be licensed after it.
+    pub fn is_drop(&self) -> bool {
+        match (self.from, self.to) {
+            (Capacity::Limited(from), Capacity::Limited(to)) => to < from,
+            (Capacity::Unlimited, Capacity::Limited(_)) => true,
+            (_, Capacity::Unlimited) => false,
+        }
+    }
+
+    /// A warning ahead of the drop, in plain words, e.g. "in 14 days, on 2027-01-31 at 00:00
+    /// UTC 25 seats expire: 12 routers would become excess".
+    pub fn notice(&self, now: Timestamp) -> String {
+        let days = (self.at - now).num_days();
+        let when = match days {
+            0 => "within a day".to_owned(),
+            1 => "in 1 day".to_owned(),
+            n => format!("in {n} days"),
+        };
+        format!("{when}, {}", self.describe())
+    }
     /// The change in plain words, e.g. "on 2027-01-31 at 00:00 UTC 25 seats expire: 12 routers
     /// would become excess".
     pub fn describe(&self) -> String {
@@ -143,6 +232,52 @@ mod tests {
             forecast.describe(),
             "on 2027-03-02 at 00:00 UTC 10 seats expire: 10 routers would become excess"
         );
+    }
+
+    #[test]
+    fn the_next_drop_passes_over_rises_and_looks_only_so_far() {
+        let terms = [
+            term(Seats::Count(5), 0, None),
+            term(Seats::Count(3), 10, Some(40)),
+        ];
+        let drop = next_capacity_drop(&terms, day(1), 8, Duration::days(60)).unwrap();
+        assert_eq!(
+            (drop.at, drop.from, drop.to),
+            (day(40), Capacity::Limited(8), Capacity::Limited(5))
+        );
+        assert_eq!(
+            next_capacity_drop(&terms, day(1), 8, Duration::days(30)),
+            None
+        );
+        let from_inside = next_capacity_drop(&terms, day(12), 8, Duration::days(30)).unwrap();
+        assert_eq!(
+            (from_inside.from, from_inside.shed),
+            (Capacity::Limited(8), 3)
+        );
+        assert_eq!(
+            from_inside.notice(day(12)),
+            "in 28 days, on 2027-02-10 at 00:00 UTC 3 seats expire: 3 routers would become excess"
+        );
+    }
+
+    #[test]
+    fn notice_windows_open_one_after_the_other() {
+        let windows = NoticeWindows::new(vec![7, 30, 1, 14, 14, 0]);
+        assert_eq!(windows, NoticeWindows::default());
+        assert_eq!(windows.horizon(), Duration::days(30));
+        let drop = day(60);
+        assert_eq!(windows.current(drop, day(29)), None);
+        assert_eq!(windows.next_opening(drop, day(29)), Some(day(30)));
+        assert_eq!(windows.current(drop, day(30)), Some(30));
+        assert_eq!(windows.current(drop, day(46)), Some(14));
+        assert_eq!(windows.next_opening(drop, day(46)), Some(day(53)));
+        // After an outage only the narrowest open window counts.
+        assert_eq!(windows.current(drop, day(59) + Duration::hours(1)), Some(1));
+        assert_eq!(
+            windows.next_opening(drop, day(59) + Duration::hours(1)),
+            None
+        );
+        assert_eq!(windows.current(drop, drop), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Floating licenses: what licenses grant over time, and the rule that hands out their seats.
 
+pub mod activation;
 pub mod clock_guard;
 pub mod forecast;
 pub mod ledger;
@@ -12,7 +13,7 @@ pub mod signed;
 pub mod usage;
 
 pub use clock_guard::{ClockChange, ClockDoubt, ClockGuard, ClockVerdict};
-pub use forecast::{CapacityForecast, next_capacity_change};
+pub use forecast::{CapacityForecast, NoticeWindows, next_capacity_change, next_capacity_drop};
 pub use ledger::{Ledger, LedgerRouter, PoolOp};
 pub use license::{
     Capacity, EXPIRING_WITHIN_DAYS, LicenseStatus, LicenseTerm, Lineage, Seats, capacity_at,

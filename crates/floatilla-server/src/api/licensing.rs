@@ -84,6 +84,7 @@ pub async fn pool(State(state): State<AppState>, caller: Caller) -> Result<Json<
         next_change,
         explanation,
         clock: ClockView::of(state.licensing.clock_doubt()),
+        warning: state.licensing.drop_warning(tenant).await,
     }))
 }
 

@@ -399,6 +399,10 @@ pub struct PoolView {
     pub explanation: Option<String>,
     /// Whether license decisions follow the wall clock now.
     pub clock: ClockView,
+    /// A warning while the capacity drops within a notice window (30, 14, 7, 1 days by
+    /// default), e.g. "in 14 days, on 2027-01-31 at 00:00 UTC 25 seats expire: 12 routers
+    /// would become excess".
+    pub warning: Option<String>,
 }
 
 /// The wall clock as license decisions see it.
