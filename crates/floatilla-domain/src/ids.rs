@@ -68,3 +68,11 @@ id_type!(
     /// A license installed in a tenant's pool.
     LicenseId
 );
+id_type!(
+    /// An address to which a tenant's events are POSTed.
+    WebhookId
+);
+id_type!(
+    /// One event on its way to one webhook, with all its attempts.
+    WebhookDeliveryId
+);

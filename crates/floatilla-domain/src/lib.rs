@@ -17,7 +17,7 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use connection::{ConnectionState, DisconnectReason};
 pub use ids::{
     ApiTokenId, CredentialId, DeviceId, EnrollmentTokenId, EventId, GroupId, LicenseId, SessionId,
-    TenantId,
+    TenantId, WebhookDeliveryId, WebhookId,
 };
 pub use tenancy::{Mode, Role};
 pub use timers::{TimerChange, TimerProfile, Timers};

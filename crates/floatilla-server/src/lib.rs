@@ -14,6 +14,7 @@ pub mod proxy_protocol;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod webhooks;
 
 pub use config::{ConsoleListener, ServerConfig};
 pub use error::Error;

@@ -13,6 +13,7 @@ mod shared;
 mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod webhooks;
 
 pub use cluster::{CallOutcome, Cluster, ClusterMessage, Received, Subscription};
 pub use enrollment::{EnrollmentControl, Preregistered, Preregistration};
@@ -24,6 +25,10 @@ pub use licensing::{
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use webhooks::{
+    AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryState, Webhook, WebhookAttempt,
+    WebhookDelivery, Webhooks,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,7 +123,7 @@ pub struct DevicePatch {
 /// Everything Floatilla persists. Every method is a single transaction.
 #[async_trait]
 pub trait Store:
-    EventLog + EnrollmentControl + Cluster + LicensePools + Send + Sync + 'static
+    EventLog + EnrollmentControl + Cluster + LicensePools + Webhooks + Send + Sync + 'static
 {
     fn backend(&self) -> Backend;
 

@@ -11,6 +11,7 @@ use crate::enrollment::impl_enrollment_control;
 use crate::events::impl_event_log;
 use crate::licensing::impl_license_pools;
 use crate::shared::{check_schema_version, impl_store};
+use crate::webhooks::impl_webhooks;
 use crate::{Backend, Result};
 
 /// Connections each node keeps to the database.
@@ -146,3 +147,4 @@ impl_event_log!(PgStore);
 impl_enrollment_control!(PgStore);
 impl_cluster!(PgStore);
 impl_license_pools!(PgStore);
+impl_webhooks!(PgStore);

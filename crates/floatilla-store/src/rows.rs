@@ -33,17 +33,17 @@ pub(crate) fn status_json(status: &DeviceStatus) -> Result<String> {
     serde_json::to_string(status).map_err(|e| StoreError::Corrupt(format!("device status: {e}")))
 }
 
-fn timestamp(column: &str, millis: i64) -> Result<Timestamp> {
+pub(crate) fn timestamp(column: &str, millis: i64) -> Result<Timestamp> {
     DateTime::from_timestamp_millis(millis)
         .ok_or_else(|| StoreError::Corrupt(format!("{column}: {millis} is out of range")))
 }
 
-fn opt_timestamp(column: &str, millis: Option<i64>) -> Result<Option<Timestamp>> {
+pub(crate) fn opt_timestamp(column: &str, millis: Option<i64>) -> Result<Option<Timestamp>> {
     millis.map(|m| timestamp(column, m)).transpose()
 }
 
 /// Parses a stored name or id, blaming the column when it does not parse.
-fn parse<T>(column: &str, text: &str) -> Result<T>
+pub(crate) fn parse<T>(column: &str, text: &str) -> Result<T>
 where
     T: FromStr,
     T::Err: std::fmt::Display,
@@ -52,7 +52,7 @@ where
         .map_err(|e| StoreError::Corrupt(format!("{column} `{text}`: {e}")))
 }
 
-fn opt_parse<T>(column: &str, text: Option<&str>) -> Result<Option<T>>
+pub(crate) fn opt_parse<T>(column: &str, text: Option<&str>) -> Result<Option<T>>
 where
     T: FromStr,
     T::Err: std::fmt::Display,

@@ -15,6 +15,7 @@ use crate::enrollment::impl_enrollment_control;
 use crate::events::impl_event_log;
 use crate::licensing::impl_license_pools;
 use crate::shared::{check_schema_version, impl_store};
+use crate::webhooks::impl_webhooks;
 use crate::{Backend, Result};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -172,3 +173,4 @@ impl_event_log!(SqliteStore);
 impl_enrollment_control!(SqliteStore);
 impl_cluster!(SqliteStore);
 impl_license_pools!(SqliteStore);
+impl_webhooks!(SqliteStore);

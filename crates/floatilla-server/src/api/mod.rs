@@ -10,6 +10,7 @@ pub mod groups;
 pub mod licensing;
 pub mod tokens;
 pub mod views;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::State;
@@ -35,6 +36,7 @@ use crate::state::AppState;
         enrollment::import, events::list,
         licensing::pool, licensing::list, licensing::create, licensing::delete, licensing::bulk,
         licensing::usage, licensing::acknowledge_clock, licensing::installation,
+        webhooks::list, webhooks::create, webhooks::delete, webhooks::deliveries,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -104,6 +106,18 @@ pub fn routes() -> Router<AppState> {
             get(enrollment::policy).put(enrollment::set_policy),
         )
         .route("/api/v1/events", get(events::list))
+        .route(
+            "/api/v1/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            axum::routing::delete(webhooks::delete),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
         .route("/api/v1/groups", get(groups::list).post(groups::create))
         .route(
             "/api/v1/groups/{id}",
