@@ -1,10 +1,12 @@
 //! What an installation is, decided once and kept in the database: its form of operation, its id
 //! and, on premises, its single tenant. The server and the admin CLI share this.
 
+use floatilla_domain::LicenseId;
 use floatilla_domain::enrollment::EnrollmentPolicy;
+use floatilla_domain::licensing::{LicenseTerm, Seats};
 use floatilla_domain::model::Tenant;
 use floatilla_domain::{Clock, Mode, TenantId};
-use floatilla_store::Store;
+use floatilla_store::{License, Store};
 use uuid::Uuid;
 
 use crate::error::{Error, Result, checked_name};
@@ -107,11 +109,13 @@ impl Installation {
         }
     }
 
+    /// Creates a cloud tenant, with a trial license unless `trial` grants no seats.
     pub async fn create_tenant(
         &self,
         store: &dyn Store,
         clock: &dyn Clock,
         name: &str,
+        trial: Trial,
     ) -> Result<Tenant> {
         if self.mode != Mode::Cloud {
             return Err(Error::invalid(
@@ -126,6 +130,41 @@ impl Installation {
             created_at: clock.now(),
         };
         store.create_tenant(&tenant).await?;
+        if trial.seats > 0 && trial.days > 0 {
+            let now = clock.now();
+            let license = License {
+                id: LicenseId::new(),
+                tenant_id: tenant.id,
+                name: format!("trial: {} seats for {} days", trial.seats, trial.days),
+                term: LicenseTerm {
+                    seats: Seats::Count(trial.seats),
+                    not_before: now,
+                    not_after: Some(now + chrono::Duration::days(trial.days.into())),
+                    grace_until: None,
+                },
+                signed: None,
+                created_at: now,
+            };
+            store.add_license(&license).await?;
+        }
         Ok(tenant)
+    }
+}
+
+/// The license a new cloud tenant starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trial {
+    pub days: u32,
+    /// No trial when 0.
+    pub seats: u32,
+}
+
+impl Default for Trial {
+    /// 25 seats for 45 days.
+    fn default() -> Self {
+        Self {
+            days: 45,
+            seats: 25,
+        }
     }
 }

@@ -18,5 +18,5 @@ pub mod webhooks;
 
 pub use config::{ConsoleListener, ServerConfig};
 pub use error::Error;
-pub use installation::Installation;
+pub use installation::{Installation, Trial};
 pub use server::{RunningServer, StartError, start};

@@ -7,9 +7,9 @@ use std::str::FromStr;
 use clap::{Args, Subcommand};
 use floatilla_domain::model::ApiToken;
 use floatilla_domain::{ApiTokenId, Clock, Role, SystemClock, TenantId};
-use floatilla_server::Installation;
 use floatilla_server::api::auth::new_api_token_secret;
 use floatilla_server::tls::CertificateAuthority;
+use floatilla_server::{Installation, Trial};
 
 use crate::options::read_config_file;
 use crate::storage::StorageOptions;
@@ -31,8 +31,16 @@ enum AdminAction {
     CaCertificate,
     /// Print the installation's id: the vendor issues signed licenses for it.
     InstallationId,
-    /// Create a tenant (cloud mode); prints its id.
-    CreateTenant { name: String },
+    /// Create a tenant (cloud mode) with a trial license; prints its id.
+    CreateTenant {
+        name: String,
+        /// How long the trial license lasts, in days [default: 45].
+        #[arg(long)]
+        trial_days: Option<u32>,
+        /// The trial license's seats; 0 gives no trial [default: 25].
+        #[arg(long)]
+        trial_seats: Option<u32>,
+    },
     /// Create an API token; prints the token.
     CreateToken {
         /// viewer, operator or admin.
@@ -53,6 +61,8 @@ enum AdminAction {
 struct AdminFile {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    trial_days: Option<u32>,
+    trial_seats: Option<u32>,
 }
 
 impl AdminCommand {
@@ -71,9 +81,18 @@ impl AdminCommand {
                 print!("{}", ca.certificate_pem());
             }
             AdminAction::InstallationId => println!("{}", installation.id),
-            AdminAction::CreateTenant { name } => {
+            AdminAction::CreateTenant {
+                name,
+                trial_days,
+                trial_seats,
+            } => {
+                let defaults = Trial::default();
+                let trial = Trial {
+                    days: trial_days.or(file.trial_days).unwrap_or(defaults.days),
+                    seats: trial_seats.or(file.trial_seats).unwrap_or(defaults.seats),
+                };
                 let tenant = installation
-                    .create_tenant(store.as_ref(), &clock, &name)
+                    .create_tenant(store.as_ref(), &clock, &name, trial)
                     .await?;
                 println!("{}", tenant.id);
             }

@@ -124,8 +124,30 @@ async fn cloud_mode_has_tenants_created_from_the_cli() {
     )
     .await;
     assert_eq!(status, 200);
+    // A new cloud tenant starts with a trial: 25 seats for 45 days.
+    let (_, licenses) = get(
+        &client,
+        &format!("{}/api/v1/licenses", served.url),
+        token.trim(),
+    )
+    .await;
+    let trial = &licenses["items"][0];
+    assert_eq!(
+        (&trial["seats"], &trial["status"]),
+        (&json!(25), &json!("valid"))
+    );
+    let days = chrono::DateTime::parse_from_rfc3339(trial["not_after"].as_str().unwrap()).unwrap()
+        - chrono::DateTime::parse_from_rfc3339(trial["not_before"].as_str().unwrap()).unwrap();
+    assert_eq!(days.num_days(), 45);
+    let (_, pool) = get(
+        &client,
+        &format!("{}/api/v1/license-pool", served.url),
+        token.trim(),
+    )
+    .await;
+    assert_eq!(pool["capacity"], 25);
 
-    let other = admin(&data, &["create-tenant", "Other"]).unwrap();
+    let other = admin(&data, &["create-tenant", "Other", "--trial-seats", "0"]).unwrap();
     let other_token = admin(
         &data,
         &["create-token", "--role", "admin", "--tenant", other.trim()],
@@ -146,6 +168,17 @@ async fn cloud_mode_has_tenants_created_from_the_cli() {
     )
     .await;
     assert_eq!(groups, json!([]), "tenants never see each other's groups");
+    let (_, licenses) = get(
+        &client,
+        &format!("{}/api/v1/licenses", served.url),
+        other_token.trim(),
+    )
+    .await;
+    assert_eq!(
+        licenses["items"],
+        json!([]),
+        "no trial with --trial-seats 0"
+    );
 }
 
 #[tokio::test]
