@@ -151,6 +151,9 @@ struct Heard {
     transitions: Vec<Transition>,
     /// The copy was rebuilt from a snapshot: every router connected here learns its state.
     everyone: bool,
+    /// The newest issue time of the signed licenses read: a wall clock far behind it is not
+    /// trusted for license decisions.
+    newest_signed: Option<Timestamp>,
 }
 
 /// How the pools behave.
@@ -203,32 +206,26 @@ impl Pools {
     ) -> Result<Arc<Self>, StoreError> {
         let service_clock = store.start_service_clock(clock.now(), OUTAGE_AFTER).await?;
         let tenants = store.tenants().await?;
-        let mut newest_signed = None;
-        for tenant in &tenants {
-            let licenses = store.licenses(tenant.id).await?;
-            let issued = licenses
-                .iter()
-                .filter_map(|l| l.signed.as_ref())
-                .map(|s| s.issued_at);
-            newest_signed = newest_signed.max(issued.max());
-        }
-        let clock_guard = ClockGuard::new(clock.now(), clock.monotonic(), newest_signed);
         let pools = Arc::new(Self {
             store: store.clone(),
             node_id,
-            clock,
+            clock: clock.clone(),
             sessions,
             linger: settings.linger,
             notice_windows: settings.notice_windows,
             service_clock: Mutex::new(service_clock),
             tenants: Mutex::default(),
             deadlines_moved: Notify::new(),
-            clock_guard: Mutex::new(clock_guard),
+            clock_guard: Mutex::new(ClockGuard::new(clock.now(), clock.monotonic(), None)),
             clock_doubt: Mutex::default(),
         });
+        let mut newest_signed = None;
         for tenant in tenants {
-            pools.refresh(tenant.id).await?;
+            newest_signed = newest_signed.max(pools.catch_up_from_store(tenant.id).await?);
         }
+        // Judged from the start against the newest signed time of any installed license.
+        let now = pools.clock.now();
+        *lock(&pools.clock_guard) = ClockGuard::new(now, pools.clock.monotonic(), newest_signed);
         Ok(pools)
     }
 
@@ -252,12 +249,6 @@ impl Pools {
         answer
             .await
             .unwrap_or_else(|_| Err(PoolFailure::Store("the batch was dropped".into())))
-    }
-
-    /// A signed time was seen: an installed license's issue time. A wall clock far behind it is
-    /// not trusted for license decisions.
-    pub fn saw_signed_time(&self, at: Timestamp) {
-        lock(&self.clock_guard).saw_signed_time(at);
     }
 
     /// Why the wall clock is in doubt, if it is; license capacity holds meanwhile.
@@ -344,15 +335,30 @@ impl Pools {
     /// Brings this node's copy of a tenant's pool up to date without taking the tenant's lock
     /// in the database: when another node says the pool changed.
     pub async fn refresh(&self, tenant: TenantId) -> Result<(), StoreError> {
+        self.catch_up_from_store(tenant).await.map(|_| ())
+    }
+
+    /// Reads what changed in the tenant's pool and applies it; answers the newest signed issue
+    /// time among the licenses read, if any were.
+    async fn catch_up_from_store(&self, tenant: TenantId) -> Result<Option<Timestamp>, StoreError> {
         let pool = self.tenant(tenant);
         let mut copy = pool.copy.lock().await;
         pool.refresh_queued.store(false, Ordering::Release);
         let read = self.store.read_pool(tenant, copy.position()).await?;
         let heard = catch_up(&mut copy, read);
-        self.tell_sessions(&copy, &heard);
+        self.heard(&copy, &heard);
         drop(copy);
         self.deadlines_moved.notify_one();
-        Ok(())
+        Ok(heard.newest_signed)
+    }
+
+    /// Passes on what a catch-up learnt: license changes to the routers connected here, signed
+    /// times to the clock guard.
+    fn heard(&self, copy: &Copy, heard: &Heard) {
+        if let Some(signed) = heard.newest_signed {
+            lock(&self.clock_guard).saw_signed_time(signed);
+        }
+        self.tell_sessions(copy, heard);
     }
 
     /// Queues a refresh of the tenant's pool, unless one is queued already: notifications
@@ -392,26 +398,31 @@ impl Pools {
                 next_alive = now + ALIVE_INTERVAL;
             }
             let mut failed = false;
-            let trusted = self.clock_trusted().await;
-            let due_now = if trusted {
-                self.deadlines().await
+            // While the clock is in doubt nothing is due: the next look is at the next sign of
+            // life (waking for deadlines already passed would spin).
+            let deadlines = if self.clock_trusted().await {
+                let deadlines = self.deadlines().await;
+                let mut swept = false;
+                for (tenant, due) in &deadlines {
+                    if *due > now {
+                        continue;
+                    }
+                    swept = true;
+                    if let Err(error) = self.submit(*tenant, Request::Sweep).await {
+                        tracing::warn!(%error, %tenant, "cannot apply the pool's due changes");
+                        failed = true;
+                    }
+                }
+                self.send_notices().await;
+                if swept {
+                    self.deadlines().await
+                } else {
+                    deadlines
+                }
             } else {
                 Vec::new()
             };
-            for (tenant, due) in due_now {
-                if due <= now
-                    && let Err(error) = self.submit(tenant, Request::Sweep).await
-                {
-                    tracing::warn!(%error, %tenant, "cannot apply the pool's due changes");
-                    failed = true;
-                }
-            }
-            if trusted {
-                self.send_notices().await;
-            }
-            let earliest = self
-                .deadlines()
-                .await
+            let earliest = deadlines
                 .into_iter()
                 .map(|(_, due)| due)
                 .fold(next_alive, Timestamp::min);
@@ -547,8 +558,9 @@ impl Pools {
         let result = self
             .store
             .update_pool(pool.tenant, copy.position(), &mut |read| {
-                heard = catch_up(copy, read.clone());
-                let mut decision = Decision::new(pool.tenant, now, read.head.usage);
+                let last_usage = read.head.usage;
+                heard = catch_up(copy, read);
+                let mut decision = Decision::new(pool.tenant, now, last_usage);
                 let ledger = copy.ledger.get_or_insert_with(Ledger::new);
                 let capacity = capacity_at(
                     copy.licenses.as_ref().map_or(&[][..], |(_, terms)| terms),
@@ -594,7 +606,7 @@ impl Pools {
                 let reasons: HashMap<DeviceId, LicenseReason> =
                     decided.iter().map(|t| (t.device, t.reason)).collect();
                 heard.transitions.extend(decided);
-                self.tell_sessions(copy, &heard);
+                self.heard(copy, &heard);
                 if wrote_ops {
                     crate::cluster::pool_changed(&self.store, &self.node_id, pool.tenant).await;
                 }
@@ -690,6 +702,11 @@ pub async fn sessions_closed(pools: &Pools, closed: &[ClosedSession], at: Timest
 fn catch_up(copy: &mut Copy, read: PoolRead) -> Heard {
     let mut heard = Heard::default();
     if let Some(licenses) = read.licenses {
+        heard.newest_signed = licenses
+            .iter()
+            .filter_map(|l| l.signed.as_ref())
+            .map(|s| s.issued_at)
+            .max();
         let lineages: Vec<Lineage<'_>> = licenses.iter().map(License::lineage).collect();
         copy.licenses = Some((read.head.licenses_revision, effective_terms(&lineages)));
     }

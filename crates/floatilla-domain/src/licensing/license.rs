@@ -26,28 +26,48 @@ impl fmt::Display for Seats {
 /// On the wire and in files: a JSON number, or the string `"unlimited"`.
 impl Serialize for Seats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Seats::Count(n) => serializer.serialize_u32(*n),
-            Seats::Unlimited => serializer.serialize_str("unlimited"),
-        }
+        let limit = match self {
+            Seats::Count(n) => Some(*n),
+            Seats::Unlimited => None,
+        };
+        serialize_limit(limit, serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Seats {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Wire {
-            Count(u32),
-            Word(String),
-        }
-        match Wire::deserialize(deserializer)? {
-            Wire::Count(n) => Ok(Seats::Count(n)),
-            Wire::Word(word) if word == "unlimited" => Ok(Seats::Unlimited),
-            Wire::Word(word) => Err(serde::de::Error::custom(format!(
-                "seats must be a number or \"unlimited\", not \"{word}\""
-            ))),
-        }
+        Ok(deserialize_limit(deserializer, "seats")?.map_or(Seats::Unlimited, Seats::Count))
+    }
+}
+
+/// A limit as a JSON number, or `None` as the string `"unlimited"`.
+fn serialize_limit<S: Serializer, T: Serialize>(
+    limit: Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match limit {
+        Some(n) => n.serialize(serializer),
+        None => serializer.serialize_str("unlimited"),
+    }
+}
+
+/// A JSON number, or `None` for the string `"unlimited"`; `what` names it in the error.
+fn deserialize_limit<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+    what: &str,
+) -> Result<Option<T>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire<T> {
+        Count(T),
+        Word(String),
+    }
+    match Wire::<T>::deserialize(deserializer)? {
+        Wire::Count(n) => Ok(Some(n)),
+        Wire::Word(word) if word == "unlimited" => Ok(None),
+        Wire::Word(word) => Err(serde::de::Error::custom(format!(
+            "{what} must be a number or \"unlimited\", not \"{word}\""
+        ))),
     }
 }
 
@@ -79,28 +99,18 @@ impl Capacity {
 /// Like [`Seats`]: a JSON number, or the string `"unlimited"`.
 impl Serialize for Capacity {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Capacity::Limited(n) => serializer.serialize_u64(*n),
-            Capacity::Unlimited => serializer.serialize_str("unlimited"),
-        }
+        let limit = match self {
+            Capacity::Limited(n) => Some(*n),
+            Capacity::Unlimited => None,
+        };
+        serialize_limit(limit, serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Capacity {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Wire {
-            Count(u64),
-            Word(String),
-        }
-        match Wire::deserialize(deserializer)? {
-            Wire::Count(n) => Ok(Capacity::Limited(n)),
-            Wire::Word(word) if word == "unlimited" => Ok(Capacity::Unlimited),
-            Wire::Word(word) => Err(serde::de::Error::custom(format!(
-                "a capacity is a number or \"unlimited\", not \"{word}\""
-            ))),
-        }
+        Ok(deserialize_limit(deserializer, "a capacity")?
+            .map_or(Capacity::Unlimited, Capacity::Limited))
     }
 }
 

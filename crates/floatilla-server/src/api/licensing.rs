@@ -335,9 +335,7 @@ async fn install_signed(
             claims.serial
         )));
     }
-    let license = install(state, tenant, license, acknowledged).await?;
-    state.licensing.saw_signed_time(claims.issued_at);
-    Ok(license)
+    install(state, tenant, license, acknowledged).await
 }
 
 /// Refuses a change of licenses that would leave fewer seats now than routers licensed now,
