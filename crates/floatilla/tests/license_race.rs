@@ -12,14 +12,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Running, Served, spawn_serve, wait_listening};
+use common::cluster::{A, B, Cluster, NODE_IDS, hello};
 use floatilla_agent::connection::recv_message;
-use floatilla_agent::{Connector, ControlChannel, ServerAddress, ServerTrust};
-use floatilla_protocol::{
-    EnrollRequest, EnrollResponse, EnrollmentTokenString, Hello, PROTOCOL_VERSION, ServerMessage,
-};
-use floatilla_store::Location;
-use floatilla_store::testing::TestDb;
+use floatilla_agent::{Connector, ControlChannel, ServerTrust};
+use floatilla_protocol::{EnrollRequest, EnrollResponse, EnrollmentTokenString, ServerMessage};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::{Barrier, Semaphore};
@@ -37,66 +33,6 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(30);
 /// How soon a router on one node hears that a license removed through the other node shed it:
 /// a notification between nodes, far sooner than a node's 10-second heartbeat.
 const SHED_WITHIN: Duration = Duration::from_secs(5);
-
-/// The two nodes, by index.
-const A: usize = 0;
-const B: usize = 1;
-const NODE_IDS: [&str; 2] = ["node-a", "node-b"];
-
-/// Two nodes that accept unsigned licenses on one fresh database, an admin token and a client
-/// that trusts the installation.
-struct Cluster {
-    // Declared before the database: the nodes stop before it is dropped.
-    nodes: Vec<Served>,
-    http: reqwest::Client,
-    ca_pem: String,
-    admin_token: String,
-    database_url: String,
-    _db: TestDb,
-}
-
-/// Starts `floatilla serve` on the database as node `node_id`; [`wait_listening`] finishes it.
-fn spawn_node(database_url: &str, node_id: &str) -> Running {
-    spawn_serve(
-        &[
-            "--database-url",
-            database_url,
-            "--listen",
-            "127.0.0.1:0",
-            "--node-id",
-            node_id,
-            "--allow-unsigned-licenses",
-        ],
-        &[],
-    )
-}
-
-fn admin(database_url: &str, args: &[&str]) -> String {
-    let output = Command::new(BIN)
-        .args(["admin", "--database-url", database_url])
-        .args(args)
-        .env("FLOATILLA_LOG", "warn")
-        .output()
-        .expect("run floatilla admin");
-    assert!(
-        output.status.success(),
-        "floatilla admin {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn hello(credential: &str, serial: &str) -> Hello {
-    Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: "test".into(),
-        credential: credential.to_owned(),
-        serial: serial.to_owned(),
-        model: "MRX5".into(),
-        firmware: "5.2.1".into(),
-        clock: chrono::Utc::now(),
-    }
-}
 
 /// One row of the `devices` table as PostgreSQL holds it.
 #[derive(Debug)]
@@ -142,64 +78,6 @@ fn stored_devices(database_url: &str) -> Vec<DeviceRow> {
 }
 
 impl Cluster {
-    /// Both nodes started at once on a fresh database; `None` without PostgreSQL.
-    async fn start() -> Option<Cluster> {
-        let db = TestDb::postgres().await?;
-        let Location::Postgres(url) = db.location().clone() else {
-            panic!("a PostgreSQL test database");
-        };
-        let starting: Vec<Running> = NODE_IDS.iter().map(|id| spawn_node(&url, id)).collect();
-        let nodes: Vec<Served> = starting.into_iter().map(wait_listening).collect();
-        let admin_token = admin(&url, &["create-token", "--role", "admin"])
-            .trim()
-            .to_owned();
-        let ca_pem = admin(&url, &["ca-certificate"]);
-        let trust = ServerTrust::from_ca_pem(&ca_pem).unwrap();
-        let tls = Arc::unwrap_or_clone(trust.client_config(Default::default()).unwrap());
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .build()
-            .unwrap();
-        Some(Cluster {
-            nodes,
-            http,
-            ca_pem,
-            admin_token,
-            database_url: url,
-            _db: db,
-        })
-    }
-
-    fn address(&self, node: usize) -> ServerAddress {
-        ServerAddress::parse(&self.nodes[node].url).unwrap()
-    }
-
-    /// An admin's API request to `node`; answers status and JSON body (Null when empty).
-    async fn api(
-        &self,
-        node: usize,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.nodes[node].url))
-            .bearer_auth(&self.admin_token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("API request");
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, body)
-    }
-
     /// A GET that must succeed.
     async fn get(&self, node: usize, path: &str) -> Value {
         let (status, body) = self.api(node, Method::GET, path, None).await;
@@ -219,20 +97,6 @@ impl Cluster {
             .await;
         assert_eq!(status, 201, "{license}");
         license["id"].as_str().expect("the license's id").to_owned()
-    }
-
-    /// A new enrollment token made through `node`'s API.
-    async fn enrollment_token(&self, node: usize, name: &str) -> String {
-        let (status, body) = self
-            .api(
-                node,
-                Method::POST,
-                "/api/v1/enrollment-tokens",
-                Some(json!({"name": name})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["token"].as_str().unwrap().to_owned()
     }
 
     /// Connectors as a new router has them: trusting only the token's CA fingerprint.
@@ -311,7 +175,7 @@ impl Connected {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routers_racing_through_two_nodes_get_exactly_the_seats_first_in_line() {
-    let Some(cluster) = Cluster::start().await else {
+    let Some(cluster) = Cluster::start(&["--allow-unsigned-licenses"]).await else {
         return;
     };
     cluster.add_license(A, "a hundred seats", SEATS).await;
@@ -484,7 +348,7 @@ async fn routers_racing_through_two_nodes_get_exactly_the_seats_first_in_line() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_license_removed_through_one_node_sheds_the_router_on_the_other_promptly() {
-    let Some(cluster) = Cluster::start().await else {
+    let Some(cluster) = Cluster::start(&["--allow-unsigned-licenses"]).await else {
         return;
     };
     let license = cluster.add_license(A, "one seat", 1).await;

@@ -3,6 +3,8 @@
 // Each test file uses its own part of these.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
