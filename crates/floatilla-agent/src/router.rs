@@ -486,10 +486,13 @@ fn is_credential_refusal(code: &str) -> bool {
     )
 }
 
-/// Refusals that only an operator's action ends: waiting for approval, or a clone of this
-/// router holding the channel.
+/// Refusals that only an operator's action ends: waiting for approval, a clone of this router
+/// holding the channel, or a suspended tenant.
 fn awaits_operator(code: &str) -> bool {
-    matches!(code, "enrollment_pending" | "credential_in_use")
+    matches!(
+        code,
+        "enrollment_pending" | "credential_in_use" | "tenant_suspended"
+    )
 }
 
 async fn answer_call(

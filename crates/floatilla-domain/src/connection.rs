@@ -53,10 +53,12 @@ pub enum DisconnectReason {
     ProtocolError,
     /// The router's credential was revoked, or the router was deleted.
     CredentialRevoked,
+    /// The provider suspended the router's tenant.
+    TenantSuspended,
 }
 
 impl DisconnectReason {
-    pub const ALL: [DisconnectReason; 7] = [
+    pub const ALL: [DisconnectReason; 8] = [
         DisconnectReason::CleanClose,
         DisconnectReason::ConnectionLost,
         DisconnectReason::PingTimeout,
@@ -64,6 +66,7 @@ impl DisconnectReason {
         DisconnectReason::ServerShutdown,
         DisconnectReason::ProtocolError,
         DisconnectReason::CredentialRevoked,
+        DisconnectReason::TenantSuspended,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +78,7 @@ impl DisconnectReason {
             DisconnectReason::ServerShutdown => "server_shutdown",
             DisconnectReason::ProtocolError => "protocol_error",
             DisconnectReason::CredentialRevoked => "credential_revoked",
+            DisconnectReason::TenantSuspended => "tenant_suspended",
         }
     }
 }

@@ -59,6 +59,12 @@ named_enum! {
         LicenseClockInDoubt = "license_clock_in_doubt",
         /// The wall clock agrees with the trusted clocks again, or an admin acknowledged it.
         LicenseClockTrusted = "license_clock_trusted",
+        /// An activation code was redeemed: its license is in the pool.
+        LicenseCodeRedeemed = "license_code_redeemed",
+        /// The provider suspended the tenant: its routers and API tokens are refused.
+        TenantSuspended = "tenant_suspended",
+        /// The provider lifted the tenant's suspension.
+        TenantResumed = "tenant_resumed",
     }
 }
 
@@ -89,14 +95,17 @@ impl EventKind {
             | EventKind::LicenseReleasedDeleted
             | EventKind::LicenseRestored
             | EventKind::LicenseCapacityChanged
-            | EventKind::LicenseClockTrusted => Severity::Info,
+            | EventKind::LicenseClockTrusted
+            | EventKind::LicenseCodeRedeemed
+            | EventKind::TenantResumed => Severity::Info,
             EventKind::EnrollmentRejected
             | EventKind::EnrollmentRefused
             | EventKind::LicenseShedCapacityDropped
             | EventKind::LicenseShedPinnedPriority
             | EventKind::LicenseDeniedPoolFull
             | EventKind::LicenseLimitReached
-            | EventKind::LicenseCapacityDropNotice => Severity::Warning,
+            | EventKind::LicenseCapacityDropNotice
+            | EventKind::TenantSuspended => Severity::Warning,
             EventKind::CredentialCloned
             | EventKind::LicensePinsExceedCapacity
             | EventKind::LicenseClockInDoubt => Severity::Alarm,

@@ -55,6 +55,10 @@ id_type!(
     EventId
 );
 id_type!(EnrollmentTokenId);
+id_type!(
+    /// A batch of activation codes the provider created together.
+    CodeBatchId
+);
 id_type!(ApiTokenId);
 id_type!(
     /// One router credential (several exist briefly while one is being renewed).

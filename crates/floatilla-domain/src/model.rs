@@ -16,6 +16,10 @@ pub struct Tenant {
     pub name: String,
     pub enrollment_policy: EnrollmentPolicy,
     pub created_at: Timestamp,
+    /// Set while the provider has suspended the tenant: its routers and tokens are refused.
+    pub suspended_at: Option<Timestamp>,
+    /// Where notices about the tenant's licenses are e-mailed, if anywhere.
+    pub contact_email: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +185,8 @@ pub struct ConnectionRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiToken {
     pub id: ApiTokenId,
-    pub tenant_id: TenantId,
+    /// The tenant the token acts in; none for a provider token (and only for one).
+    pub tenant_id: Option<TenantId>,
     pub name: String,
     pub role: Role,
     pub secret_hash: String,

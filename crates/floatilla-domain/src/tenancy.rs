@@ -44,8 +44,10 @@ impl FromStr for Mode {
     }
 }
 
-/// What an API token or user may do inside its tenant. Each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// What an API token or user may do. The tenant roles (viewer, operator, admin) act inside one
+/// tenant, each including the ones before it; the provider of a cloud service belongs to no
+/// tenant and does only what a provider does (tenants, activation codes, usage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Reads everything in the tenant.
@@ -54,6 +56,8 @@ pub enum Role {
     Operator,
     /// Also manages tokens, enrollment and settings.
     Admin,
+    /// Runs a cloud service: creates, suspends and deletes tenants, issues activation codes.
+    Provider,
 }
 
 impl Role {
@@ -62,12 +66,31 @@ impl Role {
             Role::Viewer => "viewer",
             Role::Operator => "operator",
             Role::Admin => "admin",
+            Role::Provider => "provider",
         }
     }
 
     /// Whether this role includes everything `needed` may do.
     pub fn allows(self, needed: Role) -> bool {
-        self >= needed
+        match (self.tenant_rank(), needed.tenant_rank()) {
+            (Some(mine), Some(theirs)) => mine >= theirs,
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the role acts inside one tenant (every role but the provider's).
+    pub fn is_tenant_role(self) -> bool {
+        self.tenant_rank().is_some()
+    }
+
+    fn tenant_rank(self) -> Option<u8> {
+        match self {
+            Role::Viewer => Some(0),
+            Role::Operator => Some(1),
+            Role::Admin => Some(2),
+            Role::Provider => None,
+        }
     }
 }
 
@@ -84,8 +107,9 @@ impl FromStr for Role {
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
+            "provider" => Ok(Role::Provider),
             other => Err(format!(
-                "unknown role `{other}` (expected viewer, operator or admin)"
+                "unknown role `{other}` (expected viewer, operator, admin or provider)"
             )),
         }
     }
@@ -104,8 +128,19 @@ mod tests {
     }
 
     #[test]
-    fn names_round_trip() {
+    fn the_provider_is_no_tenant_role_and_no_tenant_role_is_the_provider() {
         for role in [Role::Viewer, Role::Operator, Role::Admin] {
+            assert!(role.is_tenant_role());
+            assert!(!Role::Provider.allows(role));
+            assert!(!role.allows(Role::Provider));
+        }
+        assert!(Role::Provider.allows(Role::Provider));
+        assert!(!Role::Provider.is_tenant_role());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for role in [Role::Viewer, Role::Operator, Role::Admin, Role::Provider] {
             assert_eq!(role.as_str().parse::<Role>().unwrap(), role);
         }
         for mode in [Mode::OnPrem, Mode::Cloud] {

@@ -74,6 +74,8 @@ async fn fleet(store: &dyn Store, name: &str, routers: usize) -> Fleet {
         name: name.into(),
         enrollment_policy: EnrollmentPolicy::Open,
         created_at: now,
+        suspended_at: None,
+        contact_email: None,
     };
     store.create_tenant(&tenant).await.unwrap();
     let entries: Vec<Preregistration> = (0..routers)

@@ -93,6 +93,23 @@ fn retime_here(state: &AppState, device: Option<DeviceId>, change: TimerChange) 
     }
 }
 
+/// Tells the other nodes that the provider suspended, resumed or deleted a tenant.
+pub async fn tenant_changed(state: &AppState, tenant: TenantId) {
+    publish(state, || ClusterMessage::TenantChanged {
+        tenant,
+        node: state.config.node_id.clone(),
+    })
+    .await;
+}
+
+/// Another node changed the tenant: read how it stands now and act on it here.
+async fn tenant_changed_elsewhere(state: &AppState, tenant: TenantId) {
+    match state.store.tenant(tenant).await {
+        Ok(stored) => crate::tenancy::apply_here(state, tenant, stored.as_ref()),
+        Err(error) => tracing::warn!(%error, %tenant, "cannot read a tenant another node changed"),
+    }
+}
+
 /// Tells the other nodes that a tenant's license pool or licenses changed.
 pub async fn pool_changed(store: &Arc<dyn Store>, node: &str, tenant: TenantId) {
     if store.backend() == floatilla_store::Backend::Sqlite {
@@ -235,6 +252,9 @@ async fn handle(state: &AppState, message: ClusterMessage) {
         ClusterMessage::PoolChanged { tenant, node } if node != me => {
             state.licensing.refresh_soon(tenant);
         }
+        ClusterMessage::TenantChanged { tenant, node } if node != me => {
+            tenant_changed_elsewhere(state, tenant).await;
+        }
         ClusterMessage::CredentialsRevoked { device, node } if node != me => {
             if let Some(local) = state.sessions.get(device) {
                 let _ = local.inbox.send(SessionCommand::RecheckCredential);
@@ -332,6 +352,9 @@ async fn end_if_superseded(state: &AppState, device: DeviceId, local: SessionId)
 /// rereads every license pool.
 async fn reconcile(state: &AppState) {
     state.licensing.refresh_all_soon();
+    if let Err(error) = state.tenancy.reload(state.store.as_ref()).await {
+        tracing::warn!(%error, "cannot read which tenants are suspended");
+    }
     let sessions = state.sessions.sessions();
     tracing::info!(
         sessions = sessions.len(),

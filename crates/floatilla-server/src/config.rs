@@ -8,6 +8,8 @@ use std::time::Duration;
 use floatilla_domain::licensing::signed::RootPublicKey;
 use floatilla_domain::{Mode, Timers};
 
+use crate::installation::Trial;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Where the device channel (and the API, unless a console listener is set) is served.
@@ -51,6 +53,21 @@ pub struct ServerConfig {
     pub license_notice_days: Vec<u32>,
     /// The vendor roots whose certified issuers' license files this installation accepts.
     pub trusted_license_roots: Vec<RootPublicKey>,
+    /// The trial license of a tenant the provider creates (cloud).
+    pub trial: Trial,
+    /// Where e-mail goes out, if anywhere: notices reach tenants' contact addresses.
+    pub smtp: Option<SmtpSettings>,
+}
+
+/// The SMTP relay that sends the server's e-mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpSettings {
+    /// `smtps://host:port` (TLS from the start), `smtp://host:port?tls=required` (STARTTLS),
+    /// `smtp://host:port?tls=opportunistic` (STARTTLS when offered) or plain `smtp://host:port`
+    /// (a relay on the same host or network only); `user:password@` before the host to log in.
+    pub url: String,
+    /// The sender, `Floatilla <floatilla@example.com>`.
+    pub from: String,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +99,8 @@ impl Default for ServerConfig {
             allow_unsigned_licenses: false,
             license_notice_days: vec![30, 14, 7, 1],
             trusted_license_roots: Vec::new(),
+            trial: Trial::default(),
+            smtp: None,
         }
     }
 }

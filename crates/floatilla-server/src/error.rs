@@ -19,6 +19,11 @@ pub enum Error {
     Unauthenticated,
     #[error("this needs the {0} role")]
     Forbidden(Role),
+    #[error("the provider suspended this tenant")]
+    TenantSuspended,
+    /// Too many attempts: the answer says when to try again.
+    #[error("too many attempts; try again in {retry_after_secs} seconds")]
+    RateLimited { retry_after_secs: u64 },
     #[error("{0} not found")]
     NotFound(&'static str),
     /// This server does not do that, whoever asks.
@@ -105,6 +110,8 @@ impl Error {
         match self {
             Error::Unauthenticated => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
+            Error::TenantSuspended => "tenant_suspended",
+            Error::RateLimited { .. } => "rate_limited",
             Error::NotFound(_) => "not_found",
             Error::NotAllowed { code, .. } => code,
             Error::Invalid { code, .. } => code,
@@ -145,6 +152,7 @@ impl Error {
             | Error::CredentialExpired
             | Error::CredentialRevoked => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_)
+            | Error::TenantSuspended
             | Error::NotAllowed { .. }
             | Error::EnrollmentTokenRefused(_)
             | Error::SerialNotPreregistered(_)
@@ -164,6 +172,7 @@ impl Error {
                 StatusCode::CONFLICT
             }
             Error::CallTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Store(_) | Error::Pool(PoolFailure::Store(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -198,6 +207,20 @@ impl IntoResponse for Error {
                 "routers": routers,
             });
             return (self.status(), Json(answer)).into_response();
+        }
+        if let Error::RateLimited { retry_after_secs } = &self {
+            let body = self.body();
+            let answer = serde_json::json!({
+                "code": body.code,
+                "message": body.message,
+                "retry_after_secs": retry_after_secs,
+            });
+            return (
+                self.status(),
+                [(http::header::RETRY_AFTER, retry_after_secs.to_string())],
+                Json(answer),
+            )
+                .into_response();
         }
         (self.status(), Json(self.body())).into_response()
     }

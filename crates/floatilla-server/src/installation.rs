@@ -1,10 +1,11 @@
 //! What an installation is, decided once and kept in the database: its form of operation, its id
 //! and, on premises, its single tenant. The server and the admin CLI share this.
 
-use floatilla_domain::LicenseId;
 use floatilla_domain::enrollment::EnrollmentPolicy;
 use floatilla_domain::licensing::{LicenseTerm, Seats};
+use floatilla_domain::model::ApiToken;
 use floatilla_domain::model::Tenant;
+use floatilla_domain::{ApiTokenId, LicenseId, Role};
 use floatilla_domain::{Clock, Mode, TenantId};
 use floatilla_store::{License, Store};
 use uuid::Uuid;
@@ -80,6 +81,8 @@ impl Installation {
                 name: "default".into(),
                 enrollment_policy: EnrollmentPolicy::Open,
                 created_at: clock.now(),
+                suspended_at: None,
+                contact_email: None,
             };
             match store.create_tenant(&tenant).await {
                 Ok(()) | Err(floatilla_store::StoreError::Conflict(_)) => {}
@@ -109,12 +112,53 @@ impl Installation {
         }
     }
 
+    /// Creates an API token: a provider token (cloud only, in no tenant) or a tenant role's in
+    /// `tenant` (resolved as for any command). Answers the token and its text, shown once.
+    pub async fn create_api_token(
+        &self,
+        store: &dyn Store,
+        clock: &dyn Clock,
+        role: Role,
+        name: &str,
+        tenant: Option<TenantId>,
+    ) -> Result<(ApiToken, String)> {
+        let tenant_id = match (role, self.mode) {
+            (Role::Provider, Mode::OnPrem) => {
+                return Err(Error::invalid(
+                    "provider_needs_cloud",
+                    "only a cloud installation has a provider",
+                ));
+            }
+            (Role::Provider, Mode::Cloud) if tenant.is_some() => {
+                return Err(Error::invalid(
+                    "provider_has_no_tenant",
+                    "a provider token belongs to no tenant: leave out --tenant",
+                ));
+            }
+            (Role::Provider, Mode::Cloud) => None,
+            _ => Some(self.resolve_tenant(store, tenant).await?),
+        };
+        let (text, secret_hash) = crate::api::auth::new_api_token_secret();
+        let token = ApiToken {
+            id: ApiTokenId::new(),
+            tenant_id,
+            name: checked_name("token", name, 200)?,
+            role,
+            secret_hash,
+            created_at: clock.now(),
+            revoked_at: None,
+        };
+        store.create_api_token(&token).await?;
+        Ok((token, text))
+    }
+
     /// Creates a cloud tenant, with a trial license unless `trial` grants no seats.
     pub async fn create_tenant(
         &self,
         store: &dyn Store,
         clock: &dyn Clock,
         name: &str,
+        contact_email: Option<&str>,
         trial: Trial,
     ) -> Result<Tenant> {
         if self.mode != Mode::Cloud {
@@ -128,6 +172,8 @@ impl Installation {
             name: checked_name("tenant", name, 200)?,
             enrollment_policy: EnrollmentPolicy::Open,
             created_at: clock.now(),
+            suspended_at: None,
+            contact_email: contact_email.map(checked_email).transpose()?,
         };
         store.create_tenant(&tenant).await?;
         if trial.seats > 0 && trial.days > 0 {
@@ -149,6 +195,15 @@ impl Installation {
         }
         Ok(tenant)
     }
+}
+
+/// An e-mail address as given, trimmed, if it is one (`invalid_email` otherwise).
+pub fn checked_email(address: &str) -> Result<String> {
+    let address = address.trim();
+    address
+        .parse::<lettre::Address>()
+        .map(|_| address.to_owned())
+        .map_err(|e| Error::invalid("invalid_email", format!("{address:?}: {e}")))
 }
 
 /// The license a new cloud tenant starts with.

@@ -9,14 +9,16 @@ pub mod events;
 pub mod gateway;
 pub mod installation;
 pub mod licensing;
+pub mod mail;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod server;
 pub mod state;
+pub mod tenancy;
 pub mod tls;
 pub mod webhooks;
 
-pub use config::{ConsoleListener, ServerConfig};
+pub use config::{ConsoleListener, ServerConfig, SmtpSettings};
 pub use error::Error;
 pub use installation::{Installation, Trial};
 pub use server::{RunningServer, StartError, start};

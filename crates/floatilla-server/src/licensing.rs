@@ -30,6 +30,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::registry::{SessionCommand, SessionRegistry};
+use crate::mail::Mailer;
 use crate::metrics;
 
 /// How often a node says it is alive (for outage accounting) and rechecks its timers.
@@ -163,6 +164,8 @@ pub struct PoolSettings {
     pub linger: chrono::Duration,
     /// When to warn ahead of a capacity drop.
     pub notice_windows: NoticeWindows,
+    /// Mails each warning to the tenant's contact address, when e-mail is set up.
+    pub mailer: Option<Arc<Mailer>>,
 }
 
 impl PoolSettings {
@@ -171,6 +174,7 @@ impl PoolSettings {
         Self {
             linger,
             notice_windows: NoticeWindows::default(),
+            mailer: None,
         }
     }
 }
@@ -184,6 +188,7 @@ pub struct Pools {
     sessions: Arc<SessionRegistry>,
     linger: chrono::Duration,
     notice_windows: NoticeWindows,
+    mailer: Option<Arc<Mailer>>,
     service_clock: Mutex<ServiceClock>,
     tenants: Mutex<HashMap<TenantId, Arc<TenantPool>>>,
     /// Wakes the timer task: deadlines may have moved.
@@ -213,6 +218,7 @@ impl Pools {
             sessions,
             linger: settings.linger,
             notice_windows: settings.notice_windows,
+            mailer: settings.mailer,
             service_clock: Mutex::new(service_clock),
             tenants: Mutex::default(),
             deadlines_moved: Notify::new(),
@@ -305,6 +311,11 @@ impl Pools {
         self.submit(tenant, Request::Sweep).await?;
         crate::cluster::pool_changed(&self.store, &self.node_id, tenant).await;
         Ok(())
+    }
+
+    /// Drops this node's copy of a deleted tenant's pool.
+    pub fn forget(&self, tenant: TenantId) {
+        lock(&self.tenants).remove(&tenant);
     }
 
     /// The licensed routers that a capacity of `capacity` would make excess, first to go first:
@@ -522,7 +533,21 @@ impl Pools {
                 .record_notice(pool.tenant, drop.at, window, &event)
                 .await
             {
-                Ok(true) => metrics::license_pool_event(EventKind::LicenseCapacityDropNotice),
+                Ok(true) => {
+                    metrics::license_pool_event(EventKind::LicenseCapacityDropNotice);
+                    if let Some(mailer) = &self.mailer {
+                        let subject =
+                            format!("Floatilla: license capacity drops {}", drop.time_left(now));
+                        let body = format!(
+                            "{}.\n\nRenew or add licenses before then, or mark routers unmanaged \
+                             to fit the capacity that remains. Routers beyond it stay visible \
+                             but receive no updates and accept no management task.\n\n\
+                             You receive this as the contact address of your Floatilla tenant.\n",
+                            drop.notice(now)
+                        );
+                        crate::mail::tell_tenant(mailer, &self.store, pool.tenant, subject, body);
+                    }
+                }
                 Ok(false) => {}
                 Err(error) => {
                     tracing::warn!(%error, tenant = %pool.tenant, "cannot record a capacity notice")

@@ -239,6 +239,13 @@ pub async fn start(
         PoolSettings {
             linger: config.license_linger,
             notice_windows: NoticeWindows::new(config.license_notice_days.clone()),
+            mailer: match &config.smtp {
+                Some(settings) => Some(Arc::new(
+                    crate::mail::Mailer::new(settings)
+                        .map_err(|e| Error::invalid("invalid_smtp", e.to_string()))?,
+                )),
+                None => None,
+            },
         },
     )
     .await
@@ -264,6 +271,7 @@ pub async fn start(
         installation: Arc::new(installation),
         ca: ca.clone(),
         licensing: licensing.clone(),
+        tenancy: Arc::new(crate::tenancy::Tenancy::load(store.as_ref()).await?),
         sessions,
         last_seen: Arc::new(LastSeen::default()),
         admission,

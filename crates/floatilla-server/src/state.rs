@@ -14,6 +14,7 @@ use crate::gateway::last_seen::LastSeen;
 use crate::gateway::registry::SessionRegistry;
 use crate::installation::Installation;
 use crate::licensing::Pools;
+use crate::tenancy::Tenancy;
 use crate::tls::CertificateAuthority;
 
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct AppState {
     pub ca: Arc<CertificateAuthority>,
     /// This node's view of the tenants' license pools, through which every change goes.
     pub licensing: Arc<Pools>,
+    /// Which tenants are suspended, and their budgets of failed activation-code attempts.
+    pub tenancy: Arc<Tenancy>,
     pub sessions: Arc<SessionRegistry>,
     pub last_seen: Arc<LastSeen>,
     /// The cap on open router channels and the rate of new ones.

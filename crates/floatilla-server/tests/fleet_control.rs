@@ -217,20 +217,9 @@ async fn an_import_answers_every_row_and_skips_only_the_bad_ones(db: TestDb) {
     );
     let (status, report) = server.import_csv(&csv).await;
     assert_eq!(status, 200, "{report}");
-    let rows = report["rows"].as_array().unwrap();
-    let summary: Vec<(u64, &str, Option<&str>)> = rows
-        .iter()
-        .map(|row| {
-            (
-                row["line"].as_u64().unwrap(),
-                row["result"].as_str().unwrap(),
-                row["error"]["code"].as_str(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        summary,
-        vec![
+    assert_import_rows(
+        &report,
+        &[
             (2, "created", None),
             (3, "failed", Some("invalid_field")),
             (4, "failed", Some("unknown_group")),
@@ -239,7 +228,7 @@ async fn an_import_answers_every_row_and_skips_only_the_bad_ones(db: TestDb) {
             (7, "failed", Some("invalid_name")),
             (9, "created", None),
             (10, "created", None),
-        ]
+        ],
     );
     assert_eq!(
         (&report["created"], &report["updated"], &report["failed"]),

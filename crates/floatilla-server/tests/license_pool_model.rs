@@ -367,6 +367,8 @@ impl Harness {
             name: format!("model-{}", uuid::Uuid::new_v4().simple()),
             enrollment_policy: EnrollmentPolicy::Open,
             created_at: start,
+            suspended_at: None,
+            contact_email: None,
         };
         store.create_tenant(&tenant).await.expect("create a tenant");
         let entries: Vec<Preregistration> = (0..ROUTERS)

@@ -318,6 +318,8 @@ async fn webhooks_are_checked_and_kept_to_their_tenant(db: TestDb) {
         name: "another tenant".into(),
         enrollment_policy: floatilla_domain::enrollment::EnrollmentPolicy::Open,
         created_at: server.clock.now(),
+        suspended_at: None,
+        contact_email: None,
     };
     server.store.create_tenant(&other).await.unwrap();
     let other_admin =

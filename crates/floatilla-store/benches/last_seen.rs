@@ -22,6 +22,8 @@ async fn fleet(store: &dyn Store) -> Vec<DeviceId> {
         name: "bench".into(),
         enrollment_policy: floatilla_domain::enrollment::EnrollmentPolicy::Open,
         created_at: now,
+        suspended_at: None,
+        contact_email: None,
     };
     store.create_tenant(&tenant).await.unwrap();
     let token = EnrollmentToken {

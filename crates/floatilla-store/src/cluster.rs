@@ -37,6 +37,8 @@ pub enum ClusterMessage {
     CredentialsRevoked { device: DeviceId, node: String },
     /// `node` changed the tenant's license pool or licenses: the others read what changed.
     PoolChanged { tenant: TenantId, node: String },
+    /// `node` suspended, resumed or deleted the tenant: the others read how it stands.
+    TenantChanged { tenant: TenantId, node: String },
     /// Run a call on the router's session, wherever it is, and answer to node `from`.
     Call {
         call: Uuid,

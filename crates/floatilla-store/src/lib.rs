@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod licensing;
 mod postgres;
+mod provider;
 mod rows;
 mod shared;
 mod sqlite;
@@ -24,6 +25,7 @@ pub use licensing::{
     RouterWrite, SignedDetails,
 };
 pub use postgres::PgStore;
+pub use provider::{CodeFilter, CodeRedemption, IssuedCode, Provider, Redemption, TenantUpdate};
 pub use sqlite::SqliteStore;
 pub use webhooks::{
     AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryState, Webhook, WebhookAttempt,
@@ -123,7 +125,7 @@ pub struct DevicePatch {
 /// Everything Floatilla persists. Every method is a single transaction.
 #[async_trait]
 pub trait Store:
-    EventLog + EnrollmentControl + Cluster + LicensePools + Webhooks + Send + Sync + 'static
+    EventLog + EnrollmentControl + Cluster + LicensePools + Webhooks + Provider + Send + Sync + 'static
 {
     fn backend(&self) -> Backend;
 

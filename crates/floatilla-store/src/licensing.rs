@@ -194,42 +194,8 @@ macro_rules! impl_license_pools {
         #[::async_trait::async_trait]
         impl $crate::LicensePools for $store {
             async fn add_license(&self, license: &$crate::License) -> $crate::Result<()> {
-                let term = &license.term;
-                let signed = license.signed.as_ref();
                 let mut tx = self.begin_write().await?;
-                ::sqlx::query(
-                    "INSERT INTO licenses (id, tenant_id, name, seats, not_before, not_after, \
-                     grace_until, created_at, serial, customer, issued_at, supersedes, \
-                     entitlements, issuer_key_id, signed_text) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                )
-                .bind(license.id.to_string())
-                .bind(license.tenant_id.to_string())
-                .bind(&license.name)
-                .bind($crate::licensing::seats_column(term.seats))
-                .bind($crate::rows::millis(term.not_before))
-                .bind($crate::rows::opt_millis(term.not_after))
-                .bind($crate::rows::opt_millis(term.grace_until))
-                .bind($crate::rows::millis(license.created_at))
-                .bind(signed.map(|s| s.serial.clone()))
-                .bind(signed.map(|s| s.customer.clone()))
-                .bind(signed.map(|s| $crate::rows::millis(s.issued_at)))
-                .bind($crate::licensing::list_json(signed.map_or(&[][..], |s| &s.supersedes))?)
-                .bind($crate::licensing::list_json(signed.map_or(&[][..], |s| &s.entitlements))?)
-                .bind(signed.map(|s| s.issuer_key_id.clone()))
-                .bind(signed.map(|s| s.text.clone()))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    $crate::shared::write_error(
-                        e,
-                        || match signed {
-                            Some(signed) => format!("license {} is installed already", signed.serial),
-                            None => format!("license {} already exists", license.id),
-                        },
-                        "tenant",
-                    )
-                })?;
+                $crate::licensing::insert_license!(&mut *tx, license)?;
                 $crate::licensing::bump_licenses!(&mut *tx, license.tenant_id)?;
                 tx.commit().await?;
                 Ok(())
@@ -505,6 +471,55 @@ macro_rules! impl_license_pools {
     };
 }
 pub(crate) use impl_license_pools;
+
+/// Inserts `$license` with `$executor`; the caller bumps the tenant's license revision in the
+/// same transaction.
+macro_rules! insert_license {
+    ($executor:expr, $license:expr) => {{
+        let license: &$crate::License = $license;
+        let term = &license.term;
+        let signed = license.signed.as_ref();
+        ::sqlx::query(
+            "INSERT INTO licenses (id, tenant_id, name, seats, not_before, not_after, \
+             grace_until, created_at, serial, customer, issued_at, supersedes, \
+             entitlements, issuer_key_id, signed_text) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(license.id.to_string())
+        .bind(license.tenant_id.to_string())
+        .bind(&license.name)
+        .bind($crate::licensing::seats_column(term.seats))
+        .bind($crate::rows::millis(term.not_before))
+        .bind($crate::rows::opt_millis(term.not_after))
+        .bind($crate::rows::opt_millis(term.grace_until))
+        .bind($crate::rows::millis(license.created_at))
+        .bind(signed.map(|s| s.serial.clone()))
+        .bind(signed.map(|s| s.customer.clone()))
+        .bind(signed.map(|s| $crate::rows::millis(s.issued_at)))
+        .bind($crate::licensing::list_json(
+            signed.map_or(&[][..], |s| &s.supersedes),
+        )?)
+        .bind($crate::licensing::list_json(
+            signed.map_or(&[][..], |s| &s.entitlements),
+        )?)
+        .bind(signed.map(|s| s.issuer_key_id.clone()))
+        .bind(signed.map(|s| s.text.clone()))
+        .execute($executor)
+        .await
+        .map_err(|e| {
+            $crate::shared::write_error(
+                e,
+                || match signed {
+                    Some(signed) => format!("license {} is installed already", signed.serial),
+                    None => format!("license {} already exists", license.id),
+                },
+                "tenant",
+            )
+        })
+        .map(|_| ())
+    }};
+}
+pub(crate) use insert_license;
 
 /// Bumps the tenant's license revision (creating its pool row if needed) with `$executor`.
 macro_rules! bump_licenses {

@@ -70,6 +70,8 @@ pub(crate) struct TenantRow {
     name: String,
     enrollment_policy: String,
     created_at: i64,
+    suspended_at: Option<i64>,
+    contact_email: Option<String>,
 }
 
 impl TryFrom<TenantRow> for Tenant {
@@ -80,6 +82,8 @@ impl TryFrom<TenantRow> for Tenant {
             name: row.name,
             enrollment_policy: parse("tenants.enrollment_policy", &row.enrollment_policy)?,
             created_at: timestamp("tenants.created_at", row.created_at)?,
+            suspended_at: opt_timestamp("tenants.suspended_at", row.suspended_at)?,
+            contact_email: row.contact_email,
         })
     }
 }
@@ -295,7 +299,7 @@ impl TryFrom<ConnectionRow> for ConnectionRecord {
 #[derive(FromRow)]
 pub(crate) struct ApiTokenRow {
     id: String,
-    tenant_id: String,
+    tenant_id: Option<String>,
     name: String,
     role: String,
     secret_hash: String,
@@ -308,7 +312,7 @@ impl TryFrom<ApiTokenRow> for ApiToken {
     fn try_from(row: ApiTokenRow) -> Result<Self> {
         Ok(ApiToken {
             id: parse("api_tokens.id", &row.id)?,
-            tenant_id: parse("api_tokens.tenant_id", &row.tenant_id)?,
+            tenant_id: opt_parse("api_tokens.tenant_id", row.tenant_id.as_deref())?,
             name: row.name,
             role: parse::<Role>("api_tokens.role", &row.role)?,
             secret_hash: row.secret_hash,

@@ -250,13 +250,15 @@ macro_rules! impl_store {
                 tenant: &::floatilla_domain::model::Tenant,
             ) -> $crate::Result<()> {
                 ::sqlx::query(
-                    "INSERT INTO tenants (id, name, enrollment_policy, created_at) \
-                     VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO tenants (id, name, enrollment_policy, created_at, suspended_at, \
+                     contact_email) VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(tenant.id.to_string())
                 .bind(&tenant.name)
                 .bind(tenant.enrollment_policy.as_str())
                 .bind($crate::rows::millis(tenant.created_at))
+                .bind($crate::rows::opt_millis(tenant.suspended_at))
+                .bind(&tenant.contact_email)
                     .execute(&self.pool)
                     .await
                     .map_err(|e| {
@@ -1133,7 +1135,7 @@ macro_rules! impl_store {
                      revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(token.id.to_string())
-                .bind(token.tenant_id.to_string())
+                .bind(token.tenant_id.map(|t| t.to_string()))
                 .bind(&token.name)
                 .bind(token.role.as_str())
                 .bind(&token.secret_hash)

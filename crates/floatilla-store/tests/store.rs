@@ -9,6 +9,8 @@ use chrono::{DateTime, Duration};
 use floatilla_domain::TimerProfile;
 use floatilla_domain::enrollment::{EnrollmentDecision, EnrollmentPolicy, EnrollmentState};
 use floatilla_domain::events::{Event, EventFilter, EventKind, Severity};
+use floatilla_domain::licensing::activation::ActivationCode;
+use floatilla_domain::licensing::{LicenseTerm, Seats};
 use floatilla_domain::model::{
     ApiToken, ConnectionRecord, Credential, Device, DeviceFilter, DeviceStatus, EnrollmentToken,
     Group, PageRequest, Tenant, TokenRefusal,
@@ -17,10 +19,12 @@ use floatilla_domain::{
     ApiTokenId, ConnectionState, CredentialId, DeviceId, DisconnectReason, EnrollmentTokenId,
     GroupId, Role, SessionId, TenantId, Timestamp,
 };
+use floatilla_domain::{CodeBatchId, LicenseId};
 use floatilla_store::testing::TestDb;
 use floatilla_store::{
-    Backend, ClosedSession, ClusterMessage, DevicePatch, Enrollment, GroupPatch, Location,
-    Preregistered, Preregistration, Received, Store, StoreError,
+    Backend, ClosedSession, ClusterMessage, CodeFilter, CodeRedemption, DevicePatch, Enrollment,
+    GroupPatch, IssuedCode, License, Location, Preregistered, Preregistration, Received,
+    Redemption, Store, StoreError, TenantUpdate,
 };
 use sqlx::Connection;
 
@@ -84,6 +88,10 @@ on_both_backends!(
     rejecting_revokes_and_accepting_a_rejected_router_lets_it_enroll_again,
     nodes_that_stop_heartbeating_are_found,
     cluster_messages_reach_every_subscriber,
+    provider_tokens_belong_to_no_tenant,
+    tenants_are_suspended_renamed_and_deleted_with_what_they_hold,
+    activation_codes_are_redeemed_once_into_a_license,
+    a_code_redeemed_by_two_tenants_at_once_goes_to_one,
 );
 
 /// A fixed instant with whole milliseconds, the precision the store keeps.
@@ -101,6 +109,8 @@ async fn new_tenant(store: &dyn Store) -> TenantId {
         name: unique("tenant"),
         enrollment_policy: EnrollmentPolicy::Open,
         created_at: at(0),
+        suspended_at: None,
+        contact_email: None,
     };
     store.create_tenant(&tenant).await.unwrap();
     tenant.id
@@ -256,12 +266,16 @@ async fn tenants_are_listed_oldest_first(store: Arc<dyn Store>) {
         name: "Newer".into(),
         enrollment_policy: EnrollmentPolicy::Open,
         created_at: at(5_000),
+        suspended_at: None,
+        contact_email: None,
     };
     let older = Tenant {
         id: TenantId::new(),
         name: "Older".into(),
         enrollment_policy: EnrollmentPolicy::Open,
         created_at: at(1_000),
+        suspended_at: None,
+        contact_email: None,
     };
     store.create_tenant(&newer).await.unwrap();
     store.create_tenant(&older).await.unwrap();
@@ -1384,7 +1398,7 @@ async fn api_tokens_are_found_by_hash_and_revoked(store: Arc<dyn Store>) {
     let other_tenant = new_tenant(&*store).await;
     let token = |name: &str, role, created| ApiToken {
         id: ApiTokenId::new(),
-        tenant_id: tenant,
+        tenant_id: Some(tenant),
         name: name.into(),
         role,
         secret_hash: unique("api"),
@@ -2071,4 +2085,280 @@ async fn an_enrollment_writes_its_event_and_a_refused_one_writes_nothing(store: 
     assert_eq!(events[0].kind, EventKind::RouterEnrolled);
     assert_eq!(events[0].device_id, Some(device.id));
     assert_eq!(events[0].message, "router EV-1 enrolled");
+}
+
+async fn provider_tokens_belong_to_no_tenant(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let provider = ApiToken {
+        id: ApiTokenId::new(),
+        tenant_id: None,
+        name: "provider".into(),
+        role: Role::Provider,
+        secret_hash: unique("api"),
+        created_at: at(0),
+        revoked_at: None,
+    };
+    store.create_api_token(&provider).await.unwrap();
+    assert_eq!(
+        store
+            .api_token_by_hash(&provider.secret_hash)
+            .await
+            .unwrap(),
+        Some(provider.clone())
+    );
+    assert!(store.api_tokens(tenant).await.unwrap().is_empty());
+    let inside_a_tenant = ApiToken {
+        id: ApiTokenId::new(),
+        tenant_id: Some(tenant),
+        secret_hash: unique("api"),
+        ..provider.clone()
+    };
+    assert!(store.create_api_token(&inside_a_tenant).await.is_err());
+    let admin_of_nothing = ApiToken {
+        id: ApiTokenId::new(),
+        role: Role::Admin,
+        secret_hash: unique("api"),
+        ..provider
+    };
+    assert!(store.create_api_token(&admin_of_nothing).await.is_err());
+}
+
+fn issued_code(batch: CodeBatchId, seats: u32, term_months: u32, created: i64) -> IssuedCode {
+    IssuedCode {
+        code: ActivationCode::generate(rand::random()),
+        batch_id: batch,
+        seats,
+        term_months,
+        created_at: at(created),
+        redemption: None,
+    }
+}
+
+async fn tenants_are_suspended_renamed_and_deleted_with_what_they_hold(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let other = new_tenant(&*store).await;
+
+    let suspended = store
+        .set_tenant_suspended(tenant, Some(at(1_000)))
+        .await
+        .unwrap();
+    assert_eq!(suspended.suspended_at, Some(at(1_000)));
+    let again = store
+        .set_tenant_suspended(tenant, Some(at(2_000)))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.suspended_at,
+        Some(at(1_000)),
+        "the first suspension counts"
+    );
+    assert_eq!(store.suspended_tenants().await.unwrap(), vec![tenant]);
+    let resumed = store.set_tenant_suspended(tenant, None).await.unwrap();
+    assert_eq!(resumed.suspended_at, None);
+    assert!(store.suspended_tenants().await.unwrap().is_empty());
+
+    let renamed = store
+        .update_tenant(
+            tenant,
+            &TenantUpdate {
+                name: Some("Harbour Works".into()),
+                contact_email: Some(Some("ops@harbour.example".into())),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(renamed.name, "Harbour Works");
+    assert_eq!(
+        renamed.contact_email.as_deref(),
+        Some("ops@harbour.example")
+    );
+    let cleared = store
+        .update_tenant(
+            tenant,
+            &TenantUpdate {
+                name: None,
+                contact_email: Some(None),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (cleared.name.as_str(), cleared.contact_email),
+        ("Harbour Works", None)
+    );
+
+    let group = new_group(&*store, tenant, "field").await;
+    let license = License {
+        id: LicenseId::new(),
+        tenant_id: tenant,
+        name: "term".into(),
+        term: LicenseTerm {
+            seats: Seats::Count(5),
+            not_before: at(0),
+            not_after: None,
+            grace_until: None,
+        },
+        signed: None,
+        created_at: at(0),
+    };
+    store.add_license(&license).await.unwrap();
+    store.delete_tenant(tenant).await.unwrap();
+    assert_eq!(store.tenant(tenant).await.unwrap(), None);
+    assert_eq!(store.group(tenant, group.id).await.unwrap(), None);
+    assert!(store.licenses(tenant).await.unwrap().is_empty());
+    assert!(store.tenant(other).await.unwrap().is_some());
+    assert!(matches!(
+        store.delete_tenant(tenant).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.set_tenant_suspended(tenant, None).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn activation_codes_are_redeemed_once_into_a_license(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let other = new_tenant(&*store).await;
+    let batch = CodeBatchId::new();
+    let codes = vec![
+        issued_code(batch, 25, 12, 1_000),
+        issued_code(batch, 1, 1, 1_000),
+    ];
+    store.create_activation_codes(&codes).await.unwrap();
+    let older_batch = CodeBatchId::new();
+    store
+        .create_activation_codes(&[issued_code(older_batch, 3, 6, 0)])
+        .await
+        .unwrap();
+    assert!(
+        store.create_activation_codes(&codes[..1]).await.is_err(),
+        "a code is issued once"
+    );
+
+    let listed = store
+        .activation_codes(&CodeFilter {
+            batch: Some(batch),
+            limit: 10,
+            ..CodeFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    let all = store
+        .activation_codes(&CodeFilter {
+            limit: 10,
+            ..CodeFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2].batch_id, older_batch, "newest first");
+
+    let redeemed_at = at(50_000);
+    let license_id = LicenseId::new();
+    let redemption = store
+        .redeem_activation_code(tenant, &codes[0].code, license_id, redeemed_at)
+        .await
+        .unwrap();
+    let Redemption::Redeemed { code, license } = redemption else {
+        panic!("not redeemed: {redemption:?}");
+    };
+    assert_eq!(
+        code.redemption,
+        Some(CodeRedemption {
+            at: redeemed_at,
+            tenant_id: Some(tenant),
+            license_id: Some(license_id),
+        })
+    );
+    assert_eq!(license.id, license_id);
+    assert_eq!(license.term.seats, Seats::Count(25));
+    assert_eq!(license.term.not_before, redeemed_at);
+    assert_eq!(
+        license.term.not_after,
+        redeemed_at.checked_add_months(chrono::Months::new(12))
+    );
+    assert_eq!(store.licenses(tenant).await.unwrap(), vec![*license]);
+
+    assert_eq!(
+        store
+            .redeem_activation_code(tenant, &codes[0].code, LicenseId::new(), at(60_000))
+            .await
+            .unwrap(),
+        Redemption::AlreadyRedeemed { at: redeemed_at }
+    );
+    assert_eq!(
+        store
+            .redeem_activation_code(other, &codes[0].code, LicenseId::new(), at(60_000))
+            .await
+            .unwrap(),
+        Redemption::Unknown,
+        "another tenant's code looks like no code"
+    );
+    let never_issued = ActivationCode::generate(rand::random());
+    assert_eq!(
+        store
+            .redeem_activation_code(tenant, &never_issued, LicenseId::new(), at(60_000))
+            .await
+            .unwrap(),
+        Redemption::Unknown
+    );
+    assert_eq!(store.licenses(tenant).await.unwrap().len(), 1);
+    assert!(store.licenses(other).await.unwrap().is_empty());
+
+    let redeemed = CodeFilter {
+        redeemed: Some(true),
+        limit: 10,
+        ..CodeFilter::default()
+    };
+    let available = CodeFilter {
+        redeemed: Some(false),
+        limit: 10,
+        ..CodeFilter::default()
+    };
+    assert_eq!(store.activation_codes(&redeemed).await.unwrap(), vec![code]);
+    assert_eq!(store.activation_codes(&available).await.unwrap().len(), 2);
+
+    store.delete_tenant(tenant).await.unwrap();
+    let kept = store.activation_codes(&redeemed).await.unwrap();
+    assert_eq!(kept.len(), 1, "a deleted tenant's code stays redeemed");
+    assert_eq!(kept[0].redemption.as_ref().unwrap().tenant_id, None);
+    assert_eq!(
+        store
+            .redeem_activation_code(other, &codes[0].code, LicenseId::new(), at(70_000))
+            .await
+            .unwrap(),
+        Redemption::Unknown
+    );
+}
+
+async fn a_code_redeemed_by_two_tenants_at_once_goes_to_one(store: Arc<dyn Store>) {
+    let first = new_tenant(&*store).await;
+    let second = new_tenant(&*store).await;
+    let code = issued_code(CodeBatchId::new(), 1, 1, 0);
+    store
+        .create_activation_codes(std::slice::from_ref(&code))
+        .await
+        .unwrap();
+    let redeem = |tenant| {
+        let store = store.clone();
+        let code = code.code.clone();
+        tokio::spawn(async move {
+            store
+                .redeem_activation_code(tenant, &code, LicenseId::new(), at(1_000))
+                .await
+                .unwrap()
+        })
+    };
+    let (a, b) = tokio::join!(redeem(first), redeem(second));
+    let outcomes = [a.unwrap(), b.unwrap()];
+    let winners = outcomes
+        .iter()
+        .filter(|o| matches!(o, Redemption::Redeemed { .. }))
+        .count();
+    assert_eq!(winners, 1, "{outcomes:?}");
+    let licenses =
+        store.licenses(first).await.unwrap().len() + store.licenses(second).await.unwrap().len();
+    assert_eq!(licenses, 1);
 }

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::{Args, Subcommand};
-use floatilla_domain::model::ApiToken;
-use floatilla_domain::{ApiTokenId, Clock, Role, SystemClock, TenantId};
-use floatilla_server::api::auth::new_api_token_secret;
+use floatilla_domain::{Role, SystemClock, TenantId};
 use floatilla_server::tls::CertificateAuthority;
 use floatilla_server::{Installation, Trial};
 
@@ -43,13 +41,13 @@ enum AdminAction {
     },
     /// Create an API token; prints the token.
     CreateToken {
-        /// viewer, operator or admin.
+        /// viewer, operator or admin (of a tenant), or provider (cloud mode, no tenant).
         #[arg(long, value_parser = Role::from_str)]
         role: Role,
         /// A name that says who or what uses it [default: "admin CLI"].
         #[arg(long)]
         name: Option<String>,
-        /// The tenant (required in cloud mode).
+        /// The tenant (required in cloud mode, except for a provider token).
         #[arg(long)]
         tenant: Option<TenantId>,
     },
@@ -92,23 +90,15 @@ impl AdminCommand {
                     seats: trial_seats.or(file.trial_seats).unwrap_or(defaults.seats),
                 };
                 let tenant = installation
-                    .create_tenant(store.as_ref(), &clock, &name, trial)
+                    .create_tenant(store.as_ref(), &clock, &name, None, trial)
                     .await?;
                 println!("{}", tenant.id);
             }
             AdminAction::CreateToken { role, name, tenant } => {
-                let tenant = installation.resolve_tenant(store.as_ref(), tenant).await?;
-                let (text, secret_hash) = new_api_token_secret();
-                let token = ApiToken {
-                    id: ApiTokenId::new(),
-                    tenant_id: tenant,
-                    name: name.unwrap_or_else(|| "admin CLI".to_owned()),
-                    role,
-                    secret_hash,
-                    created_at: clock.now(),
-                    revoked_at: None,
-                };
-                store.create_api_token(&token).await?;
+                let name = name.unwrap_or_else(|| "admin CLI".to_owned());
+                let (_, text) = installation
+                    .create_api_token(store.as_ref(), &clock, role, &name, tenant)
+                    .await?;
                 println!("{text}");
             }
         }

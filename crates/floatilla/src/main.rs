@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Run a server node.
     #[cfg(feature = "server")]
-    Serve(serve::ServeCommand),
+    Serve(Box<serve::ServeCommand>),
     /// Administer an installation directly through its database (works while servers run).
     #[cfg(feature = "server")]
     Admin(admin::AdminCommand),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use floatilla_domain::licensing::signed::RootPublicKey;
 use floatilla_domain::{Mode, SystemClock, Timers};
-use floatilla_server::{ConsoleListener, ServerConfig};
+use floatilla_server::{ConsoleListener, ServerConfig, SmtpSettings, Trial};
 use serde::Deserialize;
 
 use crate::options::{raise_open_file_limit, read_config_file, wait_for_signal};
@@ -97,6 +97,21 @@ struct ServeOptions {
         value_delimiter = ','
     )]
     trusted_roots: Option<Vec<PathBuf>>,
+    /// Days of the trial license a tenant the provider creates starts with (cloud)
+    /// [default: 45].
+    #[arg(long, env = "FLOATILLA_TRIAL_DAYS")]
+    trial_days: Option<u32>,
+    /// Seats of that trial license; 0 gives no trial [default: 25].
+    #[arg(long, env = "FLOATILLA_TRIAL_SEATS")]
+    trial_seats: Option<u32>,
+    /// The SMTP relay for e-mail notices: `smtps://host:port`, `smtp://host:port?tls=required`
+    /// (STARTTLS), or plain `smtp://host:port`; `user:password@` before the host to log in
+    /// [default: no e-mail].
+    #[arg(long, env = "FLOATILLA_SMTP_URL", requires = "smtp_from")]
+    smtp_url: Option<String>,
+    /// The sender of e-mail notices, e.g. `Floatilla <floatilla@example.com>`.
+    #[arg(long, env = "FLOATILLA_SMTP_FROM")]
+    smtp_from: Option<String>,
 }
 
 impl ServeOptions {
@@ -128,6 +143,10 @@ impl ServeOptions {
                 .or(file.allow_unsigned_licenses),
             trusted_roots: self.trusted_roots.or(file.trusted_roots),
             license_notice_days: self.license_notice_days.or(file.license_notice_days),
+            trial_days: self.trial_days.or(file.trial_days),
+            trial_seats: self.trial_seats.or(file.trial_seats),
+            smtp_url: self.smtp_url.or(file.smtp_url),
+            smtp_from: self.smtp_from.or(file.smtp_from),
         }
     }
 
@@ -186,6 +205,18 @@ impl ServeOptions {
                 .map_or(defaults.credential_lifetime, |days| {
                     chrono::Duration::days(days.into())
                 }),
+            trial: Trial {
+                days: self.trial_days.unwrap_or(defaults.trial.days),
+                seats: self.trial_seats.unwrap_or(defaults.trial.seats),
+            },
+            smtp: match (&self.smtp_url, &self.smtp_from) {
+                (Some(url), Some(from)) => Some(SmtpSettings {
+                    url: url.clone(),
+                    from: from.clone(),
+                }),
+                (None, _) => None,
+                (Some(_), None) => anyhow::bail!("--smtp-url needs --smtp-from"),
+            },
             ..defaults
         })
     }

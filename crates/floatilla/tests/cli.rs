@@ -89,6 +89,8 @@ async fn serve_prints_its_address_and_honours_admin_tokens_at_once() {
     assert_eq!(status, 200);
     let error = admin(&data, &["create-tenant", "acme"]).unwrap_err();
     assert!(error.contains("exactly one tenant"), "{error}");
+    let error = admin(&data, &["create-token", "--role", "provider"]).unwrap_err();
+    assert!(error.contains("only a cloud installation"), "{error}");
 }
 
 #[tokio::test]
@@ -103,6 +105,8 @@ async fn cloud_mode_has_tenants_created_from_the_cli() {
             "127.0.0.1:0",
             "--mode",
             "cloud",
+            "--trial-seats",
+            "3",
         ],
         &[],
     );
@@ -179,6 +183,40 @@ async fn cloud_mode_has_tenants_created_from_the_cli() {
         json!([]),
         "no trial with --trial-seats 0"
     );
+
+    // The provider's token belongs to no tenant; tenants it creates get the server's trial.
+    let error = admin(
+        &data,
+        &["create-token", "--role", "provider", "--tenant", tenant],
+    )
+    .unwrap_err();
+    assert!(error.contains("no tenant"), "{error}");
+    let provider = admin(&data, &["create-token", "--role", "provider"]).unwrap();
+    let (status, tenants) = get(
+        &client,
+        &format!("{}/api/v1/provider/tenants", served.url),
+        provider.trim(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(tenants.as_array().unwrap().len(), 2);
+    let created = client
+        .post(format!("{}/api/v1/provider/tenants", served.url))
+        .bearer_auth(provider.trim())
+        .json(&json!({"name": "Via API"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["usage"]["capacity"], 3, "serve --trial-seats 3");
+    let (status, _) = get(
+        &client,
+        &format!("{}/api/v1/devices", served.url),
+        provider.trim(),
+    )
+    .await;
+    assert_eq!(status, 403, "the provider does not see inside tenants");
 }
 
 #[tokio::test]

@@ -23,6 +23,8 @@
 use std::fmt::{self, Write};
 use std::str::FromStr;
 
+use crate::Timestamp;
+
 /// The 32 symbols of a code, in value order: Crockford's base 32.
 pub const ALPHABET: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -142,10 +144,83 @@ impl CodeError {
     /// A stable identifier for the error, for APIs and translations.
     pub fn code(&self) -> &'static str {
         match self {
-            CodeError::InvalidLength { .. } => "invalid_length",
-            CodeError::InvalidCharacter(_) => "invalid_character",
-            CodeError::Typo => "typo",
+            CodeError::InvalidLength { .. } => "invalid_code_length",
+            CodeError::InvalidCharacter(_) => "invalid_code_character",
+            CodeError::Typo => "code_typo",
         }
+    }
+}
+
+/// When a license redeemed at `redeemed_at` from a code for `term_months` months ends: the same
+/// day and time that many months later (the month's last day when it is shorter). `None` when
+/// that lies beyond the calendar.
+pub fn term_end(redeemed_at: Timestamp, term_months: u32) -> Option<Timestamp> {
+    redeemed_at.checked_add_months(chrono::Months::new(term_months))
+}
+
+/// How many failed redemption attempts a tenant may make: a bucket of `capacity` attempts that
+/// refills by one every `refill_every`. Only lookups that find no code for the tenant take from
+/// it (a typo is caught by the check characters before any lookup and costs nothing), so a
+/// tenant importing many good codes is never slowed, while guessing is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptBudget {
+    capacity: u32,
+    refill_every: chrono::Duration,
+    /// Attempts left as of `as_of`.
+    left: u32,
+    as_of: Timestamp,
+}
+
+impl AttemptBudget {
+    /// A full bucket at `now`. `capacity` is at least 1 and `refill_every` positive.
+    pub fn new(capacity: u32, refill_every: chrono::Duration, now: Timestamp) -> Self {
+        assert!(capacity >= 1 && refill_every > chrono::Duration::zero());
+        Self {
+            capacity,
+            refill_every,
+            left: capacity,
+            as_of: now,
+        }
+    }
+
+    fn refill(&mut self, now: Timestamp) {
+        if now <= self.as_of {
+            return;
+        }
+        let earned = (now - self.as_of).num_milliseconds() / self.refill_every.num_milliseconds();
+        let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+        if self.left.saturating_add(earned) >= self.capacity {
+            self.left = self.capacity;
+            self.as_of = now;
+        } else if earned > 0 {
+            self.left += earned;
+            self.as_of += self.refill_every * i32::try_from(earned).unwrap_or(i32::MAX);
+        }
+    }
+
+    /// Whether an attempt may be made now: `Err(wait)` says how long until one may.
+    pub fn check(&mut self, now: Timestamp) -> Result<(), chrono::Duration> {
+        self.refill(now);
+        if self.left > 0 {
+            Ok(())
+        } else {
+            Err(self.as_of + self.refill_every - now)
+        }
+    }
+
+    /// Takes one attempt after a failed lookup (never below empty).
+    pub fn spend(&mut self, now: Timestamp) {
+        self.refill(now);
+        if self.left == self.capacity {
+            self.as_of = now;
+        }
+        self.left = self.left.saturating_sub(1);
+    }
+
+    /// Whether the bucket is full at `now`, so that forgetting it changes nothing.
+    pub fn is_full(&mut self, now: Timestamp) -> bool {
+        self.refill(now);
+        self.left == self.capacity
     }
 }
 
@@ -270,7 +345,7 @@ mod tests {
         ] {
             let error = parse(input).unwrap_err();
             assert_eq!(error, CodeError::InvalidLength { symbols }, "{input:?}");
-            assert_eq!(error.code(), "invalid_length");
+            assert_eq!(error.code(), "invalid_code_length");
         }
         assert_eq!(
             CodeError::InvalidLength { symbols: 14 }.to_string(),
@@ -292,7 +367,7 @@ mod tests {
         ] {
             let error = parse(input).unwrap_err();
             assert_eq!(error, CodeError::InvalidCharacter(character), "{input:?}");
-            assert_eq!(error.code(), "invalid_character");
+            assert_eq!(error.code(), "invalid_code_character");
         }
         assert_eq!(
             CodeError::InvalidCharacter('U').to_string(),
@@ -309,7 +384,7 @@ mod tests {
         ] {
             let error = parse(input).unwrap_err();
             assert_eq!(error, CodeError::Typo, "{input:?}");
-            assert_eq!(error.code(), "typo");
+            assert_eq!(error.code(), "code_typo");
         }
         assert_eq!(
             CodeError::Typo.to_string(),
@@ -365,5 +440,55 @@ mod tests {
             .map(|&random| ActivationCode::generate(random).canonical().to_owned())
             .collect();
         assert_eq!(canonicals.len(), inputs.len());
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        chrono::DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    #[test]
+    fn a_term_ends_the_same_day_months_later_or_on_the_last_day_of_a_shorter_month() {
+        let start: Timestamp = "2026-01-31T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            term_end(start, 1),
+            Some("2026-02-28T10:00:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            term_end(start, 12),
+            Some("2027-01-31T10:00:00Z".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn the_budget_allows_its_capacity_then_says_when_the_next_attempt_may_come() {
+        let refill = chrono::Duration::seconds(6);
+        let mut budget = AttemptBudget::new(3, refill, at(0));
+        for second in 0..3 {
+            assert_eq!(budget.check(at(second)), Ok(()));
+            budget.spend(at(second));
+        }
+        // The first spend started the refill clock at 0: one attempt back at 6 s.
+        assert_eq!(budget.check(at(3)), Err(chrono::Duration::seconds(3)));
+        assert_eq!(budget.check(at(6)), Ok(()));
+        budget.spend(at(6));
+        assert_eq!(budget.check(at(7)), Err(chrono::Duration::seconds(5)));
+        assert!(!budget.is_full(at(20)));
+        assert!(budget.is_full(at(24)));
+        assert_eq!(budget.check(at(24)), Ok(()));
+    }
+
+    #[test]
+    fn a_long_pause_refills_the_budget_to_its_capacity_only() {
+        let mut budget = AttemptBudget::new(2, chrono::Duration::seconds(1), at(0));
+        budget.spend(at(0));
+        budget.spend(at(0));
+        assert!(budget.check(at(0)).is_err());
+        assert!(budget.is_full(at(1_000_000)));
+        budget.spend(at(1_000_000));
+        budget.spend(at(1_000_000));
+        assert_eq!(
+            budget.check(at(1_000_000)),
+            Err(chrono::Duration::seconds(1))
+        );
     }
 }

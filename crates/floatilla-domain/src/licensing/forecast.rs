@@ -126,13 +126,16 @@ impl CapacityForecast {
     /// A warning ahead of the drop, in plain words, e.g. "in 14 days, on 2027-01-31 at 00:00
     /// UTC 25 seats expire: 12 routers would become excess".
     pub fn notice(&self, now: Timestamp) -> String {
-        let days = (self.at - now).num_days();
-        let when = match days {
+        format!("{}, {}", self.time_left(now), self.describe())
+    }
+
+    /// How soon the change comes, in whole days: "in 14 days", "in 1 day", "within a day".
+    pub fn time_left(&self, now: Timestamp) -> String {
+        match (self.at - now).num_days() {
             0 => "within a day".to_owned(),
             1 => "in 1 day".to_owned(),
             n => format!("in {n} days"),
-        };
-        format!("{when}, {}", self.describe())
+        }
     }
     /// The change in plain words, e.g. "on 2027-01-31 at 00:00 UTC 25 seats expire: 12 routers
     /// would become excess".

@@ -3,7 +3,7 @@
 use axum::extract::FromRequestParts;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use floatilla_domain::model::ApiToken;
+use floatilla_domain::model::{ApiToken, Tenant};
 use floatilla_domain::{Role, TenantId};
 use http::header::AUTHORIZATION;
 use http::request::Parts;
@@ -35,16 +35,31 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn tenant(&self) -> TenantId {
-        self.token.tenant_id
+    /// The caller's tenant; refuses with `403 forbidden` unless the caller's role includes
+    /// `needed`, a tenant role (so a provider token is refused every tenant's routes).
+    pub fn require(&self, needed: Role) -> Result<TenantId, Error> {
+        match self.token.tenant_id {
+            Some(tenant) if self.token.role.allows(needed) => Ok(tenant),
+            _ => Err(Error::Forbidden(needed)),
+        }
     }
 
-    /// Refuses with `403 forbidden` unless the caller's role includes `needed`.
-    pub fn require(&self, needed: Role) -> Result<TenantId, Error> {
-        if self.token.role.allows(needed) {
-            Ok(self.token.tenant_id)
+    /// The caller's tenant as stored, if the caller's role includes `needed`.
+    pub async fn tenant_record(&self, state: &AppState, needed: Role) -> Result<Tenant, Error> {
+        let tenant = self.require(needed)?;
+        state
+            .store
+            .tenant(tenant)
+            .await?
+            .ok_or(Error::NotFound("tenant"))
+    }
+
+    /// Refuses with `403 forbidden` unless the caller is the provider.
+    pub fn require_provider(&self) -> Result<(), Error> {
+        if self.token.role == Role::Provider {
+            Ok(())
         } else {
-            Err(Error::Forbidden(needed))
+            Err(Error::Forbidden(Role::Provider))
         }
     }
 }
@@ -69,6 +84,12 @@ impl FromRequestParts<AppState> for Caller {
             .await?
             .filter(|token| token.revoked_at.is_none())
             .ok_or(Error::Unauthenticated)?;
+        if token
+            .tenant_id
+            .is_some_and(|tenant| state.tenancy.is_suspended(tenant))
+        {
+            return Err(Error::TenantSuspended);
+        }
         Ok(Caller { token })
     }
 }

@@ -32,12 +32,7 @@ pub async fn policy(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<EnrollmentPolicyView>> {
-    let tenant = caller.require(Role::Viewer)?;
-    let tenant = state
-        .store
-        .tenant(tenant)
-        .await?
-        .ok_or(Error::NotFound("tenant"))?;
+    let tenant = caller.tenant_record(&state, Role::Viewer).await?;
     Ok(Json(EnrollmentPolicyView {
         policy: tenant.enrollment_policy.as_str().to_owned(),
     }))
@@ -202,11 +197,7 @@ struct CsvRow {
 }
 
 fn parse_rows(body: &str) -> Result<Vec<CsvRow>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(body.as_bytes());
+    let mut reader = csv_reader(body);
     let mut rows = Vec::new();
     let mut lines = LineCounter::default();
     for (index, record) in reader.records().enumerate() {
@@ -250,9 +241,19 @@ fn parse_rows(body: &str) -> Result<Vec<CsvRow>> {
     Ok(rows)
 }
 
+/// A reader of an uploaded CSV file: no header assumed (the caller recognises one), rows of any
+/// length, fields trimmed.
+pub(crate) fn csv_reader(body: &str) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(body.as_bytes())
+}
+
 /// The line of each record, counted once through the file: records come in order.
 #[derive(Default)]
-struct LineCounter {
+pub(crate) struct LineCounter {
     /// Newlines before `counted_to`.
     newlines: usize,
     counted_to: usize,
@@ -261,7 +262,7 @@ struct LineCounter {
 impl LineCounter {
     /// The line of the record that starts at `byte`. The reader reports where it began looking,
     /// which is before any blank lines it skipped.
-    fn line_at(&mut self, body: &str, byte: u64) -> u64 {
+    pub(crate) fn line_at(&mut self, body: &str, byte: u64) -> u64 {
         let bytes = body.as_bytes();
         let mut start = usize::try_from(byte).unwrap_or(usize::MAX).min(bytes.len());
         while start < bytes.len() && matches!(bytes[start], b'\r' | b'\n') {

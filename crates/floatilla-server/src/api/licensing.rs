@@ -136,7 +136,7 @@ pub async fn installation(
     }))
 }
 
-fn capacity_json(capacity: Capacity) -> serde_json::Value {
+pub(crate) fn capacity_json(capacity: Capacity) -> serde_json::Value {
     serde_json::to_value(capacity).unwrap_or_default()
 }
 
@@ -152,7 +152,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     }))
 }
 
-fn license_views(licenses: &[License], now: DateTime<Utc>) -> Vec<LicenseView> {
+pub(crate) fn license_views(licenses: &[License], now: DateTime<Utc>) -> Vec<LicenseView> {
     let lineages: Vec<Lineage<'_>> = licenses.iter().map(License::lineage).collect();
     let effective = effective_terms(&lineages);
     licenses

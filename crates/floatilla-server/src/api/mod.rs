@@ -1,6 +1,7 @@
 //! REST API v1: JSON over HTTPS with bearer API tokens. Handlers authenticate, parse, call the
 //! store or the gateway, and map the result; errors are `{"code", "message"}`.
 
+pub mod activation;
 pub mod auth;
 pub mod devices;
 pub mod enrollment;
@@ -8,6 +9,7 @@ pub mod events;
 pub mod extract;
 pub mod groups;
 pub mod licensing;
+pub mod provider;
 pub mod tokens;
 pub mod views;
 pub mod webhooks;
@@ -25,7 +27,7 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Floatilla API", version = "1", description = "Manage a fleet of routers: devices, groups, enrollment, the floating license pool, events and API tokens."),
+    info(title = "Floatilla API", version = "1", description = "Manage a fleet of routers: devices, groups, enrollment, the floating license pool, events, webhooks and API tokens; and, for the provider of a cloud service, tenants and activation codes."),
     paths(
         devices::list, devices::get, devices::patch, devices::delete, devices::revoke_credentials,
         devices::allow_reenrollment, devices::refresh_status,
@@ -37,6 +39,10 @@ use crate::state::AppState;
         licensing::pool, licensing::list, licensing::create, licensing::delete, licensing::bulk,
         licensing::usage, licensing::acknowledge_clock, licensing::installation,
         webhooks::list, webhooks::create, webhooks::delete, webhooks::deliveries,
+        activation::redeem, activation::import, activation::own_tenant, activation::update_own_tenant,
+        provider::list_tenants, provider::create_tenant, provider::get_tenant, provider::update_tenant,
+        provider::suspend_tenant, provider::resume_tenant, provider::delete_tenant,
+        provider::create_codes, provider::list_codes,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -117,6 +123,34 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/api/v1/webhooks/{id}/deliveries",
             get(webhooks::deliveries),
+        )
+        .route("/api/v1/activation-codes/redeem", post(activation::redeem))
+        .route("/api/v1/activation-codes/import", post(activation::import))
+        .route(
+            "/api/v1/tenant",
+            get(activation::own_tenant).patch(activation::update_own_tenant),
+        )
+        .route(
+            "/api/v1/provider/tenants",
+            get(provider::list_tenants).post(provider::create_tenant),
+        )
+        .route(
+            "/api/v1/provider/tenants/{id}",
+            get(provider::get_tenant)
+                .patch(provider::update_tenant)
+                .delete(provider::delete_tenant),
+        )
+        .route(
+            "/api/v1/provider/tenants/{id}/suspend",
+            post(provider::suspend_tenant),
+        )
+        .route(
+            "/api/v1/provider/tenants/{id}/resume",
+            post(provider::resume_tenant),
+        )
+        .route(
+            "/api/v1/provider/activation-codes",
+            get(provider::list_codes).post(provider::create_codes),
         )
         .route("/api/v1/groups", get(groups::list).post(groups::create))
         .route(

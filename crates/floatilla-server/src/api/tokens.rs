@@ -154,10 +154,16 @@ pub async fn issue_api_token(
     name: &str,
     role: Role,
 ) -> Result<(ApiToken, String)> {
+    if !role.is_tenant_role() {
+        return Err(Error::invalid(
+            "invalid_role",
+            "a tenant's token has the viewer, operator or admin role",
+        ));
+    }
     let (text, secret_hash) = new_api_token_secret();
     let token = ApiToken {
         id: ApiTokenId::new(),
-        tenant_id: tenant,
+        tenant_id: Some(tenant),
         name: checked_name("token", name, 200)?,
         role,
         secret_hash,

@@ -26,7 +26,7 @@ pub struct DeviceView {
     pub last_seen: Option<DateTime<Utc>>,
     pub last_disconnect_at: Option<DateTime<Utc>>,
     /// Why the last connection ended: clean_close, connection_lost, ping_timeout, superseded,
-    /// server_shutdown, protocol_error or credential_revoked.
+    /// server_shutdown, protocol_error, credential_revoked or tenant_suspended.
     pub last_disconnect_reason: Option<String>,
     pub model: String,
     pub firmware: String,
@@ -153,7 +153,7 @@ pub struct DevicePatchRequest {
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)

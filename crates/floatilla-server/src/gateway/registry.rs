@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use floatilla_domain::licensing::{LicenseReason, LicenseState};
-use floatilla_domain::{DeviceId, DisconnectReason, SessionId, TimerChange};
+use floatilla_domain::{DeviceId, DisconnectReason, SessionId, TenantId, TimerChange};
 use floatilla_protocol::CallResult;
 use tokio::sync::{Notify, oneshot};
 
@@ -17,6 +17,11 @@ pub enum SessionCommand {
     Call(Box<CallRequest>),
     /// Another node revoked credentials of this router: end the session if its own is one.
     RecheckCredential,
+    /// The tenant was suspended or deleted: end the session if its router is the tenant's.
+    EndIfTenant {
+        tenant: TenantId,
+        reason: DisconnectReason,
+    },
     /// A timer profile changed: ping on the new schedule from now on.
     Retime(TimerChange),
     /// The router's license state is now this: tell it, if that is news.

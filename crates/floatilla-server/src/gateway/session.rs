@@ -184,6 +184,7 @@ fn static_code(code: &str) -> &'static str {
         "enrollment_pending",
         "enrollment_rejected",
         "credential_in_use",
+        "tenant_suspended",
     ];
     CODES
         .iter()
@@ -224,6 +225,9 @@ async fn authenticate(state: &AppState, hello: &Hello) -> Result<(Device, Creden
         EnrollmentState::Rejected | EnrollmentState::Preregistered => {
             return Err(Error::EnrollmentRejected);
         }
+    }
+    if state.tenancy.is_suspended(device.tenant_id) {
+        return Err(Error::TenantSuspended);
     }
     if device.serial != hello.serial.trim() {
         return Err(Error::invalid(
@@ -419,6 +423,11 @@ impl Session {
                     SessionCommand::RecheckCredential => {
                         if !Box::pin(self.credential_still_valid()).await {
                             return Ending::Announce(DisconnectReason::CredentialRevoked);
+                        }
+                    }
+                    SessionCommand::EndIfTenant { tenant, reason } => {
+                        if tenant == self.device.tenant_id {
+                            return Ending::Announce(reason);
                         }
                     }
                     SessionCommand::Retime(change) => {
@@ -810,6 +819,9 @@ fn announce_text(reason: DisconnectReason) -> &'static str {
         DisconnectReason::Superseded => "a newer connection of this router replaced this one",
         DisconnectReason::ServerShutdown => "the server is shutting down; come back later",
         DisconnectReason::CredentialRevoked => "this router's credential was revoked",
+        DisconnectReason::TenantSuspended => {
+            "the provider suspended this router's tenant; come back once it is resumed"
+        }
         _ => "the server ended the connection",
     }
 }
@@ -817,7 +829,9 @@ fn announce_text(reason: DisconnectReason) -> &'static str {
 fn close_code(reason: DisconnectReason) -> CloseCode {
     match reason {
         DisconnectReason::ServerShutdown => CloseCode::Restart,
-        DisconnectReason::CredentialRevoked => CloseCode::Policy,
+        DisconnectReason::CredentialRevoked | DisconnectReason::TenantSuspended => {
+            CloseCode::Policy
+        }
         _ => CloseCode::Normal,
     }
 }

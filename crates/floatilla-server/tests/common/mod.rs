@@ -91,11 +91,11 @@ impl TestServer {
             floatilla_server::start(config.clone(), store.clone(), Arc::new(clock.clone()))
                 .await
                 .expect("start server");
-        let tenant = server
-            .installation()
-            .on_prem_tenant
-            .expect("on-prem tenant");
-        let admin_token = Self::token_for(store.as_ref(), &clock, tenant, Role::Admin).await;
+        // On premises the tenant's admin; in the cloud the provider.
+        let admin_token = match server.installation().on_prem_tenant {
+            Some(tenant) => Self::token_for(store.as_ref(), &clock, tenant, Role::Admin).await,
+            None => Self::provider_token(store.as_ref(), &clock).await,
+        };
         let trust = ServerTrust::from_ca_pem(server.ca_certificate_pem()).unwrap();
         let tls = Arc::unwrap_or_clone(trust.client_config(Arc::default()).unwrap());
         let http = reqwest::Client::builder()
@@ -125,11 +125,25 @@ impl TestServer {
         tenant: floatilla_domain::TenantId,
         role: Role,
     ) -> String {
+        Self::stored_token(store, clock, Some(tenant), role).await
+    }
+
+    /// A token of the provider of a cloud installation.
+    pub async fn provider_token(store: &dyn Store, clock: &ManualClock) -> String {
+        Self::stored_token(store, clock, None, Role::Provider).await
+    }
+
+    async fn stored_token(
+        store: &dyn Store,
+        clock: &ManualClock,
+        tenant_id: Option<floatilla_domain::TenantId>,
+        role: Role,
+    ) -> String {
         let (text, secret_hash) = new_api_token_secret();
         store
             .create_api_token(&ApiToken {
                 id: ApiTokenId::new(),
-                tenant_id: tenant,
+                tenant_id,
                 name: format!("test {role}"),
                 role,
                 secret_hash,
@@ -567,4 +581,21 @@ impl TestRouter {
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
+}
+
+/// Checks each row of an import's report: (line, result, error code).
+pub fn assert_import_rows(report: &Value, expected: &[(u64, &str, Option<&str>)]) {
+    let rows: Vec<(u64, &str, Option<&str>)> = report["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| {
+            (
+                row["line"].as_u64().unwrap(),
+                row["result"].as_str().unwrap(),
+                row["error"]["code"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, expected, "{report}");
 }
