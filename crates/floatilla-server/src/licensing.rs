@@ -191,6 +191,8 @@ pub struct Pools {
     mailer: Option<Arc<Mailer>>,
     service_clock: Mutex<ServiceClock>,
     tenants: Mutex<HashMap<TenantId, Arc<TenantPool>>>,
+    /// Tenants deleted while this node ran.
+    deleted: Mutex<HashSet<TenantId>>,
     /// Wakes the timer task: deadlines may have moved.
     deadlines_moved: Notify,
     /// Whether the wall clock can be trusted for license decisions.
@@ -221,6 +223,7 @@ impl Pools {
             mailer: settings.mailer,
             service_clock: Mutex::new(service_clock),
             tenants: Mutex::default(),
+            deleted: Mutex::default(),
             deadlines_moved: Notify::new(),
             clock_guard: Mutex::new(ClockGuard::new(clock.now(), clock.monotonic(), None)),
             clock_doubt: Mutex::default(),
@@ -242,6 +245,9 @@ impl Pools {
         tenant: TenantId,
         request: Request,
     ) -> Result<Option<Standing>, PoolFailure> {
+        if lock(&self.deleted).contains(&tenant) {
+            return Ok(None);
+        }
         let pool = self.tenant(tenant);
         let (reply, answer) = oneshot::channel();
         lock(&pool.pending).push((request, reply));
@@ -313,8 +319,10 @@ impl Pools {
         Ok(())
     }
 
-    /// Drops this node's copy of a deleted tenant's pool.
+    /// Drops this node's copy of a deleted tenant's pool; changes that still arrive for it (its
+    /// routers' sessions ending) change nothing.
     pub fn forget(&self, tenant: TenantId) {
+        lock(&self.deleted).insert(tenant);
         lock(&self.tenants).remove(&tenant);
     }
 

@@ -10,7 +10,7 @@ use chrono::{Duration, TimeZone, Utc};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use floatilla_domain::model::{Credential, EnrollmentToken, Tenant};
 use floatilla_domain::{CredentialId, DeviceId, EnrollmentTokenId, TenantId, Timestamp};
-use floatilla_store::testing::TestDb;
+use floatilla_store::testing::on_each_backend;
 use floatilla_store::{Enrollment, Store};
 
 const ROUTERS: usize = 1_000;
@@ -75,8 +75,12 @@ async fn fleet(store: &dyn Store) -> Vec<DeviceId> {
     devices
 }
 
-fn bench_backend(c: &mut Criterion, runtime: &tokio::runtime::Runtime, backend: &str, db: TestDb) {
-    let store: Arc<dyn Store> = runtime.block_on(db.open()).unwrap();
+fn bench_backend(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    backend: &str,
+    store: Arc<dyn Store>,
+) {
     let devices = runtime.block_on(fleet(store.as_ref()));
     let mut tick: i64 = 0;
     let mut next_time = move || -> Timestamp {
@@ -107,16 +111,13 @@ fn bench_backend(c: &mut Criterion, runtime: &tokio::runtime::Runtime, backend: 
         })
     });
     group.finish();
-    drop(store);
-    drop(db);
 }
 
 fn last_seen(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    bench_backend(c, &runtime, "sqlite", TestDb::sqlite());
-    if let Some(db) = runtime.block_on(TestDb::postgres()) {
-        bench_backend(c, &runtime, "postgres", db);
-    }
+    on_each_backend(&runtime, |backend, store| {
+        bench_backend(c, &runtime, backend, store);
+    });
 }
 
 criterion_group!(benches, last_seen);

@@ -19,6 +19,25 @@ const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres"
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Runs `bench` on a fresh SQLite database, then on a fresh PostgreSQL one when a server is
+/// reachable: for benchmarks that compare the backends.
+pub fn on_each_backend(
+    runtime: &tokio::runtime::Runtime,
+    mut bench: impl FnMut(&str, Arc<dyn Store>),
+) {
+    let sqlite = TestDb::sqlite();
+    bench(
+        "sqlite",
+        runtime.block_on(sqlite.open()).expect("open SQLite"),
+    );
+    if let Some(postgres) = runtime.block_on(TestDb::postgres()) {
+        bench(
+            "postgres",
+            runtime.block_on(postgres.open()).expect("open PostgreSQL"),
+        );
+    }
+}
+
 /// A fresh, empty database that is removed when this value drops.
 pub struct TestDb {
     location: Location,

@@ -1,7 +1,8 @@
 //! Two `floatilla serve` processes on one PostgreSQL database, as an installation behind a load
 //! balancer runs them: a router may enroll on one node and connect to the other, a newer
 //! connection on one node ends the older one on the other, tokens made on one node work on the
-//! other, and an operator's call reaches the router whichever node holds it.
+//! other, an operator's call reaches the router whichever node holds it, and a tenant the provider
+//! suspends on one node is refused on the other at once.
 //!
 //! Without a reachable PostgreSQL these tests return early after a notice (in CI they fail).
 
@@ -266,4 +267,81 @@ async fn a_call_through_one_node_reaches_the_router_on_the_other() {
     assert_eq!(device["status"]["wan_address"], "198.51.100.7");
     assert!(!router.is_finished(), "the router is still connected");
     router.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_suspended_on_one_node_is_refused_on_the_other_at_once() {
+    let Some(cluster) = Cluster::start(&["--mode", "cloud"]).await else {
+        return;
+    };
+    let (status, tenant) = cluster
+        .api(
+            A,
+            Method::POST,
+            "/api/v1/provider/tenants",
+            Some(json!({"name": "Harbour"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{tenant}");
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let tenant_admin = common::cluster::admin(
+        &cluster.database_url,
+        &["create-token", "--role", "admin", "--tenant", tenant_id],
+    )
+    .trim()
+    .to_owned();
+    let (status, token) = cluster
+        .api_as(
+            B,
+            &tenant_admin,
+            Method::POST,
+            "/api/v1/enrollment-tokens",
+            Some(json!({"name": "field"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    let enrolled = cluster
+        .enroll(B, token["token"].as_str().unwrap(), "HB-1")
+        .await;
+    let mut router = cluster.connect(B, &enrolled, "HB-1").await;
+
+    let suspend = format!("/api/v1/provider/tenants/{tenant_id}/suspend");
+    let (status, _) = cluster.api(A, Method::POST, &suspend, None).await;
+    assert_eq!(status, 200);
+    let suspended = Instant::now();
+    let told = tokio::time::timeout(SUPERSEDE_WITHIN, recv_message(&mut router.stream))
+        .await
+        .expect("node B tells the router promptly")
+        .expect("readable message");
+    match told {
+        Some(ServerMessage::Disconnect { reason, .. }) => assert_eq!(reason, "tenant_suspended"),
+        other => panic!("expected DISCONNECT tenant_suspended, got {other:?}"),
+    }
+    assert!(suspended.elapsed() < SUPERSEDE_WITHIN);
+    let (status, refused) = cluster
+        .api_as(B, &tenant_admin, Method::GET, "/api/v1/devices", None)
+        .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (403, Some("tenant_suspended"))
+    );
+
+    let resume = format!("/api/v1/provider/tenants/{tenant_id}/resume");
+    let (status, _) = cluster.api(A, Method::POST, &resume, None).await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + PROMPTLY;
+    loop {
+        let (status, _) = cluster
+            .api_as(B, &tenant_admin, Method::GET, "/api/v1/devices", None)
+            .await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node B still refuses the resumed tenant"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _router = cluster.connect(B, &enrolled, "HB-1").await;
 }

@@ -18,7 +18,8 @@ pub const A: usize = 0;
 pub const B: usize = 1;
 pub const NODE_IDS: [&str; 2] = ["node-a", "node-b"];
 
-/// Two nodes on one fresh database, an admin token and a client that trusts the installation.
+/// Two nodes on one fresh database, an admin token (the provider's in the cloud) and a client
+/// that trusts the installation.
 pub struct Cluster {
     // Declared before the database: the nodes stop before it is dropped.
     pub nodes: Vec<Served>,
@@ -84,7 +85,13 @@ impl Cluster {
             .map(|id| spawn_node(&url, id, extra_args))
             .collect();
         let nodes: Vec<Served> = starting.into_iter().map(wait_listening).collect();
-        let admin_token = admin(&url, &["create-token", "--role", "admin"])
+        // On premises the tenant's admin; in the cloud the provider.
+        let role = if extra_args.windows(2).any(|w| w == ["--mode", "cloud"]) {
+            "provider"
+        } else {
+            "admin"
+        };
+        let admin_token = admin(&url, &["create-token", "--role", role])
             .trim()
             .to_owned();
         let ca_pem = admin(&url, &["ca-certificate"]);
