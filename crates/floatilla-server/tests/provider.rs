@@ -188,6 +188,26 @@ async fn the_provider_runs_tenants_and_sees_their_usage(db: TestDb) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(usage, json!({"capacity": 25, "in_use": 1, "excess": 0}));
+    // Usage history per tenant, to bill from.
+    server.clock.advance(chrono::Duration::hours(2));
+    let history = server
+        .get(&format!("{one}/license-usage?granularity=hour"))
+        .await;
+    let peaks: Vec<&Value> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|bucket| &bucket["peak_licensed"])
+        .collect();
+    assert!(peaks.contains(&&json!(1)), "{history}");
+    let (status, _) = server
+        .api(
+            Method::GET,
+            &format!("/api/v1/provider/tenants/{}/license-usage", TenantId::new()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
 
     let listed = server.get("/api/v1/provider/tenants").await;
     let names: Vec<&str> = listed
@@ -547,6 +567,7 @@ async fn every_new_route_is_kept_to_its_role_and_tenant(db: TestDb) {
     let one = format!("/api/v1/provider/tenants/{tenant}");
     let suspend = format!("{one}/suspend");
     let resume = format!("{one}/resume");
+    let usage = format!("{one}/license-usage");
     let codes_body = json!({"count": 1, "seats": 1, "term_months": 1});
     let provider_routes: Vec<(Method, &str, Option<Value>)> = vec![
         (Method::GET, "/api/v1/provider/tenants", None),
@@ -559,6 +580,7 @@ async fn every_new_route_is_kept_to_its_role_and_tenant(db: TestDb) {
         (Method::PATCH, &one, Some(json!({"name": "y"}))),
         (Method::POST, &suspend, None),
         (Method::POST, &resume, None),
+        (Method::GET, &usage, None),
         (Method::DELETE, &one, None),
         (Method::GET, "/api/v1/provider/activation-codes", None),
         (

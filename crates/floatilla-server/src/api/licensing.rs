@@ -516,6 +516,15 @@ pub async fn usage(
     ApiQuery(query): ApiQuery<UsageQuery>,
 ) -> Result<Response> {
     let tenant = caller.require(Role::Viewer)?;
+    usage_report(&state, tenant, &query).await
+}
+
+/// The tenant's usage as `query` asks: for the tenant's own viewers and for the provider.
+pub(crate) async fn usage_report(
+    state: &AppState,
+    tenant: TenantId,
+    query: &UsageQuery,
+) -> Result<Response> {
     let granularity = query
         .granularity
         .as_deref()

@@ -42,6 +42,7 @@ use crate::state::AppState;
         activation::redeem, activation::import, activation::own_tenant, activation::update_own_tenant,
         provider::list_tenants, provider::create_tenant, provider::get_tenant, provider::update_tenant,
         provider::suspend_tenant, provider::resume_tenant, provider::delete_tenant,
+        provider::tenant_usage,
         provider::create_codes, provider::list_codes,
     ),
     modifiers(&BearerAuth),
@@ -139,6 +140,10 @@ pub fn routes() -> Router<AppState> {
             get(provider::get_tenant)
                 .patch(provider::update_tenant)
                 .delete(provider::delete_tenant),
+        )
+        .route(
+            "/api/v1/provider/tenants/{id}/license-usage",
+            get(provider::tenant_usage),
         )
         .route(
             "/api/v1/provider/tenants/{id}/suspend",

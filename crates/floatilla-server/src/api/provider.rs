@@ -17,8 +17,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::extract::{ApiJson, ApiQuery, page_limit};
-use super::licensing::capacity_json;
-use super::views::ErrorView;
+use super::licensing::{UsageQuery, capacity_json, usage_report};
+use super::views::{ErrorView, UsageList};
 use crate::error::{Error, Result, checked_name};
 use crate::installation::checked_email;
 use crate::state::AppState;
@@ -92,6 +92,15 @@ fn tenant_id(text: &str) -> Result<TenantId> {
     text.parse().map_err(|_| Error::NotFound("tenant"))
 }
 
+/// The tenant a path names; `404` for an id that is not one.
+async fn stored_tenant(state: &AppState, id: &str) -> Result<Tenant> {
+    state
+        .store
+        .tenant(tenant_id(id)?)
+        .await?
+        .ok_or(Error::NotFound("tenant"))
+}
+
 /// Every tenant, oldest first, with its license usage.
 #[utoipa::path(get, path = "/api/v1/provider/tenants", tag = "provider",
     responses((status = 200, body = Vec<TenantView>), (status = 403, body = ErrorView)))]
@@ -140,12 +149,25 @@ pub async fn get_tenant(
     Path(id): Path<String>,
 ) -> Result<Json<TenantView>> {
     caller.require_provider()?;
-    let tenant = state
-        .store
-        .tenant(tenant_id(&id)?)
-        .await?
-        .ok_or(Error::NotFound("tenant"))?;
+    let tenant = stored_tenant(&state, &id).await?;
     Ok(Json(view(&state, &tenant).await?))
+}
+
+/// The tenant's license usage per hour or day (peak managed, peak licensed, router-minutes in
+/// excess), as JSON or CSV: what the provider bills from. Same query as
+/// `GET /api/v1/license-usage`.
+#[utoipa::path(get, path = "/api/v1/provider/tenants/{id}/license-usage", tag = "provider",
+    params(UsageQuery),
+    responses((status = 200, body = UsageList), (status = 400, body = ErrorView), (status = 404, body = ErrorView)))]
+pub async fn tenant_usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<UsageQuery>,
+) -> Result<Response> {
+    caller.require_provider()?;
+    let tenant = stored_tenant(&state, &id).await?;
+    usage_report(&state, tenant.id, &query).await
 }
 
 /// Renames the tenant or changes its contact address.
