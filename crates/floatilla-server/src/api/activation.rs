@@ -60,6 +60,7 @@ pub async fn redeem(
 ) -> Result<(StatusCode, Json<RedeemedView>)> {
     let tenant = caller.require(Role::Admin)?;
     let (code, license_id) = redeem_one(&state, tenant, &request.code).await?;
+    state.licensing.licenses_changed(tenant).await?;
     Ok((
         StatusCode::CREATED,
         Json(RedeemedView {
@@ -77,7 +78,9 @@ async fn license_view(state: &AppState, tenant: TenantId, id: LicenseId) -> Resu
         .ok_or(Error::NotFound("license"))
 }
 
-/// Checks and redeems one typed code; answers the code and its new license's id.
+/// Checks and redeems one typed code; answers the code and its new license's id. The caller
+/// applies the new capacity ([`Pools::licenses_changed`](crate::licensing::Pools)), once for
+/// however many codes it redeems.
 async fn redeem_one(
     state: &AppState,
     tenant: TenantId,
@@ -97,7 +100,6 @@ async fn redeem_one(
         .await?
     {
         Redemption::Redeemed { license, .. } => {
-            state.licensing.licenses_changed(tenant).await?;
             let message = format!(
                 "activation code {code} redeemed: {} until {}",
                 license.term.seats,
@@ -178,7 +180,12 @@ pub async fn import(
                 report.redeemed += 1;
                 ("redeemed", Some(license.to_string()), None)
             }
-            Err(error) if error.status().is_server_error() => return Err(error),
+            Err(error) if error.status().is_server_error() => {
+                if report.redeemed > 0 {
+                    state.licensing.licenses_changed(tenant).await?;
+                }
+                return Err(error);
+            }
             Err(error) => {
                 report.failed += 1;
                 let view = ErrorView {
@@ -195,6 +202,9 @@ pub async fn import(
             license_id,
             error,
         });
+    }
+    if report.redeemed > 0 {
+        state.licensing.licenses_changed(tenant).await?;
     }
     Ok(Json(report))
 }
