@@ -54,24 +54,28 @@ async fn tenant_with_admin(server: &TestServer, name: &str) -> (TenantId, String
     (id, token)
 }
 
+/// A new enrollment token of the tenant whose admin `admin` is.
+async fn enrollment_token_in_tenant(server: &TestServer, admin: &str, name: &str) -> String {
+    let (status, token) = server
+        .api_as(
+            admin,
+            Method::POST,
+            "/api/v1/enrollment-tokens",
+            Some(json!({"name": name})),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    token["token"].as_str().unwrap().to_owned()
+}
+
 /// Enrolls a router into the tenant whose admin `admin` is.
 async fn enroll_in_tenant(
     server: &TestServer,
     admin: &str,
     serial: &str,
 ) -> floatilla_protocol::EnrollResponse {
-    let (status, token) = server
-        .api_as(
-            admin,
-            Method::POST,
-            "/api/v1/enrollment-tokens",
-            Some(json!({"name": serial})),
-        )
-        .await;
-    assert_eq!(status, 201, "{token}");
-    server
-        .enroll(token["token"].as_str().unwrap(), serial)
-        .await
+    let token = enrollment_token_in_tenant(server, admin, serial).await;
+    server.enroll(&token, serial).await
 }
 
 /// Creates a batch and answers its codes as printed, checking the CSV's shape.
@@ -282,6 +286,7 @@ async fn a_suspended_tenant_is_refused_until_resumed(db: TestDb) {
     let (id, admin) = tenant_with_admin(&server, "Quarry").await;
     let (_, other_admin) = tenant_with_admin(&server, "Dockside").await;
     let enrolled = enroll_in_tenant(&server, &admin, "Q-1").await;
+    let enrollment_token = enrollment_token_in_tenant(&server, &admin, "more").await;
     let mut router = server.router(&enrolled.credential, "Q-1").await;
 
     let (status, suspended) = server
@@ -313,6 +318,12 @@ async fn a_suspended_tenant_is_refused_until_resumed(db: TestDb) {
         (status, refused["code"].as_str()),
         (403, Some("tenant_suspended"))
     );
+    match server.try_enroll(&enrollment_token, "Q-2", None).await {
+        Err(floatilla_agent::ChannelError::Refused(body)) => {
+            assert_eq!(body.code, "tenant_suspended");
+        }
+        other => panic!("expected a refused enrollment, got {other:?}"),
+    }
     let (status, _) = server
         .api_as(&other_admin, Method::GET, "/api/v1/devices", None)
         .await;

@@ -56,6 +56,9 @@ async fn enroll_router(state: &AppState, request: EnrollRequest) -> Result<Enrol
         .tenant(token.tenant_id)
         .await?
         .ok_or(Error::UnknownEnrollmentToken)?;
+    if tenant.suspended_at.is_some() {
+        return Err(Error::TenantSuspended);
+    }
     let existing = state
         .store
         .device_by_serial(token.tenant_id, serial)
