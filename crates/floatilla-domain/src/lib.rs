@@ -7,6 +7,7 @@ pub mod connection;
 pub mod enrollment;
 pub mod events;
 pub mod ids;
+pub mod jobs;
 pub mod licensing;
 pub mod model;
 mod names;
