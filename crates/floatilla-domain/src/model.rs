@@ -203,6 +203,24 @@ pub struct DeviceFilter {
     pub query: Option<String>,
     pub group_id: Option<GroupId>,
     pub license_state: Option<LicenseState>,
+    /// Routers carrying every one of these tags.
+    pub tags: Vec<String>,
+}
+
+/// The most characters of a tag.
+pub const MAX_TAG_CHARS: usize = 64;
+
+/// A tag as given, in its stored form: trimmed and lower case, 1 to [`MAX_TAG_CHARS`] letters,
+/// digits and `-_.:/`, so that tags read the same in URLs, CSV files and filters.
+pub fn checked_tag(tag: &str) -> Result<String, String> {
+    let tag = tag.trim().to_lowercase();
+    let allowed = |c: char| c.is_alphanumeric() || "-_.:/".contains(c);
+    if tag.is_empty() || tag.chars().count() > MAX_TAG_CHARS || !tag.chars().all(allowed) {
+        return Err(format!(
+            "{tag:?} is not a tag: 1 to {MAX_TAG_CHARS} letters, digits and - _ . : /"
+        ));
+    }
+    Ok(tag)
 }
 
 /// One page of a listing ordered by serial: `after` is the last serial of the previous page.
@@ -219,6 +237,20 @@ pub struct Page<T> {
     pub total: u64,
     /// Present when more items follow.
     pub next_after: Option<String>,
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_trimmed_lower_case_and_plain() {
+        assert_eq!(checked_tag(" Site:Hamburg ").unwrap(), "site:hamburg");
+        assert_eq!(checked_tag("fw/5.2_beta-1").unwrap(), "fw/5.2_beta-1");
+        for bad in ["", "   ", "two words", "a,b", "x".repeat(65).as_str()] {
+            assert!(checked_tag(bad).is_err(), "{bad:?}");
+        }
+    }
 }
 
 #[cfg(test)]

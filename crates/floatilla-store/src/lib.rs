@@ -12,6 +12,7 @@ mod provider;
 mod rows;
 mod shared;
 mod sqlite;
+mod tags;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod webhooks;
@@ -27,6 +28,7 @@ pub use licensing::{
 pub use postgres::PgStore;
 pub use provider::{CodeFilter, CodeRedemption, IssuedCode, Provider, Redemption, TenantUpdate};
 pub use sqlite::SqliteStore;
+pub use tags::Tags;
 pub use webhooks::{
     AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryState, Webhook, WebhookAttempt,
     WebhookDelivery, Webhooks,
@@ -125,7 +127,16 @@ pub struct DevicePatch {
 /// Everything Floatilla persists. Every method is a single transaction.
 #[async_trait]
 pub trait Store:
-    EventLog + EnrollmentControl + Cluster + LicensePools + Webhooks + Provider + Send + Sync + 'static
+    EventLog
+    + EnrollmentControl
+    + Cluster
+    + LicensePools
+    + Webhooks
+    + Provider
+    + Tags
+    + Send
+    + Sync
+    + 'static
 {
     fn backend(&self) -> Backend;
 

@@ -12,6 +12,7 @@ use crate::events::impl_event_log;
 use crate::licensing::impl_license_pools;
 use crate::provider::impl_provider;
 use crate::shared::{check_schema_version, impl_store};
+use crate::tags::impl_tags;
 use crate::webhooks::impl_webhooks;
 use crate::{Backend, Result};
 
@@ -150,3 +151,4 @@ impl_cluster!(PgStore);
 impl_license_pools!(PgStore);
 impl_webhooks!(PgStore);
 impl_provider!(PgStore);
+impl_tags!(PgStore);

@@ -134,6 +134,13 @@ impl DeviceListing {
             params.push(group.to_string());
             conditions.push(format!("d.group_id = ${}", params.len()));
         }
+        for tag in &filter.tags {
+            params.push(tag.clone());
+            conditions.push(format!(
+                "EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.tag = ${})",
+                params.len()
+            ));
+        }
         if let Some(query) = filter.query.as_deref().filter(|q| !q.is_empty()) {
             params.push(format!("%{}%", escape_like(query)));
             let n = params.len();

@@ -16,6 +16,7 @@ use crate::events::impl_event_log;
 use crate::licensing::impl_license_pools;
 use crate::provider::impl_provider;
 use crate::shared::{check_schema_version, impl_store};
+use crate::tags::impl_tags;
 use crate::webhooks::impl_webhooks;
 use crate::{Backend, Result};
 
@@ -176,3 +177,4 @@ impl_cluster!(SqliteStore);
 impl_license_pools!(SqliteStore);
 impl_webhooks!(SqliteStore);
 impl_provider!(SqliteStore);
+impl_tags!(SqliteStore);

@@ -92,6 +92,7 @@ on_both_backends!(
     tenants_are_suspended_renamed_and_deleted_with_what_they_hold,
     activation_codes_are_redeemed_once_into_a_license,
     a_code_redeemed_by_two_tenants_at_once_goes_to_one,
+    tags_select_routers_within_their_tenant,
 );
 
 /// A fixed instant with whole milliseconds, the precision the store keeps.
@@ -2361,4 +2362,92 @@ async fn a_code_redeemed_by_two_tenants_at_once_goes_to_one(store: Arc<dyn Store
     let licenses =
         store.licenses(first).await.unwrap().len() + store.licenses(second).await.unwrap().len();
     assert_eq!(licenses, 1);
+}
+
+async fn tags_select_routers_within_their_tenant(store: Arc<dyn Store>) {
+    let tenant = new_tenant(&*store).await;
+    let other = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let a = enroll(&*store, &token, "T-A").await;
+    let b = enroll(&*store, &token, "T-B").await;
+    let c = enroll(&*store, &token, "T-C").await;
+    let tags = |list: &[&str]| list.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+
+    store
+        .set_device_tags(tenant, a.id, &tags(&["pilot", "site:hamburg"]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.set_device_tags(other, a.id, &tags(&["x"])).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let changed = store
+        .change_tags(
+            tenant,
+            &[b.id, c.id, DeviceId::new()],
+            &tags(&["site:hamburg"]),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 2);
+    assert_eq!(
+        store
+            .change_tags(other, &[a.id], &tags(&["stolen"]), &tags(&["pilot"]))
+            .await
+            .unwrap(),
+        0,
+        "another tenant's routers are left alone"
+    );
+    store
+        .change_tags(tenant, &[c.id], &tags(&["pilot"]), &tags(&["site:hamburg"]))
+        .await
+        .unwrap();
+
+    let held = store
+        .device_tags(tenant, &[a.id, b.id, c.id])
+        .await
+        .unwrap();
+    assert_eq!(held[&a.id], tags(&["pilot", "site:hamburg"]));
+    assert_eq!(held[&b.id], tags(&["site:hamburg"]));
+    assert_eq!(held[&c.id], tags(&["pilot"]));
+    assert!(store.device_tags(other, &[a.id]).await.unwrap().is_empty());
+    assert_eq!(
+        store.tags(tenant).await.unwrap(),
+        vec![("pilot".to_owned(), 2), ("site:hamburg".to_owned(), 2)]
+    );
+
+    let serials = |filter: DeviceFilter| {
+        let store = store.clone();
+        async move {
+            let page = store
+                .list_devices(
+                    tenant,
+                    &filter,
+                    &PageRequest {
+                        limit: 10,
+                        after: None,
+                    },
+                )
+                .await
+                .unwrap();
+            page.items.into_iter().map(|d| d.serial).collect::<Vec<_>>()
+        }
+    };
+    let both = DeviceFilter {
+        tags: tags(&["pilot", "site:hamburg"]),
+        ..DeviceFilter::default()
+    };
+    assert_eq!(serials(both).await, ["T-A"]);
+    let pilots = DeviceFilter {
+        tags: tags(&["pilot"]),
+        ..DeviceFilter::default()
+    };
+    assert_eq!(serials(pilots).await, ["T-A", "T-C"]);
+
+    store.delete_device(tenant, a.id).await.unwrap();
+    assert_eq!(
+        store.tags(tenant).await.unwrap(),
+        vec![("pilot".to_owned(), 1), ("site:hamburg".to_owned(), 1)]
+    );
 }

@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use floatilla_domain::enrollment::EnrollmentState;
 use floatilla_domain::licensing::LicenseState;
-use floatilla_domain::model::{DeviceFilter, DeviceStatus, PageRequest};
+use floatilla_domain::model::{Device, DeviceFilter, DeviceStatus, PageRequest, checked_tag};
 use floatilla_domain::{ConnectionState, DeviceId, Role, TenantId, TimerChange};
 use floatilla_store::DevicePatch;
 use http::StatusCode;
@@ -39,10 +39,120 @@ pub struct ListQuery {
     enrollment: Option<String>,
     /// `licensed`, `excess`, `inactive` or `unmanaged`.
     license_state: Option<String>,
+    /// Tags, comma-separated: routers carrying all of them.
+    tag: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     limit: Option<u32>,
     /// The `next` of the previous page.
     cursor: Option<String>,
+}
+
+/// Which routers a bulk change (and a job) is for: exactly one of a list of ids, a group's
+/// routers or a tag's routers, as they are now.
+#[derive(Debug, Default)]
+pub struct Selection {
+    pub ids: Option<Vec<String>>,
+    pub group: Option<String>,
+    pub tag: Option<String>,
+}
+
+impl Selection {
+    /// The routers selected; `404` for an id, group or tag the tenant does not have.
+    pub async fn devices(&self, state: &AppState, tenant: TenantId) -> Result<Vec<DeviceId>> {
+        let filter = match (&self.ids, &self.group, &self.tag) {
+            (Some(ids), None, None) => {
+                let mut devices = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let id = parse_device_id(id)?;
+                    state
+                        .store
+                        .device(tenant, id)
+                        .await?
+                        .ok_or(Error::NotFound("device"))?;
+                    devices.push(id);
+                }
+                return Ok(devices);
+            }
+            (None, Some(group), None) => DeviceFilter {
+                group_id: Some(group_id_by_name(state, tenant, group).await?),
+                ..DeviceFilter::default()
+            },
+            (None, None, Some(tag)) => DeviceFilter {
+                tags: vec![checked_tag(tag).map_err(|e| Error::invalid("invalid_tag", e))?],
+                ..DeviceFilter::default()
+            },
+            _ => {
+                return Err(Error::invalid(
+                    "invalid_target",
+                    "give one of ids (a list of router ids), group (a group's name) or tag",
+                ));
+            }
+        };
+        matching_devices(state, tenant, &filter).await
+    }
+}
+
+/// Every router of the tenant the filter matches now.
+pub async fn matching_devices(
+    state: &AppState,
+    tenant: TenantId,
+    filter: &DeviceFilter,
+) -> Result<Vec<DeviceId>> {
+    let mut devices = Vec::new();
+    let mut after = None;
+    loop {
+        let page = state
+            .store
+            .list_devices(tenant, filter, &PageRequest { limit: 1000, after })
+            .await?;
+        devices.extend(page.items.iter().map(|d| d.id));
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(devices),
+        }
+    }
+}
+
+/// Tags as given, each checked and in stored form, without repeats.
+pub fn checked_tags(tags: &[String]) -> Result<Vec<String>> {
+    let mut checked = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let tag = checked_tag(tag).map_err(|e| Error::invalid("invalid_tag", e))?;
+        if !checked.contains(&tag) {
+            checked.push(tag);
+        }
+    }
+    Ok(checked)
+}
+
+/// Comma-separated tags, as a query gives them.
+fn checked_tags_list(list: &str) -> Result<Vec<String>> {
+    let tags: Vec<String> = list.split(',').map(str::to_owned).collect();
+    checked_tags(&tags)
+}
+
+/// Views of routers with their tags, read in one go.
+pub async fn device_views(
+    state: &AppState,
+    tenant: TenantId,
+    devices: &[Device],
+) -> Result<Vec<DeviceView>> {
+    let ids: Vec<DeviceId> = devices.iter().map(|d| d.id).collect();
+    let mut tags = state.store.device_tags(tenant, &ids).await?;
+    Ok(devices
+        .iter()
+        .map(|d| DeviceView::new(d, tags.remove(&d.id).unwrap_or_default()))
+        .collect())
+}
+
+/// A router's view with its tags.
+pub async fn device_view(
+    state: &AppState,
+    tenant: TenantId,
+    device: &Device,
+) -> Result<DeviceView> {
+    let views = device_views(state, tenant, std::slice::from_ref(device)).await?;
+    Ok(views.into_iter().next().expect("one view per router"))
 }
 
 pub fn parse_device_id(id: &str) -> Result<DeviceId> {
@@ -112,13 +222,19 @@ pub async fn list(
         query: query.q.filter(|q| !q.trim().is_empty()),
         group_id,
         license_state,
+        tags: query
+            .tag
+            .as_deref()
+            .map(checked_tags_list)
+            .transpose()?
+            .unwrap_or_default(),
     };
     let page = state
         .store
         .list_devices(tenant, &filter, &PageRequest { limit, after })
         .await?;
     Ok(Json(DeviceList {
-        items: page.items.iter().map(DeviceView::from).collect(),
+        items: device_views(&state, tenant, &page.items).await?,
         total: page.total,
         next: page.next_after.map(|serial| URL_SAFE_NO_PAD.encode(serial)),
     }))
@@ -139,7 +255,7 @@ pub async fn get(
         .connection_history(device.id, HISTORY_SHOWN)
         .await?;
     Ok(Json(DeviceDetail {
-        device: DeviceView::from(&device),
+        device: device_view(&state, tenant, &device).await?,
         status: StatusView::from(&device.status),
         connection_history: history.iter().map(ConnectionView::from).collect(),
     }))
@@ -167,6 +283,7 @@ pub async fn patch(
         Some(Some(name)) => Some(Some(group_id_by_name(&state, tenant, &name).await?)),
     };
     let moved = group_id.is_some();
+    let tags = request.tags.as_deref().map(checked_tags).transpose()?;
     let mut device = state
         .store
         .update_device(tenant, id, &DevicePatch { name, group_id })
@@ -176,6 +293,9 @@ pub async fn patch(
             .await?;
         device = load(&state, tenant, &id.to_string()).await?;
     }
+    if let Some(tags) = tags {
+        state.store.set_device_tags(tenant, id, &tags).await?;
+    }
     if moved {
         let change = TimerChange::Router {
             group: device.group_id,
@@ -183,7 +303,7 @@ pub async fn patch(
         };
         crate::cluster::timers_changed(&state, Some(device.id), change).await;
     }
-    Ok(Json(DeviceView::from(&device)))
+    Ok(Json(device_view(&state, tenant, &device).await?))
 }
 
 /// Deletes a router; its live connection ends as `credential_revoked`.

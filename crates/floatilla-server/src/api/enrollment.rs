@@ -109,7 +109,9 @@ async fn decide(
     if decision == EnrollmentDecision::Reject {
         crate::cluster::credentials_revoked(state, device.id).await;
     }
-    Ok(Json(DeviceView::from(&device)))
+    Ok(Json(
+        super::devices::device_view(state, tenant, &device).await?,
+    ))
 }
 
 /// Imports serials from CSV (`serial,name,group`; name and group optional; a header line

@@ -13,7 +13,6 @@ use floatilla_domain::licensing::{
     Capacity, ClockDoubt, Granularity, LicenseTerm, Lineage, UsageBucket, UsageSample, accrue,
     capacity_at, effective_terms, license_status, next_capacity_change, superseded_at,
 };
-use floatilla_domain::model::{DeviceFilter, PageRequest};
 use floatilla_domain::{DeviceId, LicenseId, Role, TenantId};
 use floatilla_store::{License, SignedDetails};
 use http::HeaderMap;
@@ -23,9 +22,8 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::auth::Caller;
-use super::devices::parse_device_id;
+use super::devices::Selection;
 use super::extract::{ApiJson, ApiQuery};
-use super::groups::group_id_by_name;
 use super::views::{
     BulkLicenseRequest, BulkLicenseResult, CapacityChangeView, ClockView, ErrorView,
     InstallationView, LicenseList, LicenseRequest, LicenseView, PoolView, RouterRef, UsageList,
@@ -403,7 +401,7 @@ pub async fn delete(
 }
 
 /// Marks routers managed or unmanaged, pinned or unpinned: a list of routers, or every router
-/// of a group as it is now. Pins beyond the capacity are refused as a whole.
+/// of a group or with a tag as it is now. Pins beyond the capacity are refused as a whole.
 #[utoipa::path(post, path = "/api/v1/devices/bulk", request_body = BulkLicenseRequest, tag = "licensing",
     responses((status = 200, body = BulkLicenseResult), (status = 400, body = ErrorView),
         (status = 404, body = ErrorView), (status = 409, body = ErrorView, description = "pins_exceed_capacity")))]
@@ -419,53 +417,16 @@ pub async fn bulk(
             "give managed, pinned or both",
         ));
     }
-    let devices = match (&request.ids, &request.group) {
-        (Some(ids), None) => {
-            let mut devices = Vec::with_capacity(ids.len());
-            for id in ids {
-                let id = parse_device_id(id)?;
-                state
-                    .store
-                    .device(tenant, id)
-                    .await?
-                    .ok_or(Error::NotFound("device"))?;
-                devices.push(id);
-            }
-            devices
-        }
-        (None, Some(group)) => group_devices(&state, tenant, group).await?,
-        _ => {
-            return Err(Error::invalid(
-                "invalid_target",
-                "give either ids (a list of router ids) or group (a group's name)",
-            ));
-        }
+    let selection = Selection {
+        ids: request.ids,
+        group: request.group,
+        tag: request.tag,
     };
+    let devices = selection.devices(&state, tenant).await?;
     apply_settings(&state, tenant, &devices, request.managed, request.pinned).await?;
     Ok(Json(BulkLicenseResult {
         changed: devices.len() as u64,
     }))
-}
-
-/// Every router of the group now.
-async fn group_devices(state: &AppState, tenant: TenantId, group: &str) -> Result<Vec<DeviceId>> {
-    let filter = DeviceFilter {
-        group_id: Some(group_id_by_name(state, tenant, group).await?),
-        ..DeviceFilter::default()
-    };
-    let mut devices = Vec::new();
-    let mut after = None;
-    loop {
-        let page = state
-            .store
-            .list_devices(tenant, &filter, &PageRequest { limit: 1000, after })
-            .await?;
-        devices.extend(page.items.iter().map(|d| d.id));
-        match page.next_after {
-            Some(next) => after = Some(next),
-            None => return Ok(devices),
-        }
-    }
 }
 
 /// Applies management and pin settings to routers of the tenant.

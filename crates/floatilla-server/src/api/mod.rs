@@ -10,6 +10,7 @@ pub mod extract;
 pub mod groups;
 pub mod licensing;
 pub mod provider;
+pub mod tags;
 pub mod tokens;
 pub mod views;
 pub mod webhooks;
@@ -42,7 +43,7 @@ use crate::state::AppState;
         activation::redeem, activation::import, activation::own_tenant, activation::update_own_tenant,
         provider::list_tenants, provider::create_tenant, provider::get_tenant, provider::update_tenant,
         provider::suspend_tenant, provider::resume_tenant, provider::delete_tenant,
-        provider::tenant_usage,
+        provider::tenant_usage, tags::list, tags::tag_routers,
         provider::create_codes, provider::list_codes,
     ),
     modifiers(&BearerAuth),
@@ -91,6 +92,8 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/devices/import", post(enrollment::import))
         .route("/api/v1/devices/bulk", post(licensing::bulk))
+        .route("/api/v1/devices/tags", post(tags::tag_routers))
+        .route("/api/v1/tags", get(tags::list))
         .route("/api/v1/license-pool", get(licensing::pool))
         .route(
             "/api/v1/license-pool/clock/acknowledge",

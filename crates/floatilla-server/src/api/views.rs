@@ -42,11 +42,13 @@ pub struct DeviceView {
     pub managed: bool,
     /// Pinned routers stand first in line for a seat.
     pub pinned: bool,
+    /// Its tags, in name order.
+    pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 
-impl From<&Device> for DeviceView {
-    fn from(d: &Device) -> Self {
+impl DeviceView {
+    pub fn new(d: &Device, tags: Vec<String>) -> Self {
         Self {
             id: d.id.to_string(),
             serial: d.serial.clone(),
@@ -65,6 +67,7 @@ impl From<&Device> for DeviceView {
             license_reason: d.license.reason.map(|r| r.as_str().to_owned()),
             managed: d.license.managed,
             pinned: d.license.pinned,
+            tags,
             created_at: d.created_at,
         }
     }
@@ -150,6 +153,8 @@ pub struct DevicePatchRequest {
     pub managed: Option<bool>,
     /// `true` puts the router first in line for a seat.
     pub pinned: Option<bool>,
+    /// Replaces the router's tags.
+    pub tags: Option<Vec<String>>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -503,8 +508,12 @@ pub struct LicenseRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkLicenseRequest {
+    /// Router ids; or
     pub ids: Option<Vec<String>>,
+    /// a group's name (its routers now); or
     pub group: Option<String>,
+    /// a tag (the routers carrying it now).
+    pub tag: Option<String>,
     pub managed: Option<bool>,
     pub pinned: Option<bool>,
 }
