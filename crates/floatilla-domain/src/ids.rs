@@ -56,6 +56,14 @@ id_type!(
 );
 id_type!(EnrollmentTokenId);
 id_type!(
+    /// A management task for one or more routers.
+    JobId
+);
+id_type!(
+    /// One router's execution of a job.
+    ExecutionId
+);
+id_type!(
     /// A batch of activation codes the provider created together.
     CodeBatchId
 );

@@ -87,6 +87,11 @@ pub enum Error {
         to: String,
         routers: Vec<RouterRef>,
     },
+    /// A job names routers that may not receive it now.
+    #[error(
+        "{} of the routers named are excess or unmanaged and receive no management tasks: renew or add licenses, or unmanage other routers to free seats, then create the job again (or leave these routers out)", routers.len()
+    )]
+    DeviceNotLicensed { routers: Vec<RouterRef> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -141,6 +146,7 @@ impl Error {
             Error::Pool(PoolFailure::Store(_)) => "internal_error",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::DowngradeRequiresAcknowledgement { .. } => "downgrade_requires_acknowledgement",
+            Error::DeviceNotLicensed { .. } => "device_not_licensed",
         }
     }
 
@@ -168,6 +174,7 @@ impl Error {
             | Error::CredentialInUse
             | Error::Store(StoreError::Conflict(_))
             | Error::DowngradeRequiresAcknowledgement { .. }
+            | Error::DeviceNotLicensed { .. }
             | Error::Pool(PoolFailure::Refused(PoolError::PinsExceedCapacity { .. })) => {
                 StatusCode::CONFLICT
             }
@@ -199,7 +206,9 @@ impl IntoResponse for Error {
         if self.status().is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        if let Error::DowngradeRequiresAcknowledgement { routers, .. } = &self {
+        if let Error::DowngradeRequiresAcknowledgement { routers, .. }
+        | Error::DeviceNotLicensed { routers } = &self
+        {
             let body = self.body();
             let answer = serde_json::json!({
                 "code": body.code,
@@ -238,6 +247,18 @@ pub fn checked_name(what: &str, name: &str, max_chars: usize) -> Result<String> 
         ));
     }
     Ok(name.to_owned())
+}
+
+/// A count or duration as given, if it is 1 to `max` (`invalid_field` otherwise).
+pub fn checked_range(value: u32, max: u32, field: &str) -> Result<u32> {
+    if (1..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(Error::invalid(
+            "invalid_field",
+            format!("{field} must be 1 to {max}, not {value}"),
+        ))
+    }
 }
 
 /// A JSON error answer for failures found before a handler runs (bad JSON, bad query).

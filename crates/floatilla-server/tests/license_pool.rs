@@ -22,21 +22,6 @@ on_both_backends!(
     a_capacity_drop_is_announced_at_each_window,
 );
 
-fn licensing_config() -> floatilla_server::ServerConfig {
-    floatilla_server::ServerConfig {
-        allow_unsigned_licenses: true,
-        ..test_config()
-    }
-}
-
-async fn add_license(server: &TestServer, body: Value) -> Value {
-    let (status, license) = server
-        .api(Method::POST, "/api/v1/licenses", Some(body))
-        .await;
-    assert_eq!(status, 201, "{license}");
-    license
-}
-
 /// Waits for the router's next LICENSE message and answers its state and reason.
 async fn next_license(router: &mut TestRouter) -> (String, Option<String>) {
     loop {
@@ -172,21 +157,6 @@ async fn without_a_license_every_router_is_excess_and_the_pool_says_why(db: Test
 }
 
 /// Connects routers in order; answers their ids and channels.
-async fn connect_fleet(
-    server: &TestServer,
-    prefix: &str,
-    count: usize,
-) -> Vec<(String, TestRouter)> {
-    let mut routers = Vec::new();
-    for n in 1..=count {
-        let serial = format!("{prefix}-{n:02}");
-        let enrolled = server.enrolled(&serial).await;
-        let router = server.router(&enrolled.credential, &serial).await;
-        routers.push((enrolled.device_id, router));
-    }
-    routers
-}
-
 async fn operators_unmanage_and_pin_routers(db: TestDb) {
     let server = TestServer::start_with(db, licensing_config()).await;
     add_license(&server, json!({"name": "two", "seats": 2})).await;

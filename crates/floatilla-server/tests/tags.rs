@@ -185,17 +185,7 @@ async fn tags_are_checked_and_kept_to_their_tenant_and_role(db: TestDb) {
         .await;
     assert_eq!(status, 200);
 
-    let other = floatilla_domain::model::Tenant {
-        id: floatilla_domain::TenantId::new(),
-        name: "other".into(),
-        enrollment_policy: floatilla_domain::enrollment::EnrollmentPolicy::Open,
-        created_at: floatilla_domain::Clock::now(&server.clock),
-        suspended_at: None,
-        contact_email: None,
-    };
-    server.store.create_tenant(&other).await.unwrap();
-    let stranger =
-        TestServer::token_for(server.store.as_ref(), &server.clock, other.id, Role::Admin).await;
+    let stranger = other_tenant_admin(&server).await;
     let (status, _) = server
         .api_as(&stranger, Method::POST, "/api/v1/devices/tags", Some(body))
         .await;

@@ -11,8 +11,7 @@ use std::time::Duration;
 use axum::extract::State;
 use common::*;
 use floatilla_domain::events::{Event, EventKind};
-use floatilla_domain::model::Tenant;
-use floatilla_domain::{Clock, Role, TenantId};
+use floatilla_domain::{Clock, Role};
 use floatilla_store::testing::TestDb;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, StatusCode};
@@ -313,17 +312,7 @@ async fn webhooks_are_checked_and_kept_to_their_tenant(db: TestDb) {
         .await;
     assert_eq!(status, 403);
 
-    let other = Tenant {
-        id: TenantId::new(),
-        name: "another tenant".into(),
-        enrollment_policy: floatilla_domain::enrollment::EnrollmentPolicy::Open,
-        created_at: server.clock.now(),
-        suspended_at: None,
-        contact_email: None,
-    };
-    server.store.create_tenant(&other).await.unwrap();
-    let other_admin =
-        TestServer::token_for(server.store.as_ref(), &server.clock, other.id, Role::Admin).await;
+    let other_admin = other_tenant_admin(&server).await;
     let (status, listed) = server
         .api_as(&other_admin, Method::GET, "/api/v1/webhooks", None)
         .await;

@@ -6,6 +6,7 @@ mod cluster;
 mod enrollment;
 mod error;
 mod events;
+mod jobs;
 mod licensing;
 mod postgres;
 mod provider;
@@ -21,6 +22,7 @@ pub use cluster::{CallOutcome, Cluster, ClusterMessage, Received, Subscription};
 pub use enrollment::{EnrollmentControl, Preregistered, Preregistration};
 pub use error::StoreError;
 pub use events::EventLog;
+pub use jobs::{Execution, Job, Jobs, StateCounts};
 pub use licensing::{
     License, LicensePools, PoolHead, PoolHistory, PoolPosition, PoolRead, PoolStep, PoolWrite,
     RouterWrite, SignedDetails,
@@ -134,6 +136,7 @@ pub trait Store:
     + Webhooks
     + Provider
     + Tags
+    + Jobs
     + Send
     + Sync
     + 'static

@@ -93,6 +93,7 @@ on_both_backends!(
     activation_codes_are_redeemed_once_into_a_license,
     a_code_redeemed_by_two_tenants_at_once_goes_to_one,
     tags_select_routers_within_their_tenant,
+    jobs_keep_each_routers_execution_moving_by_the_rules,
 );
 
 /// A fixed instant with whole milliseconds, the precision the store keeps.
@@ -2449,5 +2450,177 @@ async fn tags_select_routers_within_their_tenant(store: Arc<dyn Store>) {
     assert_eq!(
         store.tags(tenant).await.unwrap(),
         vec![("pilot".to_owned(), 1), ("site:hamburg".to_owned(), 1)]
+    );
+}
+
+async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Store>) {
+    use floatilla_domain::jobs::{ExecutionState as S, JobKind};
+    use floatilla_domain::{ExecutionId, JobId};
+    use floatilla_store::{Execution, Job};
+
+    let tenant = new_tenant(&*store).await;
+    let other = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let online = enroll(&*store, &token, "J-1").await;
+    let shed = enroll(&*store, &token, "J-2").await;
+    let job = Job {
+        id: JobId::new(),
+        tenant_id: tenant,
+        kind: JobKind::Reboot,
+        params: serde_json::json!({"reason": "test"}),
+        expires_at: Some(at(100_000)),
+        timeout_secs: 60,
+        expected_downtime_secs: 120,
+        created_by: "ci".into(),
+        created_at: at(0),
+        cancelled_at: None,
+    };
+    let execution = |device: DeviceId, state| Execution {
+        id: ExecutionId::new(),
+        job_id: job.id,
+        tenant_id: tenant,
+        device_id: device,
+        state,
+        reason: None,
+        attempt: 1,
+        created_at: at(0),
+        sent_at: None,
+        updated_at: at(0),
+        finished_at: None,
+    };
+    let first = execution(online.id, S::Queued);
+    let second = execution(shed.id, S::WaitingForLicense);
+    store
+        .create_job(&job, &[first.clone(), second.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.job(tenant, job.id).await.unwrap(), Some(job.clone()));
+    assert_eq!(store.job(other, job.id).await.unwrap(), None);
+    assert_eq!(
+        store.jobs(tenant, 10, None).await.unwrap(),
+        vec![job.clone()]
+    );
+    assert!(
+        store
+            .jobs(tenant, 10, Some(job.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Sending takes the queued one and marks it sent; sending again offers it again.
+    let sent = store
+        .take_executions_to_send(tenant, online.id, at(1_000))
+        .await
+        .unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, job);
+    assert_eq!(
+        (sent[0].1.state, sent[0].1.sent_at),
+        (S::Sent, Some(at(1_000)))
+    );
+    let again = store
+        .take_executions_to_send(tenant, online.id, at(2_000))
+        .await
+        .unwrap();
+    assert_eq!(again[0].1.sent_at, Some(at(1_000)), "resent, not sent anew");
+    assert!(
+        store
+            .take_executions_to_send(tenant, shed.id, at(1_000))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing goes to a router without a seat"
+    );
+
+    // The router reports; a stale report of an old state changes nothing.
+    assert!(
+        store
+            .move_execution(
+                first.id,
+                S::Sent,
+                S::Installing,
+                Some("flashing"),
+                at(3_000)
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .move_execution(first.id, S::Sent, S::Failed, None, at(3_500))
+            .await
+            .unwrap()
+    );
+
+    // The shed router gets its seat back; then the job's timeout and expiry pass.
+    assert_eq!(
+        store
+            .relicense_executions(tenant, shed.id, true, at(4_000))
+            .await
+            .unwrap(),
+        1
+    );
+    let counts = store.execution_counts(tenant, &[job.id]).await.unwrap();
+    assert_eq!(counts[&job.id][&S::Installing], 1);
+    assert_eq!(counts[&job.id][&S::Queued], 1);
+
+    let overdue = store.end_overdue_executions(at(61_000)).await.unwrap();
+    assert_eq!(overdue.len(), 1);
+    assert_eq!((overdue[0].id, overdue[0].state), (first.id, S::TimedOut));
+    let overdue = store.end_overdue_executions(at(100_000)).await.unwrap();
+    assert_eq!(overdue.len(), 1);
+    assert_eq!((overdue[0].id, overdue[0].state), (second.id, S::Expired));
+    assert_eq!(overdue[0].finished_at, Some(at(100_000)));
+
+    // A retry queues the timed-out one again as attempt 2; cancelling the job ends it.
+    assert!(
+        store
+            .move_execution(first.id, S::TimedOut, S::Queued, None, at(101_000))
+            .await
+            .unwrap()
+    );
+    let retried = store
+        .device_execution(tenant, online.id, first.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (retried.state, retried.attempt, retried.finished_at),
+        (S::Queued, 2, None)
+    );
+    assert!(matches!(
+        store.cancel_job(other, job.id, at(102_000)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.cancel_job(tenant, job.id, at(102_000)).await.unwrap(),
+        1
+    );
+    let listed = store
+        .job_executions(tenant, job.id, 10, None)
+        .await
+        .unwrap();
+    let states: Vec<S> = listed.iter().map(|e| e.state).collect();
+    assert!(
+        states.contains(&S::Cancelled) && states.contains(&S::Expired),
+        "{states:?}"
+    );
+    assert_eq!(
+        store
+            .device_executions(tenant, online.id, 10)
+            .await
+            .unwrap()[0]
+            .state,
+        S::Cancelled
+    );
+    assert!(
+        store
+            .job(tenant, job.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .cancelled_at
+            .is_some()
     );
 }

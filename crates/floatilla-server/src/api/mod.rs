@@ -8,6 +8,7 @@ pub mod enrollment;
 pub mod events;
 pub mod extract;
 pub mod groups;
+pub mod jobs;
 pub mod licensing;
 pub mod provider;
 pub mod tags;
@@ -44,6 +45,7 @@ use crate::state::AppState;
         provider::list_tenants, provider::create_tenant, provider::get_tenant, provider::update_tenant,
         provider::suspend_tenant, provider::resume_tenant, provider::delete_tenant,
         provider::tenant_usage, tags::list, tags::tag_routers,
+        jobs::create, jobs::list, jobs::get, jobs::executions, jobs::cancel, jobs::device_executions,
         provider::create_codes, provider::list_codes,
     ),
     modifiers(&BearerAuth),
@@ -94,6 +96,14 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/devices/bulk", post(licensing::bulk))
         .route("/api/v1/devices/tags", post(tags::tag_routers))
         .route("/api/v1/tags", get(tags::list))
+        .route("/api/v1/jobs", get(jobs::list).post(jobs::create))
+        .route("/api/v1/jobs/{id}", get(jobs::get))
+        .route("/api/v1/jobs/{id}/executions", get(jobs::executions))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route(
+            "/api/v1/devices/{id}/executions",
+            get(jobs::device_executions),
+        )
         .route("/api/v1/license-pool", get(licensing::pool))
         .route(
             "/api/v1/license-pool/clock/acknowledge",

@@ -19,7 +19,7 @@ use super::auth::Caller;
 use super::extract::{ApiJson, ApiQuery, page_limit};
 use super::licensing::{UsageQuery, capacity_json, usage_report};
 use super::views::{ErrorView, UsageList};
-use crate::error::{Error, Result, checked_name};
+use crate::error::{Error, Result, checked_name, checked_range};
 use crate::installation::checked_email;
 use crate::state::AppState;
 
@@ -257,19 +257,9 @@ pub async fn create_codes(
     ApiJson(request): ApiJson<CreateCodesRequest>,
 ) -> Result<Response> {
     caller.require_provider()?;
-    let in_range = |value: u32, max: u32, field: &'static str| {
-        if (1..=max).contains(&value) {
-            Ok(value)
-        } else {
-            Err(Error::invalid(
-                "invalid_field",
-                format!("{field} must be 1 to {max}, not {value}"),
-            ))
-        }
-    };
-    let count = in_range(request.count, MAX_CODES_PER_BATCH, "count")?;
-    let seats = in_range(request.seats, MAX_SEATS_PER_CODE, "seats")?;
-    let term_months = in_range(request.term_months, MAX_TERM_MONTHS, "term_months")?;
+    let count = checked_range(request.count, MAX_CODES_PER_BATCH, "count")?;
+    let seats = checked_range(request.seats, MAX_SEATS_PER_CODE, "seats")?;
+    let term_months = checked_range(request.term_months, MAX_TERM_MONTHS, "term_months")?;
     let now = state.clock.now();
     let batch_id = CodeBatchId::new();
     let codes: Vec<IssuedCode> = (0..count)

@@ -599,3 +599,52 @@ pub fn assert_import_rows(report: &Value, expected: &[(u64, &str, Option<&str>)]
         .collect();
     assert_eq!(rows, expected, "{report}");
 }
+
+/// A test server that accepts unsigned licenses, for tests about the license pool.
+pub fn licensing_config() -> ServerConfig {
+    ServerConfig {
+        allow_unsigned_licenses: true,
+        ..test_config()
+    }
+}
+
+/// Adds an unsigned license (`body` as for `POST /api/v1/licenses`) and answers it.
+pub async fn add_license(server: &TestServer, body: Value) -> Value {
+    let (status, license) = server
+        .api(Method::POST, "/api/v1/licenses", Some(body))
+        .await;
+    assert_eq!(status, 201, "{license}");
+    license
+}
+
+/// Enrolls and connects `count` routers with serials `PREFIX-01`, …; answers their ids and
+/// their connections, in that order (which is their order in line for a seat).
+pub async fn connect_fleet(
+    server: &TestServer,
+    prefix: &str,
+    count: usize,
+) -> Vec<(String, TestRouter)> {
+    let mut routers = Vec::new();
+    for n in 1..=count {
+        let serial = format!("{prefix}-{n:02}");
+        let enrolled = server.enrolled(&serial).await;
+        let router = server.router(&enrolled.credential, &serial).await;
+        routers.push((enrolled.device_id, router));
+    }
+    routers
+}
+
+/// A second tenant in the server's database and a token of its admin: what another customer
+/// of the installation would hold.
+pub async fn other_tenant_admin(server: &TestServer) -> String {
+    let other = floatilla_domain::model::Tenant {
+        id: floatilla_domain::TenantId::new(),
+        name: "another tenant".into(),
+        enrollment_policy: floatilla_domain::enrollment::EnrollmentPolicy::Open,
+        created_at: server.clock.now(),
+        suspended_at: None,
+        contact_email: None,
+    };
+    server.store.create_tenant(&other).await.unwrap();
+    TestServer::token_for(server.store.as_ref(), &server.clock, other.id, Role::Admin).await
+}

@@ -1,0 +1,488 @@
+//! `/api/v1/jobs`: management tasks for routers, and where each router's execution stands.
+//!
+//! Licenses decide who takes part: a job that names routers explicitly is refused as a whole
+//! (`409 device_not_licensed`) if any of them is excess or unmanaged; in a group or tag target
+//! such routers (and those offline without a seat) wait in `waiting_for_license` and continue
+//! once they hold a seat, until the job expires.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
+use floatilla_domain::jobs::{JobKind, pending_state};
+use floatilla_domain::licensing::LicenseState;
+use floatilla_domain::{DeviceId, ExecutionId, JobId, Role, TenantId};
+use floatilla_store::{Execution, Job, StateCounts};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::Caller;
+use super::devices::{Selection, parse_device_id};
+use super::extract::{ApiJson, ApiQuery, page_limit};
+use super::views::{ErrorView, RouterRef};
+use crate::error::{Error, Result, checked_range};
+use crate::state::AppState;
+
+/// How long an execution may run from when it is sent, unless the job says otherwise.
+pub const DEFAULT_TIMEOUT_SECS: u32 = 30 * 60;
+/// The longest timeout a job may set: a day.
+pub const MAX_TIMEOUT_SECS: u32 = 24 * 60 * 60;
+/// How long a router that restarts for a job is expected to be away, unless the job says.
+pub const DEFAULT_RESTART_DOWNTIME_SECS: u32 = 5 * 60;
+/// The longest downtime a job may declare: an hour.
+pub const MAX_DOWNTIME_SECS: u32 = 60 * 60;
+/// The most bytes of a job's parameters.
+pub const MAX_PARAMS_BYTES: usize = 16 * 1024;
+/// The executions listed per router.
+const DEVICE_EXECUTIONS_SHOWN: u32 = 100;
+
+/// Which routers a job is for: exactly one of the three.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobTarget {
+    /// Router ids: each must be licensed or offline (not excess or unmanaged).
+    pub ids: Option<Vec<String>>,
+    /// A group's name: its routers now.
+    pub group: Option<String>,
+    /// A tag: the routers carrying it now.
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJobRequest {
+    /// `reboot` or `software_remove` (the kinds that need no artifact), `firmware_update`,
+    /// `software_install`, `config_update` or `certificate_update`.
+    pub kind: String,
+    pub target: JobTarget,
+    /// Handed to the router's hook as they are (a JSON object, at most 16 KiB).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// Executions not sent by then end as `expired`.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// How long an execution may run from when it is sent (default 1800, at most 86400).
+    pub timeout_secs: Option<u32>,
+    /// How long the router may be away applying it (default 300 for `reboot` and
+    /// `firmware_update`, else 0; at most 3600): its session and seat wait that long.
+    pub expected_downtime_secs: Option<u32>,
+}
+
+/// A job with its executions counted by state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub timeout_secs: u32,
+    pub expected_downtime_secs: u32,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// Executions by state (`queued`, `waiting_for_license`, `sent`, …, `succeeded`); states
+    /// with none are left out.
+    #[schema(value_type = Object)]
+    pub executions: HashMap<String, u64>,
+}
+
+impl JobView {
+    fn new(job: &Job, counts: Option<&StateCounts>) -> Self {
+        Self {
+            id: job.id.to_string(),
+            kind: job.kind.as_str().to_owned(),
+            params: job.params.clone(),
+            expires_at: job.expires_at,
+            timeout_secs: job.timeout_secs,
+            expected_downtime_secs: job.expected_downtime_secs,
+            created_by: job.created_by.clone(),
+            created_at: job.created_at,
+            cancelled_at: job.cancelled_at,
+            executions: counts
+                .map(|counts| {
+                    counts
+                        .iter()
+                        .map(|(state, count)| (state.as_str().to_owned(), *count))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// One router's execution of a job.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExecutionView {
+    pub id: String,
+    pub job_id: String,
+    pub device_id: String,
+    /// `queued`, `waiting_for_license`, `waiting_for_window`, `sent`, `downloading`,
+    /// `installing`, `succeeded`, `failed`, `cancelled`, `timed_out` or `expired`.
+    pub state: String,
+    /// Why it failed, timed out, expired or was cancelled; or the router's last message.
+    pub reason: Option<String>,
+    pub attempt: u32,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<&Execution> for ExecutionView {
+    fn from(e: &Execution) -> Self {
+        Self {
+            id: e.id.to_string(),
+            job_id: e.job_id.to_string(),
+            device_id: e.device_id.to_string(),
+            state: e.state.as_str().to_owned(),
+            reason: e.reason.clone(),
+            attempt: e.attempt,
+            created_at: e.created_at,
+            sent_at: e.sent_at,
+            updated_at: e.updated_at,
+            finished_at: e.finished_at,
+        }
+    }
+}
+
+fn job_id(text: &str) -> Result<JobId> {
+    text.parse().map_err(|_| Error::NotFound("job"))
+}
+
+/// Creates a job for the target's routers: each gets an execution, `queued` if it holds a seat,
+/// `waiting_for_license` if not.
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = CreateJobRequest,
+    responses((status = 201, body = JobView),
+        (status = 400, body = ErrorView, description = "invalid_kind, artifact_required, invalid_field, invalid_params, invalid_target, empty_target"),
+        (status = 404, body = ErrorView, description = "a router, group or tag of the target does not exist"),
+        (status = 409, body = ErrorView, description = "device_not_licensed: the routers named that are excess or unmanaged")))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CreateJobRequest>,
+) -> Result<(StatusCode, Json<JobView>)> {
+    let tenant = caller.require(Role::Operator)?;
+    let kind: JobKind = request
+        .kind
+        .parse()
+        .map_err(|e: String| Error::invalid("invalid_kind", e))?;
+    if kind.needs_artifact() {
+        return Err(Error::invalid(
+            "artifact_required",
+            format!(
+                "a {kind} job carries an artifact, and this server stores no artifacts yet: \
+                 reboot and software_remove jobs work now"
+            ),
+        ));
+    }
+    let params = match request.params {
+        serde_json::Value::Null => serde_json::json!({}),
+        object @ serde_json::Value::Object(_) => object,
+        _ => return Err(Error::invalid("invalid_params", "params is a JSON object")),
+    };
+    if params.to_string().len() > MAX_PARAMS_BYTES {
+        return Err(Error::invalid(
+            "invalid_params",
+            format!("params hold at most {MAX_PARAMS_BYTES} bytes of JSON"),
+        ));
+    }
+    let now = state.clock.now();
+    if request.expires_at.is_some_and(|at| at <= now) {
+        return Err(Error::invalid(
+            "invalid_field",
+            "expires_at must be in the future",
+        ));
+    }
+    let timeout_secs = checked_range(
+        request.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+        MAX_TIMEOUT_SECS,
+        "timeout_secs",
+    )?;
+    let default_downtime = if kind.restarts_router() {
+        DEFAULT_RESTART_DOWNTIME_SECS
+    } else {
+        0
+    };
+    let expected_downtime_secs = request.expected_downtime_secs.unwrap_or(default_downtime);
+    if expected_downtime_secs > MAX_DOWNTIME_SECS {
+        return Err(Error::invalid(
+            "invalid_field",
+            format!("expected_downtime_secs is at most {MAX_DOWNTIME_SECS}"),
+        ));
+    }
+    let explicit = request.target.ids.is_some();
+    let selection = Selection {
+        ids: request.target.ids,
+        group: request.target.group,
+        tag: request.target.tag,
+    };
+    let devices = selection.devices(&state, tenant).await?;
+    if devices.is_empty() {
+        return Err(Error::invalid(
+            "empty_target",
+            "the target holds no routers",
+        ));
+    }
+    let standing = license_standing(&state, tenant, &devices, explicit).await?;
+    let job = Job {
+        id: JobId::new(),
+        tenant_id: tenant,
+        kind,
+        params,
+        expires_at: request.expires_at,
+        timeout_secs,
+        expected_downtime_secs,
+        created_by: caller.token.name.clone(),
+        created_at: now,
+        cancelled_at: None,
+    };
+    let executions: Vec<Execution> = devices
+        .iter()
+        .map(|device| Execution {
+            id: ExecutionId::new(),
+            job_id: job.id,
+            tenant_id: tenant,
+            device_id: *device,
+            state: pending_state(standing[device], true),
+            reason: None,
+            attempt: 1,
+            created_at: now,
+            sent_at: None,
+            updated_at: now,
+            finished_at: None,
+        })
+        .collect();
+    state.store.create_job(&job, &executions).await?;
+    let counts = state.store.execution_counts(tenant, &[job.id]).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(JobView::new(&job, counts.get(&job.id))),
+    ))
+}
+
+/// Whether each router holds a seat now. For routers named explicitly, excess and unmanaged
+/// ones refuse the whole job.
+async fn license_standing(
+    state: &AppState,
+    tenant: TenantId,
+    devices: &[DeviceId],
+    explicit: bool,
+) -> Result<HashMap<DeviceId, bool>> {
+    let mut standing = HashMap::with_capacity(devices.len());
+    let mut refused = Vec::new();
+    for device in devices {
+        let device = state
+            .store
+            .device(tenant, *device)
+            .await?
+            .ok_or(Error::NotFound("device"))?;
+        let licensed = device.license.state == LicenseState::Licensed;
+        let shut_out = matches!(
+            device.license.state,
+            LicenseState::Excess | LicenseState::Unmanaged
+        );
+        if explicit && shut_out {
+            refused.push(RouterRef {
+                id: device.id.to_string(),
+                serial: device.serial.clone(),
+                name: device.name.clone(),
+            });
+        }
+        standing.insert(device.id, licensed);
+    }
+    if !refused.is_empty() {
+        return Err(Error::DeviceNotLicensed { routers: refused });
+    }
+    Ok(standing)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobListQuery {
+    /// 1 to 1000, default 100.
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    before: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub items: Vec<JobView>,
+    /// Pass as `before` for the next page; absent on the last.
+    pub next: Option<String>,
+}
+
+/// The tenant's jobs, newest first, each with its executions counted by state.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobListQuery),
+    responses((status = 200, body = JobList)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<JobListQuery>,
+) -> Result<Json<JobList>> {
+    let tenant = caller.require(Role::Viewer)?;
+    let limit = page_limit(query.limit)?;
+    let before = query
+        .before
+        .as_deref()
+        .map(|b| {
+            b.parse::<JobId>()
+                .map_err(|_| Error::invalid("invalid_cursor", "before is a job id"))
+        })
+        .transpose()?;
+    let jobs = state.store.jobs(tenant, limit, before).await?;
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    let counts = state.store.execution_counts(tenant, &ids).await?;
+    let next = (jobs.len() == limit as usize)
+        .then(|| jobs.last().map(|j| j.id.to_string()))
+        .flatten();
+    Ok(Json(JobList {
+        items: jobs
+            .iter()
+            .map(|job| JobView::new(job, counts.get(&job.id)))
+            .collect(),
+        next,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    responses((status = 200, body = JobView), (status = 404, body = ErrorView)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>> {
+    let tenant = caller.require(Role::Viewer)?;
+    let job = state
+        .store
+        .job(tenant, job_id(&id)?)
+        .await?
+        .ok_or(Error::NotFound("job"))?;
+    let counts = state.store.execution_counts(tenant, &[job.id]).await?;
+    Ok(Json(JobView::new(&job, counts.get(&job.id))))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionQuery {
+    /// 1 to 1000, default 100.
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    after: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExecutionList {
+    pub items: Vec<ExecutionView>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next: Option<String>,
+}
+
+/// The job's executions, one per router, in a stable order.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/executions", tag = "jobs", params(ExecutionQuery),
+    responses((status = 200, body = ExecutionList), (status = 404, body = ErrorView)))]
+pub async fn executions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<ExecutionQuery>,
+) -> Result<Json<ExecutionList>> {
+    let tenant = caller.require(Role::Viewer)?;
+    let job = job_id(&id)?;
+    state
+        .store
+        .job(tenant, job)
+        .await?
+        .ok_or(Error::NotFound("job"))?;
+    let limit = page_limit(query.limit)?;
+    let after = query
+        .after
+        .as_deref()
+        .map(|a| {
+            a.parse::<ExecutionId>()
+                .map_err(|_| Error::invalid("invalid_cursor", "after is an execution id"))
+        })
+        .transpose()?;
+    let items = state
+        .store
+        .job_executions(tenant, job, limit, after)
+        .await?;
+    let next = (items.len() == limit as usize)
+        .then(|| items.last().map(|e| e.id.to_string()))
+        .flatten();
+    Ok(Json(ExecutionList {
+        items: items.iter().map(ExecutionView::from).collect(),
+        next,
+    }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CancelResult {
+    /// Executions that ended as `cancelled`; those already sent run to their end.
+    pub cancelled: u64,
+}
+
+/// Cancels the job: what was not sent yet ends as `cancelled`; what routers already have runs
+/// to its end (an install is never cut off halfway).
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
+    responses((status = 200, body = CancelResult), (status = 404, body = ErrorView)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<CancelResult>> {
+    let tenant = caller.require(Role::Operator)?;
+    let cancelled = state
+        .store
+        .cancel_job(tenant, job_id(&id)?, state.clock.now())
+        .await?;
+    Ok(Json(CancelResult { cancelled }))
+}
+
+/// The router's executions, newest first (the latest 100).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/executions", tag = "jobs",
+    responses((status = 200, body = Vec<ExecutionView>), (status = 404, body = ErrorView)))]
+pub async fn device_executions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<ExecutionView>>> {
+    let tenant = caller.require(Role::Viewer)?;
+    let device = parse_device_id(&id)?;
+    state
+        .store
+        .device(tenant, device)
+        .await?
+        .ok_or(Error::NotFound("device"))?;
+    let executions = state
+        .store
+        .device_executions(tenant, device, DEVICE_EXECUTIONS_SHOWN)
+        .await?;
+    Ok(Json(executions.iter().map(ExecutionView::from).collect()))
+}
+
+/// Ends executions whose deadline passed (the job's expiry before they were sent, the job's
+/// timeout after) every few seconds, on every node (ending one twice is harmless: the second
+/// finds nothing to end).
+pub async fn end_overdue(state: AppState) {
+    loop {
+        let now = state.clock.now();
+        match state.store.end_overdue_executions(now).await {
+            Ok(ended) if !ended.is_empty() => {
+                tracing::info!(ended = ended.len(), "executions ended past their deadline");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot end overdue executions"),
+        }
+        tokio::select! {
+            () = state.clock.sleep_until(now + OVERDUE_SWEEP) => {}
+            () = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// How often overdue executions are looked for.
+pub const OVERDUE_SWEEP: chrono::Duration = chrono::Duration::seconds(5);

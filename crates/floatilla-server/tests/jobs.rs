@@ -1,0 +1,283 @@
+//! Jobs through the API, and the licenses that decide who takes part: a group's routers without
+//! a seat wait for one, a job naming an excess or unmanaged router is refused as a whole, a job
+//! past its expiry ends what still waits, and cancelling ends what was not sent.
+
+mod common;
+
+use chrono::Duration;
+use common::*;
+use floatilla_domain::{Clock, Role};
+use floatilla_store::testing::TestDb;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+on_both_backends!(
+    a_group_job_waits_where_a_router_has_no_seat,
+    a_job_naming_an_excess_or_unmanaged_router_is_refused_whole,
+    a_job_past_its_expiry_ends_what_still_waits,
+    jobs_are_checked_cancelled_and_kept_to_their_tenant,
+);
+
+async fn create_job(server: &TestServer, body: Value) -> (u16, Value) {
+    server.api(Method::POST, "/api/v1/jobs", Some(body)).await
+}
+
+/// The states of the job's executions by router id.
+async fn execution_states(server: &TestServer, job: &str) -> Vec<(String, String)> {
+    let list = server.get(&format!("/api/v1/jobs/{job}/executions")).await;
+    let mut states: Vec<(String, String)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["device_id"].as_str().unwrap().to_owned(),
+                e["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    states.sort();
+    states
+}
+
+async fn a_group_job_waits_where_a_router_has_no_seat(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "two", "seats": 2})).await;
+    server.create_group(json!({"name": "depot"})).await;
+    let routers = connect_fleet(&server, "JG", 3).await;
+    for (id, _) in &routers {
+        let (status, _) = server
+            .api(
+                Method::PATCH,
+                &format!("/api/v1/devices/{id}"),
+                Some(json!({"group": "depot"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let (status, job) = create_job(
+        &server,
+        json!({"kind": "software_remove", "target": {"group": "depot"}, "params": {"package": "telnetd"}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["kind"], "software_remove");
+    assert_eq!(job["params"], json!({"package": "telnetd"}));
+    assert_eq!(job["timeout_secs"], 1800);
+    assert_eq!(job["expected_downtime_secs"], 0);
+    assert_eq!(
+        job["executions"]["waiting_for_license"], 1,
+        "the third router is excess: {job}"
+    );
+    let id = job["id"].as_str().unwrap();
+    let states = execution_states(&server, id).await;
+    let excess = &routers[2].0;
+    assert_eq!(
+        states
+            .iter()
+            .find(|(device, _)| device == excess)
+            .unwrap()
+            .1,
+        "waiting_for_license"
+    );
+    let mine = server
+        .get(&format!("/api/v1/devices/{excess}/executions"))
+        .await;
+    assert_eq!(mine[0]["job_id"], id);
+    assert_eq!(server.get("/api/v1/jobs").await["items"][0]["id"], id);
+}
+
+async fn a_job_naming_an_excess_or_unmanaged_router_is_refused_whole(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "two", "seats": 2})).await;
+    let routers = connect_fleet(&server, "JX", 3).await;
+    let offline = server.enrolled("JX-OFF").await;
+    let ids: Vec<&str> = routers.iter().map(|(id, _)| id.as_str()).collect();
+    let (status, refused) =
+        create_job(&server, json!({"kind": "reboot", "target": {"ids": ids}})).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["code"], "device_not_licensed");
+    assert_eq!(refused["routers"].as_array().unwrap().len(), 1);
+    assert_eq!(refused["routers"][0]["serial"], "JX-03");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("renew or add licenses, or unmanage other routers"),
+        "{refused}"
+    );
+    assert!(
+        server.get("/api/v1/jobs").await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Unmanaging a licensed router hands its seat to the excess one; the unmanaged one is now
+    // the one refused.
+    let (status, _) = server
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/devices/{}", ids[0]),
+            Some(json!({"managed": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, refused) =
+        create_job(&server, json!({"kind": "reboot", "target": {"ids": ids}})).await;
+    assert_eq!(status, 409);
+    assert_eq!(refused["routers"][0]["serial"], "JX-01");
+
+    // Licensed routers, and one that is merely offline, are fine.
+    let (status, job) = create_job(
+        &server,
+        json!({"kind": "reboot", "target": {"ids": [ids[1], ids[2], offline.device_id]}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(
+        job["expected_downtime_secs"], 300,
+        "a reboot's default downtime"
+    );
+    assert_eq!(job["executions"]["waiting_for_license"], 1, "{job}");
+}
+
+async fn a_job_past_its_expiry_ends_what_still_waits(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    let offline = server.enrolled("JE-1").await;
+    let expires = server.clock.now() + Duration::hours(1);
+    let (status, job) = create_job(
+        &server,
+        json!({"kind": "reboot", "target": {"ids": [offline.device_id]}, "expires_at": expires}),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(
+        execution_states(&server, id).await[0].1,
+        "waiting_for_license"
+    );
+    server
+        .clock
+        .advance(Duration::hours(1) - Duration::seconds(1));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        execution_states(&server, id).await[0].1,
+        "waiting_for_license"
+    );
+    server.clock.advance(Duration::seconds(6));
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let job = server.get(&format!("/api/v1/jobs/{id}")).await;
+        if job["executions"] == json!({"expired": 1}) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let executions = server.get(&format!("/api/v1/jobs/{id}/executions")).await;
+    let execution = &executions["items"][0];
+    assert!(execution["reason"].as_str().unwrap().contains("expired"));
+    assert!(execution["finished_at"].is_string());
+}
+
+async fn jobs_are_checked_cancelled_and_kept_to_their_tenant(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    let router = server.enrolled("JC-1").await;
+    let target = json!({"ids": [router.device_id]});
+    for (body, code) in [
+        (json!({"kind": "upgrade", "target": target}), "invalid_kind"),
+        (
+            json!({"kind": "firmware_update", "target": target}),
+            "artifact_required",
+        ),
+        (
+            json!({"kind": "reboot", "target": target, "params": [1]}),
+            "invalid_params",
+        ),
+        (
+            json!({"kind": "reboot", "target": target, "timeout_secs": 0}),
+            "invalid_field",
+        ),
+        (json!({"kind": "reboot", "target": {}}), "invalid_target"),
+        (
+            json!({"kind": "reboot", "target": {"tag": "nobody"}}),
+            "empty_target",
+        ),
+    ] {
+        let (status, refused) = create_job(&server, body).await;
+        assert_eq!(
+            (status, refused["code"].as_str()),
+            (400, Some(code)),
+            "{refused}"
+        );
+    }
+    let (status, job) = create_job(&server, json!({"kind": "reboot", "target": target})).await;
+    assert_eq!(status, 201);
+    let id = job["id"].as_str().unwrap();
+
+    let tenant = server.running().installation().on_prem_tenant.unwrap();
+    let viewer =
+        TestServer::token_for(server.store.as_ref(), &server.clock, tenant, Role::Viewer).await;
+    let (status, _) = server
+        .api_as(
+            &viewer,
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"kind": "reboot", "target": target})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = server
+        .api_as(
+            &viewer,
+            Method::POST,
+            &format!("/api/v1/jobs/{id}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = server
+        .api_as(&viewer, Method::GET, &format!("/api/v1/jobs/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+
+    let stranger = other_tenant_admin(&server).await;
+    for path in [
+        format!("/api/v1/jobs/{id}"),
+        format!("/api/v1/jobs/{id}/executions"),
+        format!("/api/v1/devices/{}/executions", router.device_id),
+    ] {
+        let (status, _) = server.api_as(&stranger, Method::GET, &path, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    let (status, _) = server
+        .api_as(
+            &stranger,
+            Method::POST,
+            &format!("/api/v1/jobs/{id}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = server
+        .api_as(
+            &stranger,
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"kind": "reboot", "target": target})),
+        )
+        .await;
+    assert_eq!(
+        status, 404,
+        "another tenant's router is answered as missing"
+    );
+
+    let (status, cancelled) = server
+        .api(Method::POST, &format!("/api/v1/jobs/{id}/cancel"), None)
+        .await;
+    assert_eq!((status, &cancelled["cancelled"]), (200, &json!(1)));
+    let job = server.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["executions"], json!({"cancelled": 1}));
+    assert!(job["cancelled_at"].is_string());
+}

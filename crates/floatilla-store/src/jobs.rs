@@ -1,0 +1,574 @@
+//! Jobs and their executions: what operators asked of routers, and where each router's part
+//! stands. The states and their moves are the domain's ([`floatilla_domain::jobs`]); the store
+//! keeps them and changes many at once.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use floatilla_domain::jobs::{ExecutionState, JobKind};
+use floatilla_domain::{DeviceId, ExecutionId, JobId, TenantId, Timestamp};
+use sqlx::FromRow;
+
+use crate::rows::{opt_timestamp, parse, timestamp};
+use crate::{Result, StoreError};
+
+/// A job as created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: JobId,
+    pub tenant_id: TenantId,
+    pub kind: JobKind,
+    /// A JSON object, handed to the router as it is.
+    pub params: serde_json::Value,
+    /// Executions not sent by then end as expired.
+    pub expires_at: Option<Timestamp>,
+    /// How long an execution may run from when it was sent.
+    pub timeout_secs: u32,
+    /// How long the router may be away while applying it (its session lingers that long).
+    pub expected_downtime_secs: u32,
+    /// The token or user that created it.
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub cancelled_at: Option<Timestamp>,
+}
+
+/// One router's execution of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Execution {
+    pub id: ExecutionId,
+    pub job_id: JobId,
+    pub tenant_id: TenantId,
+    pub device_id: DeviceId,
+    pub state: ExecutionState,
+    /// Why it failed, timed out, expired or was cancelled; or the router's last message.
+    pub reason: Option<String>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub created_at: Timestamp,
+    pub sent_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// How many executions of a job stand in each state.
+pub type StateCounts = HashMap<ExecutionState, u64>;
+
+#[async_trait]
+pub trait Jobs {
+    /// Stores a job with its executions, all or nothing.
+    async fn create_job(&self, job: &Job, executions: &[Execution]) -> Result<()>;
+    async fn job(&self, tenant: TenantId, id: JobId) -> Result<Option<Job>>;
+    /// The tenant's jobs, newest first, at most `limit`, older than `before` if given.
+    async fn jobs(&self, tenant: TenantId, limit: u32, before: Option<JobId>) -> Result<Vec<Job>>;
+    /// Each job's executions counted by state.
+    async fn execution_counts(
+        &self,
+        tenant: TenantId,
+        jobs: &[JobId],
+    ) -> Result<HashMap<JobId, StateCounts>>;
+    /// A job's executions in router order (by id), at most `limit`, after `after` if given.
+    async fn job_executions(
+        &self,
+        tenant: TenantId,
+        job: JobId,
+        limit: u32,
+        after: Option<ExecutionId>,
+    ) -> Result<Vec<Execution>>;
+    /// A router's executions, newest first, at most `limit`.
+    async fn device_executions(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        limit: u32,
+    ) -> Result<Vec<Execution>>;
+    /// Cancels the job: its executions not sent yet end as cancelled; those in flight run to
+    /// their end. Answers how many were cancelled; `NotFound` for another tenant's job.
+    async fn cancel_job(&self, tenant: TenantId, job: JobId, now: Timestamp) -> Result<u64>;
+    /// Ends, as of `now`, executions past their deadline: not sent by the job's expiry
+    /// (`expired`), or sent longer ago than the job's timeout (`timed_out`). Answers them as
+    /// they now are.
+    async fn end_overdue_executions(&self, now: Timestamp) -> Result<Vec<Execution>>;
+    /// What the router is to be sent now, oldest first, with their jobs: its queued executions
+    /// (moved to `sent` as of `now` in the same transaction) and those it already has (sent,
+    /// downloading, installing: sent again after a reconnect, the router recognises them).
+    async fn take_executions_to_send(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        now: Timestamp,
+    ) -> Result<Vec<(Job, Execution)>>;
+    /// Moves the router's executions from `queued` to `waiting_for_license` when it lost its
+    /// seat (`licensed` false), or back when it has one. Answers how many moved.
+    async fn relicense_executions(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        licensed: bool,
+        now: Timestamp,
+    ) -> Result<u64>;
+    /// One of the router's executions.
+    async fn device_execution(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        id: ExecutionId,
+    ) -> Result<Option<Execution>>;
+    /// Moves an execution from `from` to `to` as of `now`, unless it moved meanwhile (then
+    /// `false`); records `reason`, the time it was sent or finished, and a retry's attempt.
+    async fn move_execution(
+        &self,
+        id: ExecutionId,
+        from: ExecutionState,
+        to: ExecutionState,
+        reason: Option<&str>,
+        now: Timestamp,
+    ) -> Result<bool>;
+}
+
+#[derive(FromRow)]
+pub(crate) struct JobRow {
+    id: String,
+    tenant_id: String,
+    kind: String,
+    params: String,
+    expires_at: Option<i64>,
+    timeout_secs: i64,
+    expected_downtime_secs: i64,
+    created_by: String,
+    created_at: i64,
+    cancelled_at: Option<i64>,
+}
+
+fn seconds(column: &str, value: i64) -> Result<u32> {
+    u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column} {value}")))
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = StoreError;
+    fn try_from(row: JobRow) -> Result<Self> {
+        Ok(Job {
+            id: parse("jobs.id", &row.id)?,
+            tenant_id: parse("jobs.tenant_id", &row.tenant_id)?,
+            kind: parse("jobs.kind", &row.kind)?,
+            params: serde_json::from_str(&row.params)
+                .map_err(|e| StoreError::Corrupt(format!("jobs.params: {e}")))?,
+            expires_at: opt_timestamp("jobs.expires_at", row.expires_at)?,
+            timeout_secs: seconds("jobs.timeout_secs", row.timeout_secs)?,
+            expected_downtime_secs: seconds(
+                "jobs.expected_downtime_secs",
+                row.expected_downtime_secs,
+            )?,
+            created_by: row.created_by,
+            created_at: timestamp("jobs.created_at", row.created_at)?,
+            cancelled_at: opt_timestamp("jobs.cancelled_at", row.cancelled_at)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct ExecutionRow {
+    id: String,
+    job_id: String,
+    tenant_id: String,
+    device_id: String,
+    state: String,
+    reason: Option<String>,
+    attempt: i64,
+    created_at: i64,
+    sent_at: Option<i64>,
+    updated_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<ExecutionRow> for Execution {
+    type Error = StoreError;
+    fn try_from(row: ExecutionRow) -> Result<Self> {
+        Ok(Execution {
+            id: parse("job_executions.id", &row.id)?,
+            job_id: parse("job_executions.job_id", &row.job_id)?,
+            tenant_id: parse("job_executions.tenant_id", &row.tenant_id)?,
+            device_id: parse("job_executions.device_id", &row.device_id)?,
+            state: parse("job_executions.state", &row.state)?,
+            reason: row.reason,
+            attempt: seconds("job_executions.attempt", row.attempt)?,
+            created_at: timestamp("job_executions.created_at", row.created_at)?,
+            sent_at: opt_timestamp("job_executions.sent_at", row.sent_at)?,
+            updated_at: timestamp("job_executions.updated_at", row.updated_at)?,
+            finished_at: opt_timestamp("job_executions.finished_at", row.finished_at)?,
+        })
+    }
+}
+
+/// The states an execution waits in before it is sent, as an SQL list.
+pub(crate) const PENDING_STATES: &str = "('queued', 'waiting_for_license', 'waiting_for_window')";
+/// The states of an execution the router has, as an SQL list.
+pub(crate) const IN_FLIGHT_STATES: &str = "('sent', 'downloading', 'installing')";
+
+/// Implements [`Jobs`] for a store type (see `impl_store!` for what it provides).
+macro_rules! impl_jobs {
+    ($store:ty) => {
+        #[::async_trait::async_trait]
+        impl $crate::Jobs for $store {
+            async fn create_job(
+                &self,
+                job: &$crate::Job,
+                executions: &[$crate::Execution],
+            ) -> $crate::Result<()> {
+                let mut tx = self.begin_write().await?;
+                ::sqlx::query(
+                    "INSERT INTO jobs (id, tenant_id, kind, params, expires_at, timeout_secs, \
+                     expected_downtime_secs, created_by, created_at, cancelled_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(job.id.to_string())
+                .bind(job.tenant_id.to_string())
+                .bind(job.kind.as_str())
+                .bind(job.params.to_string())
+                .bind($crate::rows::opt_millis(job.expires_at))
+                .bind(i64::from(job.timeout_secs))
+                .bind(i64::from(job.expected_downtime_secs))
+                .bind(&job.created_by)
+                .bind($crate::rows::millis(job.created_at))
+                .bind($crate::rows::opt_millis(job.cancelled_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    $crate::shared::write_error(e, || format!("job {} exists", job.id), "tenant")
+                })?;
+                for execution in executions {
+                    ::sqlx::query(
+                        "INSERT INTO job_executions (id, job_id, tenant_id, device_id, state, \
+                         reason, attempt, created_at, sent_at, updated_at, finished_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(execution.id.to_string())
+                    .bind(execution.job_id.to_string())
+                    .bind(execution.tenant_id.to_string())
+                    .bind(execution.device_id.to_string())
+                    .bind(execution.state.as_str())
+                    .bind(&execution.reason)
+                    .bind(i64::from(execution.attempt))
+                    .bind($crate::rows::millis(execution.created_at))
+                    .bind($crate::rows::opt_millis(execution.sent_at))
+                    .bind($crate::rows::millis(execution.updated_at))
+                    .bind($crate::rows::opt_millis(execution.finished_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| {
+                        $crate::shared::write_error(
+                            e,
+                            || format!("router {} is in the job twice", execution.device_id),
+                            "job",
+                        )
+                    })?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn job(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                id: ::floatilla_domain::JobId,
+            ) -> $crate::Result<Option<$crate::Job>> {
+                let row: Option<$crate::jobs::JobRow> =
+                    ::sqlx::query_as("SELECT * FROM jobs WHERE tenant_id = $1 AND id = $2")
+                        .bind(tenant.to_string())
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn jobs(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                limit: u32,
+                before: Option<::floatilla_domain::JobId>,
+            ) -> $crate::Result<Vec<$crate::Job>> {
+                // Job ids are time-ordered (UUIDv7): id order is creation order.
+                let rows: Vec<$crate::jobs::JobRow> = ::sqlx::query_as(
+                    "SELECT * FROM jobs WHERE tenant_id = $1 AND ($2 IS NULL OR id < $2) \
+                     ORDER BY id DESC LIMIT $3",
+                )
+                .bind(tenant.to_string())
+                .bind(before.map(|id| id.to_string()))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                $crate::rows::convert(rows)
+            }
+
+            async fn execution_counts(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                jobs: &[::floatilla_domain::JobId],
+            ) -> $crate::Result<
+                ::std::collections::HashMap<::floatilla_domain::JobId, $crate::StateCounts>,
+            > {
+                let mut counts: ::std::collections::HashMap<_, $crate::StateCounts> =
+                    ::std::collections::HashMap::new();
+                for chunk in jobs.chunks($crate::tags::TAG_CHUNK) {
+                    let sql = format!(
+                        "SELECT job_id, state, COUNT(*) FROM job_executions \
+                         WHERE tenant_id = $1 AND job_id IN ({}) GROUP BY job_id, state",
+                        $crate::tags::placeholders(2, chunk.len())
+                    );
+                    let mut query =
+                        ::sqlx::query_as::<_, (String, String, i64)>(::sqlx::AssertSqlSafe(sql))
+                            .bind(tenant.to_string());
+                    for job in chunk {
+                        query = query.bind(job.to_string());
+                    }
+                    for (job, state, count) in query.fetch_all(&self.pool).await? {
+                        let job: ::floatilla_domain::JobId =
+                            $crate::rows::parse("job_executions.job_id", &job)?;
+                        let state: ::floatilla_domain::jobs::ExecutionState =
+                            $crate::rows::parse("job_executions.state", &state)?;
+                        counts
+                            .entry(job)
+                            .or_default()
+                            .insert(state, u64::try_from(count).unwrap_or_default());
+                    }
+                }
+                Ok(counts)
+            }
+
+            async fn job_executions(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                job: ::floatilla_domain::JobId,
+                limit: u32,
+                after: Option<::floatilla_domain::ExecutionId>,
+            ) -> $crate::Result<Vec<$crate::Execution>> {
+                let rows: Vec<$crate::jobs::ExecutionRow> = ::sqlx::query_as(
+                    "SELECT * FROM job_executions WHERE tenant_id = $1 AND job_id = $2 \
+                     AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4",
+                )
+                .bind(tenant.to_string())
+                .bind(job.to_string())
+                .bind(after.map(|id| id.to_string()))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                $crate::rows::convert(rows)
+            }
+
+            async fn device_executions(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                device: ::floatilla_domain::DeviceId,
+                limit: u32,
+            ) -> $crate::Result<Vec<$crate::Execution>> {
+                let rows: Vec<$crate::jobs::ExecutionRow> = ::sqlx::query_as(
+                    "SELECT * FROM job_executions WHERE tenant_id = $1 AND device_id = $2 \
+                     ORDER BY id DESC LIMIT $3",
+                )
+                .bind(tenant.to_string())
+                .bind(device.to_string())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                $crate::rows::convert(rows)
+            }
+
+            async fn cancel_job(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                job: ::floatilla_domain::JobId,
+                now: ::floatilla_domain::Timestamp,
+            ) -> $crate::Result<u64> {
+                let mut tx = self.begin_write().await?;
+                let found = ::sqlx::query(
+                    "UPDATE jobs SET cancelled_at = COALESCE(cancelled_at, $3) \
+                     WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.to_string())
+                .bind(job.to_string())
+                .bind($crate::rows::millis(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                $crate::shared::found(found, "job")?;
+                let sql = format!(
+                    "UPDATE job_executions SET state = 'cancelled', reason = 'the job was cancelled', \
+                     updated_at = $2, finished_at = $2 WHERE job_id = $1 AND state IN {}",
+                    $crate::jobs::PENDING_STATES
+                );
+                let cancelled = ::sqlx::query(::sqlx::AssertSqlSafe(sql))
+                    .bind(job.to_string())
+                    .bind($crate::rows::millis(now))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(cancelled)
+            }
+
+            async fn end_overdue_executions(
+                &self,
+                now: ::floatilla_domain::Timestamp,
+            ) -> $crate::Result<Vec<$crate::Execution>> {
+                let mut tx = self.begin_write().await?;
+                let expired = format!(
+                    "UPDATE job_executions SET state = 'expired', \
+                     reason = 'the job expired before this router could take it', \
+                     updated_at = $1, finished_at = $1 \
+                     WHERE state IN {} AND job_id IN \
+                     (SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= $1) \
+                     RETURNING *",
+                    $crate::jobs::PENDING_STATES
+                );
+                let mut rows: Vec<$crate::jobs::ExecutionRow> =
+                    ::sqlx::query_as(::sqlx::AssertSqlSafe(expired))
+                        .bind($crate::rows::millis(now))
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let timed_out = format!(
+                    "UPDATE job_executions SET state = 'timed_out', \
+                     reason = 'the router did not finish within the job''s timeout', \
+                     updated_at = $1, finished_at = $1 \
+                     WHERE state IN {} AND sent_at + 1000 * \
+                     (SELECT timeout_secs FROM jobs WHERE jobs.id = job_executions.job_id) <= $1 \
+                     RETURNING *",
+                    $crate::jobs::IN_FLIGHT_STATES
+                );
+                rows.extend(
+                    ::sqlx::query_as::<_, $crate::jobs::ExecutionRow>(::sqlx::AssertSqlSafe(
+                        timed_out,
+                    ))
+                    .bind($crate::rows::millis(now))
+                    .fetch_all(&mut *tx)
+                    .await?,
+                );
+                tx.commit().await?;
+                $crate::rows::convert(rows)
+            }
+
+            async fn take_executions_to_send(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                device: ::floatilla_domain::DeviceId,
+                now: ::floatilla_domain::Timestamp,
+            ) -> $crate::Result<Vec<($crate::Job, $crate::Execution)>> {
+                let mut tx = self.begin_write().await?;
+                ::sqlx::query(
+                    "UPDATE job_executions SET state = 'sent', sent_at = $3, updated_at = $3 \
+                     WHERE tenant_id = $1 AND device_id = $2 AND state = 'queued'",
+                )
+                .bind(tenant.to_string())
+                .bind(device.to_string())
+                .bind($crate::rows::millis(now))
+                .execute(&mut *tx)
+                .await?;
+                let sql = format!(
+                    "SELECT * FROM job_executions WHERE tenant_id = $1 AND device_id = $2 \
+                     AND state IN {} ORDER BY id",
+                    $crate::jobs::IN_FLIGHT_STATES
+                );
+                let executions: Vec<$crate::Execution> = $crate::rows::convert(
+                    ::sqlx::query_as::<_, $crate::jobs::ExecutionRow>(::sqlx::AssertSqlSafe(sql))
+                        .bind(tenant.to_string())
+                        .bind(device.to_string())
+                        .fetch_all(&mut *tx)
+                        .await?,
+                )?;
+                let mut jobs: ::std::collections::HashMap<::floatilla_domain::JobId, $crate::Job> =
+                    ::std::collections::HashMap::new();
+                for execution in &executions {
+                    if jobs.contains_key(&execution.job_id) {
+                        continue;
+                    }
+                    let row: $crate::jobs::JobRow =
+                        ::sqlx::query_as("SELECT * FROM jobs WHERE id = $1")
+                            .bind(execution.job_id.to_string())
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    jobs.insert(execution.job_id, row.try_into()?);
+                }
+                tx.commit().await?;
+                Ok(executions
+                    .into_iter()
+                    .map(|execution| (jobs[&execution.job_id].clone(), execution))
+                    .collect())
+            }
+
+            async fn relicense_executions(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                device: ::floatilla_domain::DeviceId,
+                licensed: bool,
+                now: ::floatilla_domain::Timestamp,
+            ) -> $crate::Result<u64> {
+                let (from, to) = if licensed {
+                    ("waiting_for_license", "queued")
+                } else {
+                    ("queued", "waiting_for_license")
+                };
+                Ok(::sqlx::query(
+                    "UPDATE job_executions SET state = $4, updated_at = $5 \
+                     WHERE tenant_id = $1 AND device_id = $2 AND state = $3",
+                )
+                .bind(tenant.to_string())
+                .bind(device.to_string())
+                .bind(from)
+                .bind(to)
+                .bind($crate::rows::millis(now))
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
+            async fn device_execution(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                device: ::floatilla_domain::DeviceId,
+                id: ::floatilla_domain::ExecutionId,
+            ) -> $crate::Result<Option<$crate::Execution>> {
+                let row: Option<$crate::jobs::ExecutionRow> = ::sqlx::query_as(
+                    "SELECT * FROM job_executions WHERE tenant_id = $1 AND device_id = $2 \
+                     AND id = $3",
+                )
+                .bind(tenant.to_string())
+                .bind(device.to_string())
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn move_execution(
+                &self,
+                id: ::floatilla_domain::ExecutionId,
+                from: ::floatilla_domain::jobs::ExecutionState,
+                to: ::floatilla_domain::jobs::ExecutionState,
+                reason: Option<&str>,
+                now: ::floatilla_domain::Timestamp,
+            ) -> $crate::Result<bool> {
+                use ::floatilla_domain::jobs::ExecutionState as S;
+                let at = $crate::rows::millis(now);
+                let sent_at = (to == S::Sent).then_some(at);
+                let finished_at = to.is_terminal().then_some(at);
+                let retry = i64::from(from.is_failure() && to == S::Queued);
+                let moved = ::sqlx::query(
+                    "UPDATE job_executions SET state = $3, reason = COALESCE($4, reason), \
+                     updated_at = $5, sent_at = COALESCE($6, sent_at), finished_at = $7, \
+                     attempt = attempt + $8 WHERE id = $1 AND state = $2",
+                )
+                .bind(id.to_string())
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(reason)
+                .bind(at)
+                .bind(sent_at)
+                .bind(finished_at)
+                .bind(retry)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(moved == 1)
+            }
+        }
+    };
+}
+pub(crate) use impl_jobs;
