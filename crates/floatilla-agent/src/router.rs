@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use floatilla_protocol::{
-    CallResult, DeviceMessage, EnrollRequest, EnrollmentTokenString, ErrorBody, Hello,
-    PROTOCOL_VERSION, ServerMessage, Status, WireLicense,
+    CallResult, DeviceMessage, EnrollRequest, EnrollmentTokenString, ErrorBody, Hello, JobUpdate,
+    JobUpdateState, PROTOCOL_VERSION, ServerMessage, Status, WireLicense,
 };
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -456,6 +456,14 @@ async fn serve(
             ServerMessage::License(license) => {
                 host.event(RouterEvent::License(license));
                 Ok(())
+            }
+            ServerMessage::Job(job) => {
+                let update = JobUpdate {
+                    execution_id: job.execution_id,
+                    state: JobUpdateState::Failed,
+                    message: Some(format!("this agent does not run {} jobs yet", job.kind)),
+                };
+                send_message(&mut stream, &DeviceMessage::JobUpdate(update)).await
             }
             ServerMessage::Welcome(_) => Ok(()),
         };

@@ -87,6 +87,49 @@ pub enum DeviceMessage {
     Result(CallResult),
     /// The router has stored the credential of a [`ServerMessage::CredentialRenewal`].
     CredentialAck { credential_id: String },
+    /// How one of the router's jobs ([`ServerMessage::Job`]) is getting on.
+    JobUpdate(JobUpdate),
+}
+
+/// Where the router's execution of a job stands now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUpdate {
+    pub execution_id: String,
+    pub state: JobUpdateState,
+    /// For people: what the router is doing, or why it failed (at most 1,000 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The states a router reports a job in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobUpdateState {
+    Downloading,
+    Installing,
+    Succeeded,
+    Failed,
+}
+
+/// A job for the router: run it once, report with [`DeviceMessage::JobUpdate`]. The same
+/// execution is sent again after a reconnect while it is not finished; the router recognises
+/// it by `execution_id` and never applies it twice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireJob {
+    pub execution_id: String,
+    pub job_id: String,
+    /// `firmware_update`, `software_install`, `software_remove`, `config_update`,
+    /// `certificate_update` or `reboot`.
+    pub kind: String,
+    /// The job's parameters as the operator gave them (a JSON object).
+    #[serde(default)]
+    pub params: serde_json::Value,
+    /// 1 for the first attempt; a retry is a new attempt of the same execution.
+    pub attempt: u32,
+    /// The server gives up on the execution this long after sending it.
+    pub timeout_secs: u32,
+    /// How long the router may be away applying it.
+    pub expected_downtime_secs: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +198,8 @@ pub enum ServerMessage {
     /// The router's license state changed. Excess and unmanaged routers receive no management
     /// tasks; the channel itself (heartbeats, credential renewal) carries on regardless.
     License(WireLicense),
+    /// A job to run.
+    Job(WireJob),
     /// The server ends the connection for a reason that is not the router's fault.
     Disconnect {
         reason: String,
@@ -209,15 +254,20 @@ impl DecodeError {
     }
 }
 
-const DEVICE_MESSAGE_TYPES: [&str; 4] = ["hello", "status", "result", "credential_ack"];
-const SERVER_MESSAGE_TYPES: [&str; 6] = [
+const DEVICE_MESSAGE_TYPES: [&str; 5] =
+    ["hello", "status", "result", "credential_ack", "job_update"];
+const SERVER_MESSAGE_TYPES: [&str; 7] = [
     "welcome",
     "call",
     "credential_renewal",
     "license",
+    "job",
     "error",
     "disconnect",
 ];
+
+/// The longest message a router may attach to a job update.
+pub const MAX_JOB_MESSAGE_CHARS: usize = 1000;
 
 /// The longest text field a router may send (serial, model, firmware, versions, ids).
 pub const MAX_FIELD_CHARS: usize = 128;
@@ -255,6 +305,24 @@ impl DeviceMessage {
                 "credential_ack",
                 vec![("credential_id", Some(credential_id))],
             ),
+            DeviceMessage::JobUpdate(update) => {
+                if update
+                    .message
+                    .as_ref()
+                    .is_some_and(|m| m.chars().count() > MAX_JOB_MESSAGE_CHARS)
+                {
+                    return Err(DecodeError::Invalid {
+                        kind: "job_update".into(),
+                        detail: format!(
+                            "`message` must be at most {MAX_JOB_MESSAGE_CHARS} characters"
+                        ),
+                    });
+                }
+                (
+                    "job_update",
+                    vec![("execution_id", Some(&update.execution_id))],
+                )
+            }
         };
         for (name, value) in fields {
             if let Some(value) = value

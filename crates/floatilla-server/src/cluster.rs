@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use floatilla_domain::{DeviceId, DisconnectReason, SessionId, TenantId};
+use floatilla_domain::{DeviceId, DisconnectReason, JobId, SessionId, TenantId};
 use floatilla_protocol::CallResult;
 use floatilla_store::{CallOutcome, ClusterMessage, Received, Store};
 use tokio::sync::oneshot;
@@ -90,6 +90,44 @@ fn retime_here(state: &AppState, device: Option<DeviceId>, change: TimerChange) 
             }
         }
         None => state.sessions.broadcast(|| SessionCommand::Retime(change)),
+    }
+}
+
+/// Sends a new job to its routers connected here, and tells the other nodes to do the same:
+/// a job reaches routers on any node at once, without polling.
+pub async fn job_created(state: &AppState, tenant: TenantId, job: JobId) {
+    send_job_here(state, tenant, job).await;
+    publish(state, || ClusterMessage::JobCreated {
+        tenant,
+        job,
+        node: state.config.node_id.clone(),
+    })
+    .await;
+}
+
+/// Tells the sessions here of routers in the job to send what waits for them.
+async fn send_job_here(state: &AppState, tenant: TenantId, job: JobId) {
+    if state.sessions.is_empty() {
+        return;
+    }
+    let mut after = None;
+    loop {
+        let page = match state.store.job_executions(tenant, job, 1000, after).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(%error, %job, "cannot read a new job's executions");
+                return;
+            }
+        };
+        for execution in &page {
+            if let Some(session) = state.sessions.get(execution.device_id) {
+                let _ = session.inbox.send(SessionCommand::SendJobs);
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => after = Some(last.id),
+            _ => return,
+        }
     }
 }
 
@@ -251,6 +289,9 @@ async fn handle(state: &AppState, message: ClusterMessage) {
         } if node != me => retime_here(state, device, change),
         ClusterMessage::PoolChanged { tenant, node } if node != me => {
             state.licensing.refresh_soon(tenant);
+        }
+        ClusterMessage::JobCreated { tenant, job, node } if node != me => {
+            send_job_here(state, tenant, job).await;
         }
         ClusterMessage::TenantChanged { tenant, node } if node != me => {
             tenant_changed_elsewhere(state, tenant).await;

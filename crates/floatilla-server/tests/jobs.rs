@@ -7,11 +7,14 @@ mod common;
 use chrono::Duration;
 use common::*;
 use floatilla_domain::{Clock, Role};
+use floatilla_protocol::{DeviceMessage, JobUpdate, JobUpdateState, ServerMessage, WireJob};
 use floatilla_store::testing::TestDb;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 on_both_backends!(
+    a_job_reaches_licensed_routers_and_follows_their_reports,
+    a_job_in_flight_is_sent_again_after_a_reconnect,
     a_group_job_waits_where_a_router_has_no_seat,
     a_job_naming_an_excess_or_unmanaged_router_is_refused_whole,
     a_job_past_its_expiry_ends_what_still_waits,
@@ -38,6 +41,142 @@ async fn execution_states(server: &TestServer, job: &str) -> Vec<(String, String
         .collect();
     states.sort();
     states
+}
+
+/// Waits for the router's next JOB message.
+async fn next_job(router: &mut TestRouter) -> WireJob {
+    loop {
+        match router.next_message().await {
+            Some(ServerMessage::Job(job)) => return job,
+            Some(_) => {}
+            None => panic!("the channel closed before a JOB message"),
+        }
+    }
+}
+
+fn report(router: &TestRouter, job: &WireJob, state: JobUpdateState, message: Option<&str>) {
+    router.send(DeviceMessage::JobUpdate(JobUpdate {
+        execution_id: job.execution_id.clone(),
+        state,
+        message: message.map(str::to_owned),
+    }));
+}
+
+/// Waits until the job's executions stand as `expected` (counted by state).
+async fn counts_become(server: &TestServer, job: &str, expected: Value) -> Value {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let view = server.get(&format!("/api/v1/jobs/{job}")).await;
+        if view["executions"] == expected {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {expected}, got {}",
+            view["executions"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn a_job_reaches_licensed_routers_and_follows_their_reports(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "two", "seats": 2})).await;
+    let mut routers = connect_fleet(&server, "JR", 3).await;
+    tag_all(&server, &routers).await;
+    let (status, job) = create_job(
+        &server,
+        json!({"kind": "reboot", "target": {"tag": "line-1"}, "params": {"delay_secs": 5}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    let first = next_job(&mut routers[0].1).await;
+    assert_eq!((first.kind.as_str(), first.attempt), ("reboot", 1));
+    assert_eq!(first.params, json!({"delay_secs": 5}));
+    assert_eq!(
+        (first.job_id.as_str(), first.expected_downtime_secs),
+        (id.as_str(), 300)
+    );
+    let second = next_job(&mut routers[1].1).await;
+    counts_become(&server, &id, json!({"sent": 2, "waiting_for_license": 1})).await;
+
+    report(
+        &routers[0].1,
+        &first,
+        JobUpdateState::Installing,
+        Some("rebooting"),
+    );
+    report(&routers[0].1, &first, JobUpdateState::Succeeded, None);
+    report(
+        &routers[1].1,
+        &second,
+        JobUpdateState::Failed,
+        Some("hook exited with 3"),
+    );
+    counts_become(
+        &server,
+        &id,
+        json!({"succeeded": 1, "failed": 1, "waiting_for_license": 1}),
+    )
+    .await;
+    // A repeated report after the end changes nothing.
+    report(&routers[1].1, &second, JobUpdateState::Succeeded, None);
+    let executions = server.get(&format!("/api/v1/jobs/{id}/executions")).await;
+    let failed = executions["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == second.execution_id.as_str())
+        .unwrap();
+    assert_eq!(failed["reason"], "hook exited with 3");
+
+    // The excess router gets its seat when a license is added, and its job with it.
+    add_license(&server, json!({"name": "one more", "seats": 1})).await;
+    let third = next_job(&mut routers[2].1).await;
+    report(&routers[2].1, &third, JobUpdateState::Succeeded, None);
+    counts_become(&server, &id, json!({"succeeded": 2, "failed": 1})).await;
+}
+
+async fn a_job_in_flight_is_sent_again_after_a_reconnect(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "one", "seats": 1})).await;
+    let enrolled = server.enrolled("JRC-1").await;
+    let mut router = server.router(&enrolled.credential, "JRC-1").await;
+    let (status, job) = create_job(
+        &server,
+        json!({"kind": "reboot", "target": {"ids": [enrolled.device_id]}}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = job["id"].as_str().unwrap().to_owned();
+    let sent = next_job(&mut router).await;
+    report(&router, &sent, JobUpdateState::Installing, None);
+    counts_become(&server, &id, json!({"installing": 1})).await;
+    router.close().await;
+
+    let mut again = server.router(&enrolled.credential, "JRC-1").await;
+    let resent = next_job(&mut again).await;
+    assert_eq!(
+        resent.execution_id, sent.execution_id,
+        "the same execution, recognisable"
+    );
+    report(&again, &resent, JobUpdateState::Succeeded, None);
+    counts_become(&server, &id, json!({"succeeded": 1})).await;
+}
+
+/// Tags every router `line-1`.
+async fn tag_all(server: &TestServer, routers: &[(String, TestRouter)]) {
+    let ids: Vec<&str> = routers.iter().map(|(id, _)| id.as_str()).collect();
+    let (status, _) = server
+        .api(
+            Method::POST,
+            "/api/v1/devices/tags",
+            Some(json!({"ids": ids, "add": ["line-1"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
 }
 
 async fn a_group_job_waits_where_a_router_has_no_seat(db: TestDb) {

@@ -3,7 +3,7 @@
 //! LISTEN/NOTIFY; an SQLite installation is a single node, so it has no one to tell.
 
 use async_trait::async_trait;
-use floatilla_domain::{DeviceId, SessionId, TenantId, TimerChange, Timestamp};
+use floatilla_domain::{DeviceId, JobId, SessionId, TenantId, TimerChange, Timestamp};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -37,6 +37,12 @@ pub enum ClusterMessage {
     CredentialsRevoked { device: DeviceId, node: String },
     /// `node` changed the tenant's license pool or licenses: the others read what changed.
     PoolChanged { tenant: TenantId, node: String },
+    /// `node` created a job: the others send it to the routers whose sessions they hold.
+    JobCreated {
+        tenant: TenantId,
+        job: JobId,
+        node: String,
+    },
     /// `node` suspended, resumed or deleted the tenant: the others read how it stands.
     TenantChanged { tenant: TenantId, node: String },
     /// Run a call on the router's session, wherever it is, and answer to node `from`.

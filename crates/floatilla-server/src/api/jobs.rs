@@ -256,6 +256,7 @@ pub async fn create(
         })
         .collect();
     state.store.create_job(&job, &executions).await?;
+    crate::cluster::job_created(&state, tenant, job.id).await;
     let counts = state.store.execution_counts(tenant, &[job.id]).await?;
     Ok((
         StatusCode::CREATED,

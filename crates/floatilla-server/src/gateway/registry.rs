@@ -22,6 +22,8 @@ pub enum SessionCommand {
         tenant: TenantId,
         reason: DisconnectReason,
     },
+    /// New executions may wait for the router: send them, if it holds a seat.
+    SendJobs,
     /// A timer profile changed: ping on the new schedule from now on.
     Retime(TimerChange),
     /// The router's license state is now this: tell it, if that is news.

@@ -13,12 +13,16 @@ use std::time::Duration;
 use floatilla_domain::clones::is_clone;
 use floatilla_domain::enrollment::EnrollmentState;
 use floatilla_domain::events::{Event, EventKind};
+use floatilla_domain::jobs::{ExecutionEvent, next_state};
 use floatilla_domain::licensing::{LicenseReason, LicenseState};
 use floatilla_domain::model::{ConnectionRecord, Credential, Device, DeviceStatus};
-use floatilla_domain::{CredentialId, DisconnectReason, SessionId, TimerChange, Timers, Timestamp};
+use floatilla_domain::{
+    CredentialId, DisconnectReason, ExecutionId, SessionId, TimerChange, Timers, Timestamp,
+};
 use floatilla_protocol::{
-    CallResult, DeviceCredential, DeviceMessage, ErrorBody, HELLO_TIMEOUT_SECS, Hello,
-    PROTOCOL_VERSION, ServerMessage, Status, Welcome, WireLicense, WireTimers, encode,
+    CallResult, DeviceCredential, DeviceMessage, ErrorBody, HELLO_TIMEOUT_SECS, Hello, JobUpdate,
+    JobUpdateState, PROTOCOL_VERSION, ServerMessage, Status, Welcome, WireJob, WireLicense,
+    WireTimers, encode,
 };
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
@@ -409,6 +413,9 @@ impl Session {
         if Box::pin(self.welcome(socket, connected_at)).await.is_err() {
             return Ending::Quiet(DisconnectReason::ConnectionLost);
         }
+        if Box::pin(self.jobs_follow_license(socket)).await.is_err() {
+            return Ending::Quiet(DisconnectReason::ConnectionLost);
+        }
         let mut next_ping = connected_at + timers.ping_interval();
         let mut pong_deadline: Option<Timestamp> = None;
         loop {
@@ -444,9 +451,14 @@ impl Session {
                             self.device.license.reason = reason;
                             metrics::message("out", "license");
                             let told = Box::pin(send_text(socket, &ServerMessage::License(wire_license(state, reason)))).await;
-                            if told.is_err() {
+                            if told.is_err() || Box::pin(self.jobs_follow_license(socket)).await.is_err() {
                                 return Ending::Quiet(DisconnectReason::ConnectionLost);
                             }
+                        }
+                    }
+                    SessionCommand::SendJobs => {
+                        if Box::pin(self.send_jobs(socket)).await.is_err() {
+                            return Ending::Quiet(DisconnectReason::ConnectionLost);
                         }
                     }
                     SessionCommand::Call(request) => {
@@ -594,8 +606,107 @@ impl Session {
                 metrics::message("in", "credential_ack");
                 self.acknowledge_renewal(&credential_id).await?;
             }
+            DeviceMessage::JobUpdate(update) => {
+                metrics::message("in", "job_update");
+                self.record_job_update(update).await;
+            }
         }
         Ok(())
+    }
+
+    /// Moves the router's waiting executions as its seat says, then sends it what it may run:
+    /// a router without a seat receives no job (those it already has run to their end).
+    async fn jobs_follow_license(&mut self, socket: &mut Socket) -> Result<(), ()> {
+        let licensed = self.device.license.state == LicenseState::Licensed;
+        let now = self.state.clock.now();
+        if let Err(error) = self
+            .state
+            .store
+            .relicense_executions(self.device.tenant_id, self.device.id, licensed, now)
+            .await
+        {
+            tracing::warn!(%error, device = %self.device.id, "cannot move the router's executions");
+        }
+        if licensed {
+            self.send_jobs(socket).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends the router its queued executions (now `sent`) and again those it already has.
+    async fn send_jobs(&mut self, socket: &mut Socket) -> Result<(), ()> {
+        if self.device.license.state != LicenseState::Licensed {
+            return Ok(());
+        }
+        let now = self.state.clock.now();
+        let jobs = match self
+            .state
+            .store
+            .take_executions_to_send(self.device.tenant_id, self.device.id, now)
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                tracing::warn!(%error, device = %self.device.id, "cannot read the router's jobs");
+                return Ok(());
+            }
+        };
+        for (job, execution) in jobs {
+            metrics::message("out", "job");
+            let message = ServerMessage::Job(WireJob {
+                execution_id: execution.id.to_string(),
+                job_id: job.id.to_string(),
+                kind: job.kind.as_str().to_owned(),
+                params: job.params.clone(),
+                attempt: execution.attempt,
+                timeout_secs: job.timeout_secs,
+                expected_downtime_secs: job.expected_downtime_secs,
+            });
+            send_text(socket, &message).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies what the router says of one of its executions, if the move is allowed; a stale
+    /// or repeated update (after a reconnect) changes nothing.
+    async fn record_job_update(&mut self, update: JobUpdate) {
+        let Ok(id) = update.execution_id.parse::<ExecutionId>() else {
+            tracing::debug!(device = %self.device.id, execution = %update.execution_id, "update for no execution");
+            return;
+        };
+        let store = &self.state.store;
+        let execution = match store
+            .device_execution(self.device.tenant_id, self.device.id, id)
+            .await
+        {
+            Ok(Some(execution)) => execution,
+            Ok(None) => {
+                tracing::debug!(device = %self.device.id, execution = %id, "update for another router's or no execution");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, device = %self.device.id, "cannot read an execution");
+                return;
+            }
+        };
+        let event = match update.state {
+            JobUpdateState::Downloading => ExecutionEvent::Downloading,
+            JobUpdateState::Installing => ExecutionEvent::Installing,
+            JobUpdateState::Succeeded => ExecutionEvent::Succeeded,
+            JobUpdateState::Failed => ExecutionEvent::Failed,
+        };
+        let Ok(to) = next_state(execution.state, event) else {
+            tracing::debug!(device = %self.device.id, execution = %id, from = %execution.state, ?event, "stale job update");
+            return;
+        };
+        let now = self.state.clock.now();
+        if let Err(error) = store
+            .move_execution(id, execution.state, to, update.message.as_deref(), now)
+            .await
+        {
+            tracing::warn!(%error, device = %self.device.id, execution = %id, "cannot record a job update");
+        }
     }
 
     async fn record_status(&mut self, status: Status) {
