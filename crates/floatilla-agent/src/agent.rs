@@ -5,10 +5,12 @@
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use floatilla_protocol::Status;
+use floatilla_protocol::{Status, WireJob};
 
+use crate::jobs::{JobReports, JobRunner};
 use crate::router::{Enrolled, RouterEvent, RouterHost, RouterIdentity};
 
 const ENROLLMENT_FILE: &str = "enrollment.json";
@@ -46,6 +48,7 @@ pub struct AgentHost {
     identity: RouterIdentity,
     state_dir: PathBuf,
     hooks_dir: PathBuf,
+    jobs: Arc<JobRunner>,
 }
 
 impl AgentHost {
@@ -61,6 +64,7 @@ impl AgentHost {
             identity,
             state_dir: state_dir.to_owned(),
             hooks_dir: hooks_dir.to_owned(),
+            jobs: Arc::new(JobRunner::new(state_dir, hooks_dir)?),
         })
     }
 
@@ -122,6 +126,10 @@ impl RouterHost for AgentHost {
         file.sync_all()?;
         std::fs::rename(&temporary, &path)?;
         std::fs::File::open(&self.state_dir)?.sync_all()
+    }
+
+    fn run_job(&self, job: WireJob, reports: JobReports) {
+        self.jobs.run(job, reports);
     }
 
     fn event(&self, event: RouterEvent) {

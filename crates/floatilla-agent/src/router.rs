@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use floatilla_protocol::{
     CallResult, DeviceMessage, EnrollRequest, EnrollmentTokenString, ErrorBody, Hello, JobUpdate,
-    JobUpdateState, PROTOCOL_VERSION, ServerMessage, Status, WireLicense,
+    PROTOCOL_VERSION, ServerMessage, Status, WireJob, WireLicense,
 };
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::RouterClock;
 use crate::connection::{ChannelError, ChannelStream, Connector, ServerAddress, send_message};
+use crate::jobs::JobReports;
 use crate::tls::ServerTrust;
 
 /// The agent's version, sent in HELLO and at enrollment.
@@ -66,6 +67,9 @@ pub trait RouterHost: Send + Sync + 'static {
     /// Stores durably; a renewed credential is acknowledged only after this succeeds.
     fn save(&self, enrolled: &Enrolled) -> std::io::Result<()>;
     fn event(&self, event: RouterEvent);
+    /// Runs a job the server sent, once per execution however often it is sent, reporting to
+    /// `reports` (sent to the server whenever the router is connected).
+    fn run_job(&self, job: WireJob, reports: JobReports);
 }
 
 /// Verified connections for every router of one server, made once: TLS configuration is costly.
@@ -187,13 +191,29 @@ pub async fn run_router(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
+    // Reports outlive connections: a job that ends while the router is away is reported when
+    // it is back.
+    let (reports, mut pending_reports) = tokio::sync::mpsc::unbounded_channel();
     loop {
         let enrolled = match host.load() {
             Some(enrolled) => Some(enrolled),
             None => enroll(host.as_ref(), &settings, None, &mut backoff, &shutdown).await,
         };
         let Some(enrolled) = enrolled else { return };
-        let wait = match serve(host.as_ref(), &settings, enrolled, &mut backoff, &shutdown).await {
+        let jobs = Jobs {
+            reports: &reports,
+            pending: &mut pending_reports,
+        };
+        let wait = match serve(
+            host.as_ref(),
+            &settings,
+            enrolled,
+            jobs,
+            &mut backoff,
+            &shutdown,
+        )
+        .await
+        {
             Outcome::Stop => return,
             Outcome::ComeBackAfter(secs) => Duration::from_secs(secs.into()),
             Outcome::Retry => backoff.next_delay(),
@@ -293,11 +313,18 @@ async fn enroll_once(
     Ok(enrolled)
 }
 
+/// Where jobs report, and the reports waiting to be sent.
+struct Jobs<'a> {
+    reports: &'a JobReports,
+    pending: &'a mut tokio::sync::mpsc::UnboundedReceiver<JobUpdate>,
+}
+
 /// Opens the channel and serves it until it ends.
 async fn serve(
     host: &dyn RouterHost,
     settings: &RouterSettings,
     mut enrolled: Enrolled,
+    jobs: Jobs<'_>,
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> Outcome {
@@ -387,6 +414,12 @@ async fn serve(
     loop {
         let frame = tokio::select! {
             frame = tokio::time::timeout(silence_limit, stream.next()) => frame,
+            Some(update) = jobs.pending.recv() => {
+                if send_message(&mut stream, &DeviceMessage::JobUpdate(update)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             () = shutdown.cancelled() => {
                 if settings.close_on_shutdown {
                     let _ = stream.close(None).await;
@@ -458,12 +491,8 @@ async fn serve(
                 Ok(())
             }
             ServerMessage::Job(job) => {
-                let update = JobUpdate {
-                    execution_id: job.execution_id,
-                    state: JobUpdateState::Failed,
-                    message: Some(format!("this agent does not run {} jobs yet", job.kind)),
-                };
-                send_message(&mut stream, &DeviceMessage::JobUpdate(update)).await
+                host.run_job(job, jobs.reports.clone());
+                Ok(())
             }
             ServerMessage::Welcome(_) => Ok(()),
         };

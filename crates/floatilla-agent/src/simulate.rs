@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floatilla_protocol::{CaFingerprint, EnrollmentTokenString, Status};
+use floatilla_protocol::{
+    CaFingerprint, EnrollmentTokenString, JobUpdate, JobUpdateState, Status, WireJob,
+};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::RouterClock;
 use crate::connection::{ChannelError, ServerAddress};
+use crate::jobs::JobReports;
 use crate::router::{
     Connections, Enrolled, RouterEvent, RouterHost, RouterIdentity, RouterSettings,
     first_contact_trust, run_router,
@@ -151,7 +154,13 @@ struct VirtualRouter {
     started_at: Instant,
     online: AtomicBool,
     licensed: AtomicBool,
+    /// Executions this virtual router ran, by id, with their outcome: a job sent again is
+    /// recognised and not run twice.
+    jobs: Arc<Mutex<HashMap<String, JobUpdateState>>>,
 }
+
+/// How long a virtual router takes to apply a job.
+const SIMULATED_JOB_TIME: Duration = Duration::from_millis(50);
 
 #[async_trait::async_trait]
 impl RouterHost for VirtualRouter {
@@ -186,6 +195,10 @@ impl RouterHost for VirtualRouter {
             .insert(self.identity.serial.clone(), enrolled.clone());
         self.fleet.dirty.store(true, Ordering::Release);
         Ok(())
+    }
+
+    fn run_job(&self, job: WireJob, reports: JobReports) {
+        self.simulate_job(job, reports);
     }
 
     fn event(&self, event: RouterEvent) {
@@ -226,6 +239,44 @@ impl RouterHost for VirtualRouter {
 }
 
 impl VirtualRouter {
+    /// A virtual router applies every job: it reports `installing`, takes a moment and reports
+    /// success; a job sent again gets its outcome again.
+    fn simulate_job(&self, job: WireJob, reports: JobReports) {
+        let report = move |reports: &JobReports, execution_id: &str, state| {
+            let _ = reports.send(JobUpdate {
+                execution_id: execution_id.to_owned(),
+                state,
+                message: None,
+            });
+        };
+        let known = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.execution_id.clone(), JobUpdateState::Installing);
+        match known {
+            Some(JobUpdateState::Installing) => {}
+            Some(outcome) => {
+                self.jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(job.execution_id.clone(), outcome);
+                report(&reports, &job.execution_id, outcome);
+            }
+            None => {
+                report(&reports, &job.execution_id, JobUpdateState::Installing);
+                let jobs = self.jobs.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(SIMULATED_JOB_TIME).await;
+                    jobs.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(job.execution_id.clone(), JobUpdateState::Succeeded);
+                    report(&reports, &job.execution_id, JobUpdateState::Succeeded);
+                });
+            }
+        }
+    }
+
     fn went_offline(&self) {
         if self.online.swap(false, Ordering::Relaxed) {
             self.counters.connected.fetch_sub(1, Ordering::Relaxed);
@@ -305,6 +356,7 @@ impl Simulator {
                         counters: counters.clone(),
                         started_at: Instant::now(),
                         online: AtomicBool::new(false),
+                        jobs: Arc::default(),
                         licensed: AtomicBool::new(false),
                     });
                     let settings = RouterSettings {

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use common::*;
 use floatilla_agent::agent::AgentHost;
+use floatilla_agent::jobs::JobReports;
 use floatilla_agent::router::{Connections, first_contact_trust};
 use floatilla_agent::simulate::{Simulator, SimulatorConfig};
 use floatilla_agent::{
     Enrolled, RouterClock, RouterEvent, RouterHost, RouterIdentity, RouterSettings, run_router,
 };
-use floatilla_protocol::Status;
+use floatilla_protocol::{Status, WireJob};
 use floatilla_store::testing::TestDb;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,8 @@ on_both_backends!(
     the_agent_connects_with_its_clock_in_1970,
     the_agent_reconnects_after_a_server_restart,
     a_simulated_fleet_connects_in_serial_order_and_comes_back_after_a_restart,
+    the_agent_runs_jobs_through_its_hooks_once_each,
+    a_simulated_fleet_runs_a_job,
 );
 
 /// The real agent host, with every event it reports kept for the test.
@@ -49,13 +52,16 @@ impl RouterHost for Recorded {
     fn event(&self, event: RouterEvent) {
         self.events.lock().unwrap().push(event);
     }
+    fn run_job(&self, job: WireJob, reports: JobReports) {
+        self.host.run_job(job, reports);
+    }
 }
 
 struct RunningAgent {
     host: Arc<Recorded>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RunningAgent {
@@ -90,8 +96,18 @@ impl RunningAgent {
             host,
             stop,
             task,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// Writes an executable hook into the agent's hooks directory.
+    fn hook(&self, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let hooks = self.dir.path().join("hooks");
+        std::fs::create_dir_all(&hooks).unwrap();
+        let path = hooks.join(name);
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     fn events(&self) -> Vec<RouterEvent> {
@@ -322,4 +338,106 @@ async fn all_in_state(server: &TestServer, state: &str, count: u64) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn create_job(server: &TestServer, body: Value) -> String {
+    let (status, job) = server
+        .api(reqwest::Method::POST, "/api/v1/jobs", Some(body))
+        .await;
+    assert_eq!(status, 201, "{job}");
+    job["id"].as_str().unwrap().to_owned()
+}
+
+async fn the_agent_runs_jobs_through_its_hooks_once_each(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "lab", "seats": 5})).await;
+    let token = server.enrollment_token(json!({"name": "lab"})).await;
+    let agent = RunningAgent::start(&server, &token, "AG-JOB", RouterClock::default());
+    agent
+        .wait_for("connected", |e| e.contains(&RouterEvent::Connected))
+        .await;
+    let removed = agent.dir.path().join("removed");
+    let reboots = agent.dir.path().join("reboots");
+    agent.hook(
+        "software_remove",
+        &format!(
+            "#!/bin/sh\necho installing removing\nprintf '%s' \"$FLOATILLA_JOB_PARAMS\" > {}\n",
+            removed.display()
+        ),
+    );
+    agent.hook(
+        "reboot",
+        &format!(
+            "#!/bin/sh\necho \"$FLOATILLA_JOB_KIND $FLOATILLA_EXECUTION_ID\" >> {}\n",
+            reboots.display()
+        ),
+    );
+    let device = device_by_serial(&server, "AG-JOB").await;
+    let target = json!({"ids": [device["id"]]});
+
+    let removal = create_job(
+        &server,
+        json!({"kind": "software_remove", "target": target, "params": {"package": "telnetd"}}),
+    )
+    .await;
+    counts_become(&server, &removal, json!({"succeeded": 1})).await;
+    assert_eq!(
+        std::fs::read_to_string(&removed).unwrap(),
+        r#"{"package":"telnetd"}"#
+    );
+
+    let reboot = create_job(&server, json!({"kind": "reboot", "target": target})).await;
+    counts_become(&server, &reboot, json!({"succeeded": 1})).await;
+    let executions = server
+        .get(&format!("/api/v1/jobs/{reboot}/executions"))
+        .await;
+    let execution = executions["items"][0]["id"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&reboots).unwrap(),
+        format!("reboot {execution}\n"),
+        "the hook ran once"
+    );
+
+    // A kind without a hook fails, saying so.
+    std::fs::remove_file(agent.dir.path().join("hooks/reboot")).unwrap();
+    let missing = create_job(&server, json!({"kind": "reboot", "target": target})).await;
+    counts_become(&server, &missing, json!({"failed": 1})).await;
+    let executions = server
+        .get(&format!("/api/v1/jobs/{missing}/executions"))
+        .await;
+    assert!(
+        executions["items"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no hook for reboot jobs"),
+        "{executions}"
+    );
+    agent.stop().await;
+}
+
+async fn a_simulated_fleet_runs_a_job(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "fleet", "seats": 30})).await;
+    let token = server.enrollment_token(json!({"name": "fleet"})).await;
+    let simulator = Simulator::start(SimulatorConfig {
+        server: server.address.clone(),
+        enroll_token: Some(token),
+        devices: 30,
+        rate: 300,
+        serial_prefix: "SJ".into(),
+        state_dir: None,
+    })
+    .unwrap();
+    all_in_state(&server, "online", 30).await;
+    server.create_group(json!({"name": "all"})).await;
+    let page = server.get("/api/v1/devices?limit=100").await;
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    let job = create_job(&server, json!({"kind": "reboot", "target": {"ids": ids}})).await;
+    counts_become(&server, &job, json!({"succeeded": 30})).await;
+    simulator.stop().await.unwrap();
 }

@@ -62,23 +62,6 @@ fn report(router: &TestRouter, job: &WireJob, state: JobUpdateState, message: Op
     }));
 }
 
-/// Waits until the job's executions stand as `expected` (counted by state).
-async fn counts_become(server: &TestServer, job: &str, expected: Value) -> Value {
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        let view = server.get(&format!("/api/v1/jobs/{job}")).await;
-        if view["executions"] == expected {
-            return view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "expected {expected}, got {}",
-            view["executions"]
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 async fn a_job_reaches_licensed_routers_and_follows_their_reports(db: TestDb) {
     let server = TestServer::start_with(db, licensing_config()).await;
     add_license(&server, json!({"name": "two", "seats": 2})).await;

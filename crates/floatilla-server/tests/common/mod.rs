@@ -648,3 +648,20 @@ pub async fn other_tenant_admin(server: &TestServer) -> String {
     server.store.create_tenant(&other).await.unwrap();
     TestServer::token_for(server.store.as_ref(), &server.clock, other.id, Role::Admin).await
 }
+
+/// Waits until the job's executions stand as `expected` (counted by state); answers the job.
+pub async fn counts_become(server: &TestServer, job: &str, expected: Value) -> Value {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let view = server.get(&format!("/api/v1/jobs/{job}")).await;
+        if view["executions"] == expected {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {expected}, got {}",
+            view["executions"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
