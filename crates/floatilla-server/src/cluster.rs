@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use floatilla_domain::jobs::ExecutionState;
 use floatilla_domain::{DeviceId, DisconnectReason, JobId, SessionId, TenantId};
 use floatilla_protocol::CallResult;
-use floatilla_store::{CallOutcome, ClusterMessage, Received, Store};
+use floatilla_store::{CallOutcome, ClusterMessage, Execution, Received, Store};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -105,29 +106,77 @@ pub async fn job_created(state: &AppState, tenant: TenantId, job: JobId) {
     .await;
 }
 
-/// Tells the sessions here of routers in the job to send what waits for them.
+/// Hands the job to the sessions here of routers whose execution is queued: marked sent in a
+/// few statements for all of them, then given to each session, which sends it. An execution a
+/// session cannot take (it just ended, or its router lost its seat) goes back to the queue.
 async fn send_job_here(state: &AppState, tenant: TenantId, job: JobId) {
     if state.sessions.is_empty() {
         return;
     }
+    let store = &state.store;
+    let Ok(Some(details)) = store.job(tenant, job).await else {
+        return;
+    };
     let mut after = None;
     loop {
-        let page = match state.store.job_executions(tenant, job, 1000, after).await {
-            Ok(page) => page,
+        let queued = match store.queued_devices(job, 1000, after).await {
+            Ok(queued) => queued,
             Err(error) => {
-                tracing::warn!(%error, %job, "cannot read a new job's executions");
+                tracing::warn!(%error, %job, "cannot read a new job's queued routers");
                 return;
             }
         };
-        for execution in &page {
-            if let Some(session) = state.sessions.get(execution.device_id) {
-                let _ = session.inbox.send(SessionCommand::SendJobs);
+        let here: Vec<DeviceId> = queued
+            .iter()
+            .copied()
+            .filter(|device| state.sessions.get(*device).is_some())
+            .collect();
+        let now = state.clock.now();
+        match store.mark_sent(job, &here, now).await {
+            Ok(marked) => {
+                for execution in marked {
+                    hand_to_session(state, &details, execution).await;
+                }
             }
+            Err(error) => tracing::warn!(%error, %job, "cannot mark a job's executions sent"),
         }
-        match page.last() {
-            Some(last) if page.len() == 1000 => after = Some(last.id),
+        match queued.last() {
+            Some(last) if queued.len() == 1000 => after = Some(*last),
             _ => return,
         }
+    }
+}
+
+async fn hand_to_session(state: &AppState, job: &floatilla_store::Job, execution: Execution) {
+    let wire = crate::gateway::session::wire_job(job, &execution);
+    let taken = state
+        .sessions
+        .get(execution.device_id)
+        .is_some_and(|session| {
+            session
+                .inbox
+                .send(SessionCommand::Job(Box::new(wire)))
+                .is_ok()
+        });
+    if !taken {
+        undeliver(state, &execution).await;
+    }
+}
+
+/// Puts back in the queue an execution marked sent that never reached its router.
+pub async fn undeliver(state: &AppState, execution: &Execution) {
+    if let Err(error) = state
+        .store
+        .move_execution(
+            execution.id,
+            ExecutionState::Sent,
+            ExecutionState::Queued,
+            None,
+            state.clock.now(),
+        )
+        .await
+    {
+        tracing::warn!(%error, execution = %execution.id, "cannot put an undelivered execution back");
     }
 }
 

@@ -106,6 +106,22 @@ pub trait Jobs {
         licensed: bool,
         now: Timestamp,
     ) -> Result<u64>;
+    /// Marks the job's queued executions of `devices` sent as of `now`; answers those it
+    /// marked (the others were not queued).
+    async fn mark_sent(
+        &self,
+        job: JobId,
+        devices: &[DeviceId],
+        now: Timestamp,
+    ) -> Result<Vec<Execution>>;
+    /// The routers whose execution of the job is queued, after `after` in router order, at most
+    /// `limit`.
+    async fn queued_devices(
+        &self,
+        job: JobId,
+        limit: u32,
+        after: Option<DeviceId>,
+    ) -> Result<Vec<DeviceId>>;
     /// One of the router's executions.
     async fn device_execution(
         &self,
@@ -517,6 +533,51 @@ macro_rules! impl_jobs {
                 .execute(&self.pool)
                 .await?
                 .rows_affected())
+            }
+
+            async fn mark_sent(
+                &self,
+                job: ::floatilla_domain::JobId,
+                devices: &[::floatilla_domain::DeviceId],
+                now: ::floatilla_domain::Timestamp,
+            ) -> $crate::Result<Vec<$crate::Execution>> {
+                let mut marked = Vec::with_capacity(devices.len());
+                for chunk in devices.chunks($crate::tags::TAG_CHUNK) {
+                    let sql = format!(
+                        "UPDATE job_executions SET state = 'sent', sent_at = $2, updated_at = $2 \
+                         WHERE job_id = $1 AND state = 'queued' AND device_id IN ({}) RETURNING *",
+                        $crate::tags::placeholders(3, chunk.len())
+                    );
+                    let mut query =
+                        ::sqlx::query_as::<_, $crate::jobs::ExecutionRow>(::sqlx::AssertSqlSafe(sql))
+                            .bind(job.to_string())
+                            .bind($crate::rows::millis(now));
+                    for device in chunk {
+                        query = query.bind(device.to_string());
+                    }
+                    marked.extend($crate::rows::convert(query.fetch_all(&self.pool).await?)?);
+                }
+                Ok(marked)
+            }
+
+            async fn queued_devices(
+                &self,
+                job: ::floatilla_domain::JobId,
+                limit: u32,
+                after: Option<::floatilla_domain::DeviceId>,
+            ) -> $crate::Result<Vec<::floatilla_domain::DeviceId>> {
+                let ids: Vec<String> = ::sqlx::query_scalar(
+                    "SELECT device_id FROM job_executions WHERE job_id = $1 AND state = 'queued' \
+                     AND ($2 IS NULL OR device_id > $2) ORDER BY device_id LIMIT $3",
+                )
+                .bind(job.to_string())
+                .bind(after.map(|d| d.to_string()))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                ids.iter()
+                    .map(|id| $crate::rows::parse("job_executions.device_id", id))
+                    .collect()
             }
 
             async fn device_execution(

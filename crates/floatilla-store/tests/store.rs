@@ -2508,6 +2508,25 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
             .is_empty()
     );
 
+    // A dispatcher marks the queued ones of the routers it holds sent in one go; one it could
+    // not hand over goes back to the queue.
+    assert_eq!(
+        store.queued_devices(job.id, 10, None).await.unwrap(),
+        vec![online.id]
+    );
+    let marked = store
+        .mark_sent(job.id, &[online.id, shed.id], at(500))
+        .await
+        .unwrap();
+    assert_eq!(marked.len(), 1);
+    assert_eq!((marked[0].id, marked[0].state), (first.id, S::Sent));
+    assert!(
+        store
+            .move_execution(first.id, S::Sent, S::Queued, None, at(600))
+            .await
+            .unwrap()
+    );
+
     // Sending takes the queued one and marks it sent; sending again offers it again.
     let sent = store
         .take_executions_to_send(tenant, online.id, at(1_000))

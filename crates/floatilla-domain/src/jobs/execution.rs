@@ -8,6 +8,7 @@
 //!   sent, downloading, installing → timed_out        (the timeout runs from sent)
 //!   queued, waiting_for_* → cancelled | expired      (nothing was sent yet)
 //!   failed, timed_out → queued                       (a retry, while retries remain)
+//!   sent → queued                                    (never handed to the router)
 //! ```
 //!
 //! Once sent, an execution runs to its end: a router that loses its seat, or a rollout that is
@@ -220,6 +221,9 @@ pub enum ExecutionEvent {
     Expired,
     /// Queue a failed or timed-out execution again.
     Retry,
+    /// The server marked it sent but could not hand it to the router (the session ended or
+    /// the router lost its seat first): it waits to be sent again.
+    Undelivered,
 }
 
 /// A move the state machine does not allow: the caller keeps the state it had.
@@ -257,6 +261,7 @@ pub fn next_state(
         (S::Queued | S::WaitingForLicense | S::WaitingForWindow, E::Cancel) => S::Cancelled,
         (S::Queued | S::WaitingForLicense | S::WaitingForWindow, E::Expired) => S::Expired,
         (S::Failed | S::TimedOut, E::Retry) => S::Queued,
+        (S::Sent, E::Undelivered) => S::Queued,
         _ => return Err(InvalidTransition { from, event }),
     };
     Ok(to)
@@ -295,7 +300,7 @@ mod tests {
     use ExecutionEvent as E;
     use ExecutionState as S;
 
-    const EVENTS: [ExecutionEvent; 13] = [
+    const EVENTS: [ExecutionEvent; 14] = [
         E::LicenseLost,
         E::LicenseRegained,
         E::WindowClosed,
@@ -309,6 +314,7 @@ mod tests {
         E::TimedOut,
         E::Expired,
         E::Retry,
+        E::Undelivered,
     ];
 
     #[test]

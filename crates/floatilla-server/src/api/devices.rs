@@ -57,19 +57,25 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// The routers selected; `404` for an id, group or tag the tenant does not have.
+    /// The ids of the routers selected; `404` for an id, group or tag the tenant does not have.
     pub async fn devices(&self, state: &AppState, tenant: TenantId) -> Result<Vec<DeviceId>> {
+        let routers = self.routers(state, tenant).await?;
+        Ok(routers.iter().map(|d| d.id).collect())
+    }
+
+    /// The routers selected, as they are now.
+    pub async fn routers(&self, state: &AppState, tenant: TenantId) -> Result<Vec<Device>> {
         let filter = match (&self.ids, &self.group, &self.tag) {
             (Some(ids), None, None) => {
                 let mut devices = Vec::with_capacity(ids.len());
                 for id in ids {
                     let id = parse_device_id(id)?;
-                    state
+                    let device = state
                         .store
                         .device(tenant, id)
                         .await?
                         .ok_or(Error::NotFound("device"))?;
-                    devices.push(id);
+                    devices.push(device);
                 }
                 return Ok(devices);
             }
@@ -97,7 +103,7 @@ pub async fn matching_devices(
     state: &AppState,
     tenant: TenantId,
     filter: &DeviceFilter,
-) -> Result<Vec<DeviceId>> {
+) -> Result<Vec<Device>> {
     let mut devices = Vec::new();
     let mut after = None;
     loop {
@@ -105,7 +111,7 @@ pub async fn matching_devices(
             .store
             .list_devices(tenant, filter, &PageRequest { limit: 1000, after })
             .await?;
-        devices.extend(page.items.iter().map(|d| d.id));
+        devices.extend(page.items);
         match page.next_after {
             Some(next) => after = Some(next),
             None => return Ok(devices),

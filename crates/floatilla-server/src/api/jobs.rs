@@ -12,7 +12,8 @@ use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use floatilla_domain::jobs::{JobKind, pending_state};
 use floatilla_domain::licensing::LicenseState;
-use floatilla_domain::{DeviceId, ExecutionId, JobId, Role, TenantId};
+use floatilla_domain::model::Device;
+use floatilla_domain::{ExecutionId, JobId, Role};
 use floatilla_store::{Execution, Job, StateCounts};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -219,14 +220,16 @@ pub async fn create(
         group: request.target.group,
         tag: request.target.tag,
     };
-    let devices = selection.devices(&state, tenant).await?;
+    let devices = selection.routers(&state, tenant).await?;
     if devices.is_empty() {
         return Err(Error::invalid(
             "empty_target",
             "the target holds no routers",
         ));
     }
-    let standing = license_standing(&state, tenant, &devices, explicit).await?;
+    if explicit {
+        refuse_unlicensed(&devices)?;
+    }
     let job = Job {
         id: JobId::new(),
         tenant_id: tenant,
@@ -245,8 +248,8 @@ pub async fn create(
             id: ExecutionId::new(),
             job_id: job.id,
             tenant_id: tenant,
-            device_id: *device,
-            state: pending_state(standing[device], true),
+            device_id: device.id,
+            state: pending_state(device.license.state == LicenseState::Licensed, true),
             reason: None,
             attempt: 1,
             created_at: now,
@@ -264,40 +267,27 @@ pub async fn create(
     ))
 }
 
-/// Whether each router holds a seat now. For routers named explicitly, excess and unmanaged
-/// ones refuse the whole job.
-async fn license_standing(
-    state: &AppState,
-    tenant: TenantId,
-    devices: &[DeviceId],
-    explicit: bool,
-) -> Result<HashMap<DeviceId, bool>> {
-    let mut standing = HashMap::with_capacity(devices.len());
-    let mut refused = Vec::new();
-    for device in devices {
-        let device = state
-            .store
-            .device(tenant, *device)
-            .await?
-            .ok_or(Error::NotFound("device"))?;
-        let licensed = device.license.state == LicenseState::Licensed;
-        let shut_out = matches!(
-            device.license.state,
-            LicenseState::Excess | LicenseState::Unmanaged
-        );
-        if explicit && shut_out {
-            refused.push(RouterRef {
-                id: device.id.to_string(),
-                serial: device.serial.clone(),
-                name: device.name.clone(),
-            });
-        }
-        standing.insert(device.id, licensed);
+/// Refuses the whole job if any router named in it is excess or unmanaged, naming them all.
+fn refuse_unlicensed(devices: &[Device]) -> Result<()> {
+    let refused: Vec<RouterRef> = devices
+        .iter()
+        .filter(|d| {
+            matches!(
+                d.license.state,
+                LicenseState::Excess | LicenseState::Unmanaged
+            )
+        })
+        .map(|d| RouterRef {
+            id: d.id.to_string(),
+            serial: d.serial.clone(),
+            name: d.name.clone(),
+        })
+        .collect();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::DeviceNotLicensed { routers: refused })
     }
-    if !refused.is_empty() {
-        return Err(Error::DeviceNotLicensed { routers: refused });
-    }
-    Ok(standing)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use floatilla_domain::licensing::{LicenseReason, LicenseState};
 use floatilla_domain::{DeviceId, DisconnectReason, SessionId, TenantId, TimerChange};
-use floatilla_protocol::CallResult;
+use floatilla_protocol::{CallResult, WireJob};
 use tokio::sync::{Notify, oneshot};
 
 /// What other parts of the server ask of a live session; queued in its [`Inbox`].
@@ -24,6 +24,8 @@ pub enum SessionCommand {
     },
     /// New executions may wait for the router: send them, if it holds a seat.
     SendJobs,
+    /// Send this execution, already marked sent; if the router holds no seat, put it back.
+    Job(Box<WireJob>),
     /// A timer profile changed: ping on the new schedule from now on.
     Retime(TimerChange),
     /// The router's license state is now this: tell it, if that is news.

@@ -456,6 +456,11 @@ impl Session {
                             }
                         }
                     }
+                    SessionCommand::Job(job) => {
+                        if Box::pin(self.send_job(socket, *job)).await.is_err() {
+                            return Ending::Quiet(DisconnectReason::ConnectionLost);
+                        }
+                    }
                     SessionCommand::SendJobs => {
                         if Box::pin(self.send_jobs(socket)).await.is_err() {
                             return Ending::Quiet(DisconnectReason::ConnectionLost);
@@ -654,18 +659,28 @@ impl Session {
         };
         for (job, execution) in jobs {
             metrics::message("out", "job");
-            let message = ServerMessage::Job(WireJob {
-                execution_id: execution.id.to_string(),
-                job_id: job.id.to_string(),
-                kind: job.kind.as_str().to_owned(),
-                params: job.params.clone(),
-                attempt: execution.attempt,
-                timeout_secs: job.timeout_secs,
-                expected_downtime_secs: job.expected_downtime_secs,
-            });
-            send_text(socket, &message).await?;
+            send_text(socket, &ServerMessage::Job(wire_job(&job, &execution))).await?;
         }
         Ok(())
+    }
+
+    /// Sends one execution the dispatcher marked sent; a router that lost its seat meanwhile
+    /// does not get it: it goes back to wait.
+    async fn send_job(&mut self, socket: &mut Socket, job: WireJob) -> Result<(), ()> {
+        if self.device.license.state != LicenseState::Licensed {
+            if let Ok(id) = job.execution_id.parse::<ExecutionId>()
+                && let Ok(Some(execution)) = self
+                    .state
+                    .store
+                    .device_execution(self.device.tenant_id, self.device.id, id)
+                    .await
+            {
+                crate::cluster::undeliver(&self.state, &execution).await;
+            }
+            return self.jobs_follow_license(socket).await;
+        }
+        metrics::message("out", "job");
+        send_text(socket, &ServerMessage::Job(job)).await
     }
 
     /// Applies what the router says of one of its executions, if the move is allowed; a stale
@@ -916,6 +931,19 @@ fn wire_license(state: LicenseState, reason: Option<LicenseReason>) -> WireLicen
     WireLicense {
         state: state.as_str().to_owned(),
         reason: reason.map(|reason| reason.as_str().to_owned()),
+    }
+}
+
+/// A job as a router is sent it.
+pub fn wire_job(job: &floatilla_store::Job, execution: &floatilla_store::Execution) -> WireJob {
+    WireJob {
+        execution_id: execution.id.to_string(),
+        job_id: job.id.to_string(),
+        kind: job.kind.as_str().to_owned(),
+        params: job.params.clone(),
+        attempt: execution.attempt,
+        timeout_secs: job.timeout_secs,
+        expected_downtime_secs: job.expected_downtime_secs,
     }
 }
 
