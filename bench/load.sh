@@ -16,6 +16,10 @@
 #                                       # licensed serials, kept by the linger), with a timeline;
 #                                       # the routers' reconnect backoff (1 s doubling, jittered)
 #                                       # is part of that time
+#   DEVICES=15000 bench/load.sh jobs    # a reboot job for every connected router (all licensed,
+#                                       # in one group): seconds from the API request until every
+#                                       # execution was sent, until all succeeded, and the
+#                                       # server's peak RSS meanwhile
 #
 # Needs a release build (cargo build --release), curl, awk and ss (iproute2).
 set -euo pipefail
@@ -39,7 +43,7 @@ cleanup() {
 trap cleanup EXIT
 
 server_flags=()
-[[ $MODE == storm ]] && server_flags+=(--allow-unsigned-licenses)
+[[ $MODE == storm || $MODE == jobs ]] && server_flags+=(--allow-unsigned-licenses)
 start_server() { # [ADDRESS]: starts the server on ADDRESS (default: a free port), waits until it serves
   "$BIN" serve --data-dir "$work/data" --listen "${1:-127.0.0.1:0}" "${server_flags[@]}" \
     >"$work/serve.out" 2>"$work/serve.err" &
@@ -64,6 +68,9 @@ profile=${CELLULAR_PROFILE:-}
 if [[ $MODE == cellular && -n $profile ]]; then
   api /api/v1/groups "{\"name\": \"low-data\", \"timer_profile\": {\"ping_interval_secs\": ${profile%/*}, \"pong_timeout_secs\": ${profile#*/}}}" >/dev/null
   token_request='{"name": "load", "group": "low-data"}'
+elif [[ $MODE == jobs ]]; then
+  api /api/v1/groups '{"name": "fleet"}' >/dev/null
+  token_request='{"name": "load", "group": "fleet"}'
 else
   token_request='{"name": "load"}'
 fi
@@ -117,6 +124,54 @@ if [[ $MODE == cellular ]]; then
     printf "idle routers: %d for %d min, timers: %s\n", n, m, p
     printf "payload+TLS bytes: %d, segments: %d\n", b, s
     printf "per router: %.0f bytes/hour on the wire, %.2f MB per 30-day month\n", per_hour, per_hour * 24 * 30 / 1e6
+  }'
+  stop_simulator
+  exit 0
+fi
+
+if [[ $MODE == jobs ]]; then
+  get() { curl -s --cacert "$work/ca.pem" -H "Authorization: Bearer $admin" "$url$1"; }
+  count_of() { grep -o "\"$1\":[0-9]*" | cut -d: -f2 || true; }
+  since() { awk -v s="$1" -v e="$(now)" 'BEGIN {printf "%.2f", e - s}'; }
+  api /api/v1/licenses "{\"name\": \"jobs\", \"seats\": $DEVICES}" >/dev/null
+  simulate "$DEVICES" "$RATE"
+  wait_connected "$DEVICES" >/dev/null
+  deadline=$(( $(date +%s) + TIMEOUT ))
+  until [[ $(get /api/v1/license-pool | count_of in_use) == "$DEVICES" ]]; do
+    (( $(date +%s) < deadline )) || { echo "timed out waiting for every router to hold a seat" >&2; exit 1; }
+    sleep 0.2
+  done
+  sleep 2
+  rss_before=$(rss_kb "$server")
+  ( peak=0; while kill -0 "$server" 2>/dev/null; do
+      r=$(rss_kb "$server" 2>/dev/null || echo 0); (( r > peak )) && { peak=$r; echo "$peak" >"$work/peak"; }
+      sleep 0.05
+    done ) &
+  pids+=("$!")
+  disown "$!"
+  cpu0=$(cpu_ticks "$server")
+  started=$(now)
+  job=$(api /api/v1/jobs '{"kind": "reboot", "target": {"group": "fleet"}}' | grep -o '"id":"[^"]*"' | head -n 1 | cut -d'"' -f4)
+  created=$(since "$started")
+  sent="" done=""
+  deadline=$(( $(date +%s) + TIMEOUT ))
+  while [[ -z $done ]]; do
+    view=$(get "/api/v1/jobs/$job")
+    waiting=$(( $(count_of queued <<<"$view" | head -n 1) + 0 + $(count_of waiting_for_license <<<"$view" | head -n 1) + 0 ))
+    [[ -z $sent && $waiting == 0 ]] && sent=$(since "$started")
+    [[ $(count_of succeeded <<<"$view" | head -n 1) == "$DEVICES" ]] && done=$(since "$started")
+    (( $(date +%s) < deadline )) || { echo "timed out: $view" >&2; exit 1; }
+    sleep 0.05
+  done
+  cpu1=$(cpu_ticks "$server")
+  awk -v n="$DEVICES" -v created="$created" -v sent="$sent" -v done="$done" -v before="$rss_before" \
+      -v peak="$(cat "$work/peak")" -v c="$(( cpu1 - cpu0 ))" -v t="$(getconf CLK_TCK)" 'BEGIN {
+    printf "routers: %d connected and licensed, one group; job: reboot for the group\n", n
+    printf "  API request answered (job and executions stored): %.2f s\n", created
+    printf "  every execution sent: %.2f s after the request (%.0f executions/s)\n", sent, n / sent
+    printf "  every execution succeeded (simulated routers): %.2f s\n", done
+    printf "  server RSS: %.1f MiB before, %.1f MiB peak meanwhile\n", before / 1024, peak / 1024
+    printf "  server CPU meanwhile: %.2f s\n", c / t
   }'
   stop_simulator
   exit 0
