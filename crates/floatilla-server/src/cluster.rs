@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use floatilla_domain::jobs::ExecutionState;
-use floatilla_domain::{DeviceId, DisconnectReason, JobId, SessionId, TenantId};
+use floatilla_domain::{DeviceId, DisconnectReason, ExecutionId, JobId, SessionId, TenantId};
 use floatilla_protocol::CallResult;
 use floatilla_store::{CallOutcome, ClusterMessage, Execution, Received, Store};
 use tokio::sync::oneshot;
@@ -119,20 +119,20 @@ async fn send_job_here(state: &AppState, tenant: TenantId, job: JobId) {
     };
     let mut after = None;
     loop {
-        let queued = match store.queued_devices(job, 1000, after).await {
+        let queued = match store.queued_executions(job, 1000, after).await {
             Ok(queued) => queued,
             Err(error) => {
                 tracing::warn!(%error, %job, "cannot read a new job's queued routers");
                 return;
             }
         };
-        let here: Vec<DeviceId> = queued
+        let here: Vec<ExecutionId> = queued
             .iter()
-            .copied()
-            .filter(|device| state.sessions.get(*device).is_some())
+            .filter(|(_, device)| state.sessions.get(*device).is_some())
+            .map(|(execution, _)| *execution)
             .collect();
         let now = state.clock.now();
-        match store.mark_sent(job, &here, now).await {
+        match store.mark_sent(&here, now).await {
             Ok(marked) => {
                 for execution in marked {
                     hand_to_session(state, &details, execution).await;
@@ -141,7 +141,7 @@ async fn send_job_here(state: &AppState, tenant: TenantId, job: JobId) {
             Err(error) => tracing::warn!(%error, %job, "cannot mark a job's executions sent"),
         }
         match queued.last() {
-            Some(last) if queued.len() == 1000 => after = Some(*last),
+            Some((last, _)) if queued.len() == 1000 => after = Some(*last),
             _ => return,
         }
     }

@@ -274,6 +274,7 @@ pub async fn start(
         tenancy: Arc::new(crate::tenancy::Tenancy::load(store.as_ref()).await?),
         sessions,
         last_seen: Arc::new(LastSeen::default()),
+        job_reports: Arc::default(),
         admission,
         forwarded_calls: Arc::default(),
         shutdown: CancellationToken::new(),
@@ -312,6 +313,12 @@ pub async fn start(
         state.config.last_seen_flush_interval,
         state.shutdown.clone(),
     ));
+    background.spawn(
+        state
+            .job_reports
+            .clone()
+            .run(state.store.clone(), state.shutdown.clone()),
+    );
     background.spawn(rotate_leaf(state.clone(), resolver, names));
     background.spawn(prune_expired(state.clone()));
     background.spawn(crate::cluster::listen(state.clone()));

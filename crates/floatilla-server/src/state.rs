@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::ForwardedCalls;
 use crate::config::ServerConfig;
 use crate::gateway::admission::Admission;
+use crate::gateway::job_reports::JobReports;
 use crate::gateway::last_seen::LastSeen;
 use crate::gateway::registry::SessionRegistry;
 use crate::installation::Installation;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub tenancy: Arc<Tenancy>,
     pub sessions: Arc<SessionRegistry>,
     pub last_seen: Arc<LastSeen>,
+    /// Routers' reports about their jobs, waiting to be written in one batch.
+    pub job_reports: Arc<JobReports>,
     /// The cap on open router channels and the rate of new ones.
     pub admission: Arc<Admission>,
     /// Calls waiting for an answer from the node that holds the router's session.

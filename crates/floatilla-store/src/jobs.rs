@@ -50,6 +50,18 @@ pub struct Execution {
     pub finished_at: Option<Timestamp>,
 }
 
+/// What a router reported of one of its executions: move it to `to` if it is in one of `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionReport {
+    pub tenant: TenantId,
+    pub device: DeviceId,
+    pub execution: ExecutionId,
+    pub from: Vec<ExecutionState>,
+    pub to: ExecutionState,
+    pub reason: Option<String>,
+    pub at: Timestamp,
+}
+
 /// How many executions of a job stand in each state.
 pub type StateCounts = HashMap<ExecutionState, u64>;
 
@@ -106,22 +118,21 @@ pub trait Jobs {
         licensed: bool,
         now: Timestamp,
     ) -> Result<u64>;
-    /// Marks the job's queued executions of `devices` sent as of `now`; answers those it
-    /// marked (the others were not queued).
-    async fn mark_sent(
-        &self,
-        job: JobId,
-        devices: &[DeviceId],
-        now: Timestamp,
-    ) -> Result<Vec<Execution>>;
-    /// The routers whose execution of the job is queued, after `after` in router order, at most
+    /// Marks those of `executions` that are queued sent as of `now`; answers those it marked.
+    async fn mark_sent(&self, executions: &[ExecutionId], now: Timestamp)
+    -> Result<Vec<Execution>>;
+    /// The job's queued executions and their routers, after `after` in execution order, at most
     /// `limit`.
-    async fn queued_devices(
+    async fn queued_executions(
         &self,
         job: JobId,
         limit: u32,
-        after: Option<DeviceId>,
-    ) -> Result<Vec<DeviceId>>;
+        after: Option<ExecutionId>,
+    ) -> Result<Vec<(ExecutionId, DeviceId)>>;
+    /// Records what routers reported of their executions, in order, in one transaction: each
+    /// moves its execution if it is in one of the report's `from` states (a stale or repeated
+    /// report, or one about another router's execution, changes nothing). Answers how many moved.
+    async fn report_executions(&self, reports: &[ExecutionReport]) -> Result<u64>;
     /// One of the router's executions.
     async fn device_execution(
         &self,
@@ -215,6 +226,9 @@ impl TryFrom<ExecutionRow> for Execution {
     }
 }
 
+/// Executions per INSERT statement: 11 parameters each, well inside both backends' limits.
+pub(crate) const EXECUTION_ROWS_PER_INSERT: usize = 200;
+
 /// The states an execution waits in before it is sent, as an SQL list.
 pub(crate) const PENDING_STATES: &str = "('queued', 'waiting_for_license', 'waiting_for_window')";
 /// The states of an execution the router has, as an SQL list.
@@ -251,29 +265,37 @@ macro_rules! impl_jobs {
                 .map_err(|e| {
                     $crate::shared::write_error(e, || format!("job {} exists", job.id), "tenant")
                 })?;
-                for execution in executions {
-                    ::sqlx::query(
+                for chunk in executions.chunks($crate::jobs::EXECUTION_ROWS_PER_INSERT) {
+                    let rows: Vec<String> = (0..chunk.len())
+                        .map(|row| {
+                            let first = row * 11 + 1;
+                            format!("({})", $crate::tags::placeholders(first, 11))
+                        })
+                        .collect();
+                    let sql = format!(
                         "INSERT INTO job_executions (id, job_id, tenant_id, device_id, state, \
-                         reason, attempt, created_at, sent_at, updated_at, finished_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                    )
-                    .bind(execution.id.to_string())
-                    .bind(execution.job_id.to_string())
-                    .bind(execution.tenant_id.to_string())
-                    .bind(execution.device_id.to_string())
-                    .bind(execution.state.as_str())
-                    .bind(&execution.reason)
-                    .bind(i64::from(execution.attempt))
-                    .bind($crate::rows::millis(execution.created_at))
-                    .bind($crate::rows::opt_millis(execution.sent_at))
-                    .bind($crate::rows::millis(execution.updated_at))
-                    .bind($crate::rows::opt_millis(execution.finished_at))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| {
+                         reason, attempt, created_at, sent_at, updated_at, finished_at) VALUES {}",
+                        rows.join(", ")
+                    );
+                    let mut query = ::sqlx::query(::sqlx::AssertSqlSafe(sql));
+                    for execution in chunk {
+                        query = query
+                            .bind(execution.id.to_string())
+                            .bind(execution.job_id.to_string())
+                            .bind(execution.tenant_id.to_string())
+                            .bind(execution.device_id.to_string())
+                            .bind(execution.state.as_str())
+                            .bind(execution.reason.clone())
+                            .bind(i64::from(execution.attempt))
+                            .bind($crate::rows::millis(execution.created_at))
+                            .bind($crate::rows::opt_millis(execution.sent_at))
+                            .bind($crate::rows::millis(execution.updated_at))
+                            .bind($crate::rows::opt_millis(execution.finished_at));
+                    }
+                    query.execute(&mut *tx).await.map_err(|e| {
                         $crate::shared::write_error(
                             e,
-                            || format!("router {} is in the job twice", execution.device_id),
+                            || "a router is in the job twice".to_owned(),
                             "job",
                         )
                     })?;
@@ -537,47 +559,83 @@ macro_rules! impl_jobs {
 
             async fn mark_sent(
                 &self,
-                job: ::floatilla_domain::JobId,
-                devices: &[::floatilla_domain::DeviceId],
+                executions: &[::floatilla_domain::ExecutionId],
                 now: ::floatilla_domain::Timestamp,
             ) -> $crate::Result<Vec<$crate::Execution>> {
-                let mut marked = Vec::with_capacity(devices.len());
-                for chunk in devices.chunks($crate::tags::TAG_CHUNK) {
+                let mut marked = Vec::with_capacity(executions.len());
+                for chunk in executions.chunks($crate::tags::TAG_CHUNK) {
                     let sql = format!(
-                        "UPDATE job_executions SET state = 'sent', sent_at = $2, updated_at = $2 \
-                         WHERE job_id = $1 AND state = 'queued' AND device_id IN ({}) RETURNING *",
-                        $crate::tags::placeholders(3, chunk.len())
+                        "UPDATE job_executions SET state = 'sent', sent_at = $1, updated_at = $1 \
+                         WHERE id IN ({}) AND state = 'queued' RETURNING *",
+                        $crate::tags::placeholders(2, chunk.len())
                     );
                     let mut query =
                         ::sqlx::query_as::<_, $crate::jobs::ExecutionRow>(::sqlx::AssertSqlSafe(sql))
-                            .bind(job.to_string())
                             .bind($crate::rows::millis(now));
-                    for device in chunk {
-                        query = query.bind(device.to_string());
+                    for execution in chunk {
+                        query = query.bind(execution.to_string());
                     }
                     marked.extend($crate::rows::convert(query.fetch_all(&self.pool).await?)?);
                 }
                 Ok(marked)
             }
 
-            async fn queued_devices(
+            async fn queued_executions(
                 &self,
                 job: ::floatilla_domain::JobId,
                 limit: u32,
-                after: Option<::floatilla_domain::DeviceId>,
-            ) -> $crate::Result<Vec<::floatilla_domain::DeviceId>> {
-                let ids: Vec<String> = ::sqlx::query_scalar(
-                    "SELECT device_id FROM job_executions WHERE job_id = $1 AND state = 'queued' \
-                     AND ($2 IS NULL OR device_id > $2) ORDER BY device_id LIMIT $3",
+                after: Option<::floatilla_domain::ExecutionId>,
+            ) -> $crate::Result<
+                Vec<(::floatilla_domain::ExecutionId, ::floatilla_domain::DeviceId)>,
+            > {
+                let rows: Vec<(String, String)> = ::sqlx::query_as(
+                    "SELECT id, device_id FROM job_executions WHERE job_id = $1 \
+                     AND state = 'queued' AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3",
                 )
                 .bind(job.to_string())
-                .bind(after.map(|d| d.to_string()))
+                .bind(after.map(|id| id.to_string()))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
-                ids.iter()
-                    .map(|id| $crate::rows::parse("job_executions.device_id", id))
+                rows.iter()
+                    .map(|(id, device)| {
+                        Ok((
+                            $crate::rows::parse("job_executions.id", id)?,
+                            $crate::rows::parse("job_executions.device_id", device)?,
+                        ))
+                    })
                     .collect()
+            }
+
+            async fn report_executions(
+                &self,
+                reports: &[$crate::ExecutionReport],
+            ) -> $crate::Result<u64> {
+                let mut tx = self.begin_write().await?;
+                let mut moved = 0;
+                for report in reports.iter().filter(|r| !r.from.is_empty()) {
+                    let at = $crate::rows::millis(report.at);
+                    let sql = format!(
+                        "UPDATE job_executions SET state = $4, reason = COALESCE($5, reason), \
+                         updated_at = $6, finished_at = $7 \
+                         WHERE id = $1 AND tenant_id = $2 AND device_id = $3 AND state IN ({})",
+                        $crate::tags::placeholders(8, report.from.len())
+                    );
+                    let mut query = ::sqlx::query(::sqlx::AssertSqlSafe(sql))
+                        .bind(report.execution.to_string())
+                        .bind(report.tenant.to_string())
+                        .bind(report.device.to_string())
+                        .bind(report.to.as_str())
+                        .bind(report.reason.clone())
+                        .bind(at)
+                        .bind(report.to.is_terminal().then_some(at));
+                    for state in &report.from {
+                        query = query.bind(state.as_str());
+                    }
+                    moved += query.execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(moved)
             }
 
             async fn device_execution(

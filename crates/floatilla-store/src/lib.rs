@@ -22,7 +22,7 @@ pub use cluster::{CallOutcome, Cluster, ClusterMessage, Received, Subscription};
 pub use enrollment::{EnrollmentControl, Preregistered, Preregistration};
 pub use error::StoreError;
 pub use events::EventLog;
-pub use jobs::{Execution, Job, Jobs, StateCounts};
+pub use jobs::{Execution, ExecutionReport, Job, Jobs, StateCounts};
 pub use licensing::{
     License, LicensePools, PoolHead, PoolHistory, PoolPosition, PoolRead, PoolStep, PoolWrite,
     RouterWrite, SignedDetails,

@@ -23,8 +23,8 @@ use floatilla_domain::{CodeBatchId, LicenseId};
 use floatilla_store::testing::TestDb;
 use floatilla_store::{
     Backend, ClosedSession, ClusterMessage, CodeFilter, CodeRedemption, DevicePatch, Enrollment,
-    GroupPatch, IssuedCode, License, Location, Preregistered, Preregistration, Received,
-    Redemption, Store, StoreError, TenantUpdate,
+    ExecutionReport, GroupPatch, IssuedCode, License, Location, Preregistered, Preregistration,
+    Received, Redemption, Store, StoreError, TenantUpdate,
 };
 use sqlx::Connection;
 
@@ -2511,11 +2511,11 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
     // A dispatcher marks the queued ones of the routers it holds sent in one go; one it could
     // not hand over goes back to the queue.
     assert_eq!(
-        store.queued_devices(job.id, 10, None).await.unwrap(),
-        vec![online.id]
+        store.queued_executions(job.id, 10, None).await.unwrap(),
+        vec![(first.id, online.id)]
     );
     let marked = store
-        .mark_sent(job.id, &[online.id, shed.id], at(500))
+        .mark_sent(&[first.id, second.id], at(500))
         .await
         .unwrap();
     assert_eq!(marked.len(), 1);
@@ -2552,19 +2552,33 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
         "nothing goes to a router without a seat"
     );
 
-    // The router reports; a stale report of an old state changes nothing.
-    assert!(
-        store
-            .move_execution(
-                first.id,
-                S::Sent,
+    // The router reports; a stale report, or one about another router's execution, changes
+    // nothing.
+    let report = |device, from: &[S], to, reason: Option<&str>, at_ms| ExecutionReport {
+        tenant,
+        device,
+        execution: first.id,
+        from: from.to_vec(),
+        to,
+        reason: reason.map(str::to_owned),
+        at: at(at_ms),
+    };
+    let in_flight = [S::Sent, S::Downloading];
+    let moved = store
+        .report_executions(&[
+            report(
+                online.id,
+                &in_flight,
                 S::Installing,
                 Some("flashing"),
-                at(3_000)
-            )
-            .await
-            .unwrap()
-    );
+                3_000,
+            ),
+            report(online.id, &in_flight, S::Installing, None, 3_500),
+            report(shed.id, &[S::Installing], S::Failed, None, 3_500),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(moved, 1, "only the first report moves it");
     assert!(
         !store
             .move_execution(first.id, S::Sent, S::Failed, None, at(3_500))

@@ -267,6 +267,15 @@ pub fn next_state(
     Ok(to)
 }
 
+/// The states `event` moves an execution out of, and the state it moves each to, for events
+/// that lead to one state whatever the start (every event a router reports).
+pub fn moves(event: ExecutionEvent) -> Vec<(ExecutionState, ExecutionState)> {
+    ExecutionState::ALL
+        .into_iter()
+        .filter_map(|from| next_state(from, event).ok().map(|to| (from, to)))
+        .collect()
+}
+
 /// Where a pending execution belongs given its router's seat and window: license first (a
 /// router without a seat waits for one, whatever the window says).
 pub fn pending_state(licensed: bool, window_open: bool) -> ExecutionState {
@@ -412,6 +421,19 @@ mod tests {
         for (event, expected) in path {
             state = next_state(state, event).unwrap();
             assert_eq!(state, expected);
+        }
+    }
+
+    #[test]
+    fn a_routers_report_leads_to_one_state_from_wherever_it_may_come() {
+        for event in [E::Downloading, E::Installing, E::Succeeded, E::Failed] {
+            let moves = moves(event);
+            assert!(!moves.is_empty());
+            assert!(moves.iter().all(|(_, to)| *to == moves[0].1), "{event:?}");
+            assert!(
+                moves.iter().all(|(from, _)| from.is_in_flight()),
+                "{event:?}"
+            );
         }
     }
 

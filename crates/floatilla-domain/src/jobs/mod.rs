@@ -6,7 +6,8 @@ pub mod rollout;
 pub mod window;
 
 pub use execution::{
-    ExecutionEvent, ExecutionState, InvalidTransition, JobKind, deadline, next_state, pending_state,
+    ExecutionEvent, ExecutionState, InvalidTransition, JobKind, deadline, moves, next_state,
+    pending_state,
 };
 pub use rollout::{PhaseSize, PhaseTally, Plan, RolloutPolicy, RolloutStatus, StatusChange, plan};
 pub use window::{MaintenanceWindow, WindowError};

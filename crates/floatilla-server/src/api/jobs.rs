@@ -259,7 +259,9 @@ pub async fn create(
         })
         .collect();
     state.store.create_job(&job, &executions).await?;
-    crate::cluster::job_created(&state, tenant, job.id).await;
+    // The answer need not wait for thousands of routers to be handed their job.
+    let dispatch = state.clone();
+    tokio::spawn(async move { crate::cluster::job_created(&dispatch, tenant, job.id).await });
     let counts = state.store.execution_counts(tenant, &[job.id]).await?;
     Ok((
         StatusCode::CREATED,

@@ -3,6 +3,7 @@
 pub mod admission;
 mod credentials;
 pub mod enroll;
+pub mod job_reports;
 pub mod last_seen;
 pub mod registry;
 pub mod session;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use floatilla_domain::clones::is_clone;
 use floatilla_domain::enrollment::EnrollmentState;
 use floatilla_domain::events::{Event, EventKind};
-use floatilla_domain::jobs::{ExecutionEvent, next_state};
+use floatilla_domain::jobs::{ExecutionEvent, moves};
 use floatilla_domain::licensing::{LicenseReason, LicenseState};
 use floatilla_domain::model::{ConnectionRecord, Credential, Device, DeviceStatus};
 use floatilla_domain::{
@@ -40,6 +40,7 @@ use crate::gateway::registry::{CallRequest, Inbox, SessionCommand, SessionHandle
 use crate::licensing::Request;
 use crate::metrics;
 use crate::state::AppState;
+use floatilla_store::ExecutionReport;
 
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -683,27 +684,12 @@ impl Session {
         send_text(socket, &ServerMessage::Job(job)).await
     }
 
-    /// Applies what the router says of one of its executions, if the move is allowed; a stale
-    /// or repeated update (after a reconnect) changes nothing.
+    /// Queues what the router says of one of its executions, to be written with others in one
+    /// batch; a stale or repeated update (after a reconnect) changes nothing.
     async fn record_job_update(&mut self, update: JobUpdate) {
         let Ok(id) = update.execution_id.parse::<ExecutionId>() else {
             tracing::debug!(device = %self.device.id, execution = %update.execution_id, "update for no execution");
             return;
-        };
-        let store = &self.state.store;
-        let execution = match store
-            .device_execution(self.device.tenant_id, self.device.id, id)
-            .await
-        {
-            Ok(Some(execution)) => execution,
-            Ok(None) => {
-                tracing::debug!(device = %self.device.id, execution = %id, "update for another router's or no execution");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(%error, device = %self.device.id, "cannot read an execution");
-                return;
-            }
         };
         let event = match update.state {
             JobUpdateState::Downloading => ExecutionEvent::Downloading,
@@ -711,17 +697,19 @@ impl Session {
             JobUpdateState::Succeeded => ExecutionEvent::Succeeded,
             JobUpdateState::Failed => ExecutionEvent::Failed,
         };
-        let Ok(to) = next_state(execution.state, event) else {
-            tracing::debug!(device = %self.device.id, execution = %id, from = %execution.state, ?event, "stale job update");
+        let moves = moves(event);
+        let Some(&(_, to)) = moves.first() else {
             return;
         };
-        let now = self.state.clock.now();
-        if let Err(error) = store
-            .move_execution(id, execution.state, to, update.message.as_deref(), now)
-            .await
-        {
-            tracing::warn!(%error, device = %self.device.id, execution = %id, "cannot record a job update");
-        }
+        self.state.job_reports.push(ExecutionReport {
+            tenant: self.device.tenant_id,
+            device: self.device.id,
+            execution: id,
+            from: moves.iter().map(|(from, _)| *from).collect(),
+            to,
+            reason: update.message,
+            at: self.state.clock.now(),
+        });
     }
 
     async fn record_status(&mut self, status: Status) {
