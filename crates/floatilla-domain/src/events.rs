@@ -65,6 +65,10 @@ named_enum! {
         TenantSuspended = "tenant_suspended",
         /// The provider lifted the tenant's suspension.
         TenantResumed = "tenant_resumed",
+        /// An operator created a job for some routers.
+        JobCreated = "job_created",
+        /// An operator cancelled a job: what was not sent yet ends.
+        JobCancelled = "job_cancelled",
     }
 }
 
@@ -97,7 +101,9 @@ impl EventKind {
             | EventKind::LicenseCapacityChanged
             | EventKind::LicenseClockTrusted
             | EventKind::LicenseCodeRedeemed
-            | EventKind::TenantResumed => Severity::Info,
+            | EventKind::TenantResumed
+            | EventKind::JobCreated
+            | EventKind::JobCancelled => Severity::Info,
             EventKind::EnrollmentRejected
             | EventKind::EnrollmentRefused
             | EventKind::LicenseShedCapacityDropped

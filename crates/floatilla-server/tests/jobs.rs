@@ -402,4 +402,14 @@ async fn jobs_are_checked_cancelled_and_kept_to_their_tenant(db: TestDb) {
     let job = server.get(&format!("/api/v1/jobs/{id}")).await;
     assert_eq!(job["executions"], json!({"cancelled": 1}));
     assert!(job["cancelled_at"].is_string());
+    let created = server.events("job_created").await;
+    assert_eq!(created.len(), 1);
+    assert!(
+        created[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("created a reboot job for 1 routers"),
+        "{created:?}"
+    );
+    assert_eq!(server.events("job_cancelled").await.len(), 1);
 }

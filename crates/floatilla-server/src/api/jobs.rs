@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
-use floatilla_domain::jobs::{JobKind, pending_state};
+use floatilla_domain::events::{Event, EventKind};
+use floatilla_domain::jobs::{ExecutionState, JobKind, pending_state};
 use floatilla_domain::licensing::LicenseState;
 use floatilla_domain::model::Device;
 use floatilla_domain::{ExecutionId, JobId, Role};
@@ -259,6 +260,21 @@ pub async fn create(
         })
         .collect();
     state.store.create_job(&job, &executions).await?;
+    let waiting = executions
+        .iter()
+        .filter(|e| e.state == ExecutionState::WaitingForLicense)
+        .count();
+    let message = format!(
+        "{} created a {} job for {} routers ({waiting} waiting for a license)",
+        job.created_by,
+        job.kind,
+        executions.len()
+    );
+    crate::events::record(
+        &state,
+        Event::new(tenant, now, EventKind::JobCreated, None, message),
+    )
+    .await;
     // The answer need not wait for thousands of routers to be handed their job.
     let dispatch = state.clone();
     tokio::spawn(async move { crate::cluster::job_created(&dispatch, tenant, job.id).await });
@@ -428,10 +444,18 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<CancelResult>> {
     let tenant = caller.require(Role::Operator)?;
-    let cancelled = state
-        .store
-        .cancel_job(tenant, job_id(&id)?, state.clock.now())
-        .await?;
+    let job = job_id(&id)?;
+    let now = state.clock.now();
+    let cancelled = state.store.cancel_job(tenant, job, now).await?;
+    let message = format!(
+        "{} cancelled job {job}: {cancelled} executions not sent yet ended",
+        caller.token.name
+    );
+    crate::events::record(
+        &state,
+        Event::new(tenant, now, EventKind::JobCancelled, None, message),
+    )
+    .await;
     Ok(Json(CancelResult { cancelled }))
 }
 
