@@ -189,6 +189,7 @@ async fn end_sessions(
                             device,
                             session,
                             at,
+                            at_least: chrono::Duration::zero(),
                         },
                     )
                     .await

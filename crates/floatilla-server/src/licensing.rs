@@ -50,11 +50,14 @@ pub enum Request {
         device: DeviceId,
         session: SessionId,
     },
-    /// A router's control channel closed at `at`: its session lingers from then.
+    /// A router's control channel closed at `at`: its session lingers from then, for the
+    /// pool's linger or `at_least`, whichever is longer (a router restarting for a job
+    /// declared how long it will be away).
     Dropped {
         device: DeviceId,
         session: SessionId,
         at: Timestamp,
+        at_least: chrono::Duration,
     },
     /// Mark routers managed or unmanaged.
     Managed {
@@ -612,8 +615,10 @@ impl Pools {
                 outcomes = requests
                     .iter()
                     .map(|request| {
-                        decision.request(ledger, request, |at| {
-                            service_clock.linger_deadline(at, self.linger).millis()
+                        decision.request(ledger, request, |at, at_least| {
+                            service_clock
+                                .linger_deadline(at, self.linger.max(at_least))
+                                .millis()
                         })
                     })
                     .collect();
@@ -723,6 +728,7 @@ pub async fn sessions_closed(pools: &Pools, closed: &[ClosedSession], at: Timest
             device: session.device,
             session: session.session,
             at,
+            at_least: chrono::Duration::zero(),
         };
         if let Err(error) = pools.submit(session.tenant, request).await {
             tracing::warn!(%error, device = %session.device, "cannot start the linger of a closed session");
@@ -801,7 +807,7 @@ impl Decision {
         &mut self,
         ledger: &mut Ledger,
         request: &Request,
-        linger_until: impl Fn(Timestamp) -> i64,
+        linger_until: impl Fn(Timestamp, chrono::Duration) -> i64,
     ) -> Result<(), PoolFailure> {
         match request {
             Request::Connected { device, session } => self.apply(
@@ -815,12 +821,13 @@ impl Decision {
                 device,
                 session,
                 at,
+                at_least,
             } => self.apply(
                 ledger,
                 PoolOp::Dropped {
                     device: *device,
                     session: *session,
-                    linger_until: linger_until(*at),
+                    linger_until: linger_until(*at, *at_least),
                 },
             ),
             Request::Managed { devices, managed } => {

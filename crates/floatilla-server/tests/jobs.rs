@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 on_both_backends!(
     a_job_reaches_licensed_routers_and_follows_their_reports,
     a_job_in_flight_is_sent_again_after_a_reconnect,
+    a_router_restarting_for_a_job_keeps_its_seat_through_the_declared_downtime,
     a_group_job_waits_where_a_router_has_no_seat,
     a_job_naming_an_excess_or_unmanaged_router_is_refused_whole,
     a_job_past_its_expiry_ends_what_still_waits,
@@ -147,6 +148,65 @@ async fn a_job_in_flight_is_sent_again_after_a_reconnect(db: TestDb) {
     );
     report(&again, &resent, JobUpdateState::Succeeded, None);
     counts_become(&server, &id, json!({"succeeded": 1})).await;
+}
+
+/// Waits until the router's license state is `expected`.
+async fn license_state_becomes(server: &TestServer, device: &str, expected: &str) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let router = server.get(&format!("/api/v1/devices/{device}")).await;
+        if router["license_state"] == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{device} is {}, not {expected}",
+            router["license_state"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn a_router_restarting_for_a_job_keeps_its_seat_through_the_declared_downtime(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "one", "seats": 1})).await;
+    let mut routers = connect_fleet(&server, "JD", 2).await;
+    let (restarting, waiting) = (routers[0].0.clone(), routers[1].0.clone());
+    license_state_becomes(&server, &waiting, "excess").await;
+    let (status, _) = create_job(
+        &server,
+        json!({"kind": "reboot", "target": {"ids": [restarting]}, "expected_downtime_secs": 1800}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, mut router) = routers.remove(0);
+    let job = next_job(&mut router).await;
+    report(&router, &job, JobUpdateState::Installing, Some("rebooting"));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    router.vanish();
+    server
+        .wait_offline_with(&restarting, "connection_lost")
+        .await;
+
+    // Past the pool's 10-minute linger, within the 30 minutes the job declared: the seat waits.
+    advance_minutes(&server, 20).await;
+    for _ in 0..20 {
+        let router = server.get(&format!("/api/v1/devices/{waiting}")).await;
+        assert_eq!(router["license_state"], "excess", "the seat was given away");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Past the declared downtime the seat goes to the next in line.
+    advance_minutes(&server, 11).await;
+    license_state_becomes(&server, &waiting, "licensed").await;
+}
+
+/// Moves the clock on in 20-second steps, each shorter than what the server takes for an
+/// outage, so that the time counts against lingers.
+async fn advance_minutes(server: &TestServer, minutes: u32) {
+    for _ in 0..minutes * 3 {
+        server.clock.advance(chrono::Duration::seconds(20));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Tags every router `line-1`.

@@ -476,6 +476,7 @@ impl Harness {
                     device: self.devices[i],
                     session,
                     at: self.clock.now(),
+                    at_least: chrono::Duration::zero(),
                 };
                 self.submit(request).await.map_err(fail)?;
             }
@@ -489,6 +490,7 @@ impl Harness {
                     device: self.devices[i],
                     session,
                     at: self.clock.now(),
+                    at_least: chrono::Duration::zero(),
                 };
                 self.submit(request).await.map_err(fail)?;
             }

@@ -258,6 +258,9 @@ struct Session {
     pending_calls: HashMap<String, oneshot::Sender<CallResult>>,
     /// A renewed credential the router has not acknowledged yet.
     renewal: Option<Credential>,
+    /// The executions sent on this session and not finished, with the downtime each declared:
+    /// if the connection drops, the session lingers at least the longest of them.
+    jobs_in_flight: HashMap<String, u32>,
 }
 
 /// Why the session loop stopped, and whether the router still needs to be told.
@@ -366,6 +369,7 @@ impl Session {
             inbox,
             pending_calls: HashMap::new(),
             renewal: None,
+            jobs_in_flight: HashMap::new(),
         })
     }
 
@@ -660,7 +664,10 @@ impl Session {
         };
         for (job, execution) in jobs {
             metrics::message("out", "job");
-            send_text(socket, &ServerMessage::Job(wire_job(&job, &execution))).await?;
+            let wire = wire_job(&job, &execution);
+            self.jobs_in_flight
+                .insert(wire.execution_id.clone(), wire.expected_downtime_secs);
+            send_text(socket, &ServerMessage::Job(wire)).await?;
         }
         Ok(())
     }
@@ -681,6 +688,8 @@ impl Session {
             return self.jobs_follow_license(socket).await;
         }
         metrics::message("out", "job");
+        self.jobs_in_flight
+            .insert(job.execution_id.clone(), job.expected_downtime_secs);
         send_text(socket, &ServerMessage::Job(job)).await
     }
 
@@ -701,6 +710,9 @@ impl Session {
         let Some(&(_, to)) = moves.first() else {
             return;
         };
+        if to.is_terminal() {
+            self.jobs_in_flight.remove(&update.execution_id);
+        }
         self.state.job_reports.push(ExecutionReport {
             tenant: self.device.tenant_id,
             device: self.device.id,
@@ -867,6 +879,14 @@ impl Session {
             device: self.device.id,
             session: self.session_id,
             at: now,
+            at_least: chrono::Duration::seconds(
+                self.jobs_in_flight
+                    .values()
+                    .copied()
+                    .max()
+                    .unwrap_or(0)
+                    .into(),
+            ),
         };
         if let Err(error) = self
             .state
