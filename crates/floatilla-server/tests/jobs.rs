@@ -472,4 +472,39 @@ async fn jobs_are_checked_cancelled_and_kept_to_their_tenant(db: TestDb) {
         "{created:?}"
     );
     assert_eq!(server.events("job_cancelled").await.len(), 1);
+
+    // Many jobs' status at once; another tenant's and unknown ids are left out.
+    let (status, other) = create_job(&server, json!({"kind": "reboot", "target": target})).await;
+    assert_eq!(status, 201);
+    let ids = json!({"ids": [id, other["id"], floatilla_domain::JobId::new().to_string()]});
+    let (status, statuses) = server
+        .api(Method::POST, "/api/v1/jobs/status", Some(ids.clone()))
+        .await;
+    assert_eq!(status, 200, "{statuses}");
+    let listed: Vec<&Value> = statuses
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| &j["executions"])
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0], &json!({"cancelled": 1}));
+    let (status, seen) = server
+        .api_as(&stranger, Method::POST, "/api/v1/jobs/status", Some(ids))
+        .await;
+    assert_eq!((status, seen), (200, json!([])));
+    let too_many: Vec<String> = (0..1001)
+        .map(|_| floatilla_domain::JobId::new().to_string())
+        .collect();
+    let (status, refused) = server
+        .api(
+            Method::POST,
+            "/api/v1/jobs/status",
+            Some(json!({"ids": too_many})),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (400, Some("too_many_jobs"))
+    );
 }

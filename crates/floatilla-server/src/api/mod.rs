@@ -46,6 +46,7 @@ use crate::state::AppState;
         provider::suspend_tenant, provider::resume_tenant, provider::delete_tenant,
         provider::tenant_usage, tags::list, tags::tag_routers,
         jobs::create, jobs::list, jobs::get, jobs::executions, jobs::cancel, jobs::device_executions,
+        jobs::bulk_status,
         provider::create_codes, provider::list_codes,
     ),
     modifiers(&BearerAuth),
@@ -97,6 +98,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/devices/tags", post(tags::tag_routers))
         .route("/api/v1/tags", get(tags::list))
         .route("/api/v1/jobs", get(jobs::list).post(jobs::create))
+        .route("/api/v1/jobs/status", post(jobs::bulk_status))
         .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/jobs/{id}/executions", get(jobs::executions))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
