@@ -109,6 +109,9 @@ pub trait Jobs {
         device: DeviceId,
         now: Timestamp,
     ) -> Result<Vec<(Job, Execution)>>;
+    /// Whether the router has an execution that is not finished: read on every connect and
+    /// license change, so that routers without jobs cost no write there.
+    async fn has_open_executions(&self, device: DeviceId) -> Result<bool>;
     /// Moves the router's executions from `queued` to `waiting_for_license` when it lost its
     /// seat (`licensed` false), or back when it has one. Answers how many moved.
     async fn relicense_executions(
@@ -529,6 +532,23 @@ macro_rules! impl_jobs {
                     .into_iter()
                     .map(|execution| (jobs[&execution.job_id].clone(), execution))
                     .collect())
+            }
+
+            async fn has_open_executions(
+                &self,
+                device: ::floatilla_domain::DeviceId,
+            ) -> $crate::Result<bool> {
+                let sql = format!(
+                    "SELECT 1 FROM job_executions WHERE device_id = $1 \
+                     AND (state IN {} OR state IN {}) LIMIT 1",
+                    $crate::jobs::PENDING_STATES,
+                    $crate::jobs::IN_FLIGHT_STATES
+                );
+                let found: Option<i32> = ::sqlx::query_scalar(::sqlx::AssertSqlSafe(sql))
+                    .bind(device.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(found.is_some())
             }
 
             async fn relicense_executions(

@@ -2494,6 +2494,8 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
         .create_job(&job, &[first.clone(), second.clone()])
         .await
         .unwrap();
+    assert!(store.has_open_executions(online.id).await.unwrap());
+    assert!(store.has_open_executions(shed.id).await.unwrap());
     assert_eq!(store.job(tenant, job.id).await.unwrap(), Some(job.clone()));
     assert_eq!(store.job(other, job.id).await.unwrap(), None);
     assert_eq!(
@@ -2655,5 +2657,9 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
             .unwrap()
             .cancelled_at
             .is_some()
+    );
+    assert!(
+        !store.has_open_executions(online.id).await.unwrap(),
+        "every execution ended"
     );
 }

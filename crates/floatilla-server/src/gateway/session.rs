@@ -627,6 +627,14 @@ impl Session {
     /// Moves the router's waiting executions as its seat says, then sends it what it may run:
     /// a router without a seat receives no job (those it already has run to their end).
     async fn jobs_follow_license(&mut self, socket: &mut Socket) -> Result<(), ()> {
+        match self.state.store.has_open_executions(self.device.id).await {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(error) => {
+                tracing::warn!(%error, device = %self.device.id, "cannot read the router's jobs");
+                return Ok(());
+            }
+        }
         let licensed = self.device.license.state == LicenseState::Licensed;
         let now = self.state.clock.now();
         if let Err(error) = self
