@@ -8,7 +8,7 @@ use floatilla_protocol::EnrollmentTokenString;
 use http::StatusCode;
 use rand::Rng;
 
-use super::auth::{Caller, new_api_token_secret};
+use super::auth::Caller;
 use super::extract::ApiJson;
 use super::groups::group_id_by_name;
 use super::views::{
@@ -160,18 +160,16 @@ pub async fn issue_api_token(
             "a tenant's token has the viewer, operator or admin role",
         ));
     }
-    let (text, secret_hash) = new_api_token_secret();
-    let token = ApiToken {
-        id: ApiTokenId::new(),
-        tenant_id: Some(tenant),
-        name: checked_name("token", name, 200)?,
-        role,
-        secret_hash,
-        created_at: state.clock.now(),
-        revoked_at: None,
-    };
-    state.store.create_api_token(&token).await?;
-    Ok((token, text))
+    state
+        .installation
+        .create_api_token(
+            state.store.as_ref(),
+            state.clock.as_ref(),
+            role,
+            name,
+            Some(tenant),
+        )
+        .await
 }
 
 #[utoipa::path(get, path = "/api/v1/api-tokens", tag = "api tokens", responses((status = 200, body = Vec<ApiTokenView>)))]
