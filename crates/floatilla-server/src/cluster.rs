@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use floatilla_domain::jobs::ExecutionState;
+use floatilla_domain::jobs::{ExecutionEvent, ExecutionState, next_state};
 use floatilla_domain::{DeviceId, DisconnectReason, ExecutionId, JobId, SessionId, TenantId};
 use floatilla_protocol::CallResult;
 use floatilla_store::{CallOutcome, ClusterMessage, Execution, Received, Store};
@@ -165,12 +165,15 @@ async fn hand_to_session(state: &AppState, job: &floatilla_store::Job, execution
 
 /// Puts back in the queue an execution marked sent that never reached its router.
 pub async fn undeliver(state: &AppState, execution: &Execution) {
+    let Ok(queued) = next_state(ExecutionState::Sent, ExecutionEvent::Undelivered) else {
+        return;
+    };
     if let Err(error) = state
         .store
         .move_execution(
             execution.id,
             ExecutionState::Sent,
-            ExecutionState::Queued,
+            queued,
             None,
             state.clock.now(),
         )

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod gateway;
 pub mod installation;
+pub mod jobs;
 pub mod licensing;
 pub mod mail;
 pub mod metrics;

@@ -325,7 +325,7 @@ pub async fn start(
     background.spawn(crate::cluster::watch_nodes(state.clone()));
     background.spawn(licensing.run_timers(http_shutdown.clone()));
     background.spawn(crate::webhooks::run(state.clone()));
-    background.spawn(crate::api::jobs::end_overdue(state.clone()));
+    background.spawn(crate::jobs::end_overdue(state.clone()));
 
     Ok(RunningServer {
         local_addr,

@@ -260,10 +260,15 @@ pub async fn create(
         })
         .collect();
     state.store.create_job(&job, &executions).await?;
-    let waiting = executions
-        .iter()
-        .filter(|e| e.state == ExecutionState::WaitingForLicense)
-        .count();
+    // Counted from what was just stored: dispatch runs after the answer.
+    let mut counts = StateCounts::new();
+    for execution in &executions {
+        *counts.entry(execution.state).or_default() += 1;
+    }
+    let waiting = counts
+        .get(&ExecutionState::WaitingForLicense)
+        .copied()
+        .unwrap_or(0);
     let message = format!(
         "{} created a {} job for {} routers ({waiting} waiting for a license)",
         job.created_by,
@@ -278,11 +283,7 @@ pub async fn create(
     // The answer need not wait for thousands of routers to be handed their job.
     let dispatch = state.clone();
     tokio::spawn(async move { crate::cluster::job_created(&dispatch, tenant, job.id).await });
-    let counts = state.store.execution_counts(tenant, &[job.id]).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(JobView::new(&job, counts.get(&job.id))),
-    ))
+    Ok((StatusCode::CREATED, Json(JobView::new(&job, Some(&counts)))))
 }
 
 /// Refuses the whole job if any router named in it is excess or unmanaged, naming them all.
@@ -524,26 +525,3 @@ pub async fn device_executions(
         .await?;
     Ok(Json(executions.iter().map(ExecutionView::from).collect()))
 }
-
-/// Ends executions whose deadline passed (the job's expiry before they were sent, the job's
-/// timeout after) every few seconds, on every node (ending one twice is harmless: the second
-/// finds nothing to end).
-pub async fn end_overdue(state: AppState) {
-    loop {
-        let now = state.clock.now();
-        match state.store.end_overdue_executions(now).await {
-            Ok(ended) if !ended.is_empty() => {
-                tracing::info!(ended = ended.len(), "executions ended past their deadline");
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "cannot end overdue executions"),
-        }
-        tokio::select! {
-            () = state.clock.sleep_until(now + OVERDUE_SWEEP) => {}
-            () = state.shutdown.cancelled() => return,
-        }
-    }
-}
-
-/// How often overdue executions are looked for.
-pub const OVERDUE_SWEEP: chrono::Duration = chrono::Duration::seconds(5);
