@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use floatilla_protocol::{Status, WireJob};
 
+use crate::download::Downloader;
 use crate::jobs::{JobReports, JobRunner};
 use crate::router::{Enrolled, RouterEvent, RouterHost, RouterIdentity};
 
@@ -128,8 +129,8 @@ impl RouterHost for AgentHost {
         std::fs::File::open(&self.state_dir)?.sync_all()
     }
 
-    fn run_job(&self, job: WireJob, reports: JobReports) {
-        self.jobs.run(job, reports);
+    fn run_job(&self, job: WireJob, reports: JobReports, downloads: Downloader) {
+        self.jobs.run(job, reports, Some(downloads));
     }
 
     fn event(&self, event: RouterEvent) {

@@ -118,6 +118,11 @@ impl Connector {
         })
     }
 
+    /// The server's `HOST:PORT`, for `Host` headers.
+    pub fn authority(&self) -> String {
+        self.server.authority()
+    }
+
     /// Opens TCP, optionally from a chosen local address, then TLS.
     pub async fn connect_tls(
         &self,

@@ -13,6 +13,12 @@
 //! | `FLOATILLA_JOB_KIND` | the kind, also the hook's name |
 //! | `FLOATILLA_JOB_ATTEMPT` | 1 for the first attempt |
 //! | `FLOATILLA_JOB_PARAMS` | the job's parameters, a JSON object |
+//! | `FLOATILLA_ARTIFACT_PATH` | the downloaded, verified artifact (kinds that carry one) |
+//! | `FLOATILLA_ARTIFACT_SHA256` | its SHA-256, checked before the hook runs |
+//! | `FLOATILLA_ARTIFACT_NAME`, `FLOATILLA_ARTIFACT_VERSION` | what the operator called it |
+//!
+//! A job with an artifact is downloaded first (reported as `downloading`, resumed with `Range`
+//! requests when the transfer breaks off), its SHA-256 checked, and deleted once the hook ends.
 //!
 //! A line on stdout that starts with `downloading` or `installing` reports that state (the rest
 //! of the line is its message); other lines are ignored. Exit code 0 reports success, any other
@@ -29,6 +35,8 @@ use floatilla_protocol::{JobUpdate, JobUpdateState, WireJob};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc::UnboundedSender;
+
+use crate::download::Downloader;
 
 /// Where a router's job reports go: the router's channel sends them when it is connected.
 pub type JobReports = UnboundedSender<JobUpdate>;
@@ -50,26 +58,30 @@ struct Record {
 #[derive(Debug)]
 pub struct JobRunner {
     records_dir: PathBuf,
+    downloads_dir: PathBuf,
     hooks_dir: PathBuf,
     /// Executions whose hook runs in this process now.
     running: Mutex<HashSet<String>>,
 }
 
 impl JobRunner {
-    /// Keeps its records in `state_dir/jobs`.
+    /// Keeps its records in `state_dir/jobs` and downloads in `state_dir/downloads`.
     pub fn new(state_dir: &Path, hooks_dir: &Path) -> std::io::Result<Self> {
         let records_dir = state_dir.join("jobs");
         std::fs::create_dir_all(&records_dir)?;
+        let downloads_dir = state_dir.join("downloads");
+        std::fs::create_dir_all(&downloads_dir)?;
         Ok(Self {
             records_dir,
+            downloads_dir,
             hooks_dir: hooks_dir.to_owned(),
             running: Mutex::default(),
         })
     }
 
-    /// Starts the job unless this execution was seen before; either way the server hears where
-    /// it stands.
-    pub fn run(self: &Arc<Self>, job: WireJob, reports: JobReports) {
+    /// Starts the job unless this attempt of the execution was seen before; either way the
+    /// server hears where it stands. `downloads` fetches the job's artifact, if it has one.
+    pub fn run(self: &Arc<Self>, job: WireJob, reports: JobReports, downloads: Option<Downloader>) {
         let report = |state, message: Option<String>| {
             let _ = reports.send(JobUpdate {
                 execution_id: job.execution_id.clone(),
@@ -90,10 +102,11 @@ impl JobRunner {
             );
             return;
         }
-        if self.lock().contains(&job.execution_id) {
+        let key = record_key(&job);
+        if self.lock().contains(&key) {
             return;
         }
-        if let Some(record) = self.read(&job.execution_id) {
+        if let Some(record) = self.read(&key) {
             let (state, message) = match record.state.as_str() {
                 "succeeded" => (JobUpdateState::Succeeded, record.message),
                 "failed" => (JobUpdateState::Failed, record.message),
@@ -110,19 +123,47 @@ impl JobRunner {
             report(state, message);
             return;
         }
-        if let Err(error) = self.write(&job.execution_id, &job.kind, "running", None) {
+        if let Err(error) = self.write(&key, &job.kind, "running", None) {
             report(
                 JobUpdateState::Failed,
                 Some(format!("cannot record the job before running it: {error}")),
             );
             return;
         }
-        self.lock().insert(job.execution_id.clone());
+        self.lock().insert(key.clone());
         let runner = self.clone();
         tokio::spawn(async move {
-            let (state, message) = runner.run_hook(&job, &reports).await;
+            let (state, message) = match &job.artifact {
+                None => runner.run_hook(&job, &reports, None).await,
+                Some(artifact) => {
+                    let _ = reports.send(JobUpdate {
+                        execution_id: job.execution_id.clone(),
+                        state: JobUpdateState::Downloading,
+                        message: Some(format!("{} {}", artifact.name, artifact.version)),
+                    });
+                    let destination = runner.downloads_dir.join(format!("{key}.artifact"));
+                    let fetched = match &downloads {
+                        Some(downloads) => downloads
+                            .fetch(artifact, &destination)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => Err("this router cannot download artifacts now".to_owned()),
+                    };
+                    match fetched {
+                        Ok(path) => {
+                            let outcome = runner.run_hook(&job, &reports, Some(&path)).await;
+                            tokio::fs::remove_file(&path).await.ok();
+                            outcome
+                        }
+                        Err(why) => (
+                            JobUpdateState::Failed,
+                            Some(format!("cannot download the artifact: {why}")),
+                        ),
+                    }
+                }
+            };
             runner.finish(&job, state, message.clone());
-            runner.lock().remove(&job.execution_id);
+            runner.lock().remove(&key);
             let _ = reports.send(JobUpdate {
                 execution_id: job.execution_id.clone(),
                 state,
@@ -135,6 +176,7 @@ impl JobRunner {
         &self,
         job: &WireJob,
         reports: &JobReports,
+        artifact: Option<&Path>,
     ) -> (JobUpdateState, Option<String>) {
         let hook = self.hooks_dir.join(&job.kind);
         if job.kind.contains(['/', '.']) || !hook.is_file() {
@@ -147,7 +189,15 @@ impl JobRunner {
                 )),
             );
         }
-        let child = tokio::process::Command::new(&hook)
+        let mut command = tokio::process::Command::new(&hook);
+        if let (Some(path), Some(artifact)) = (artifact, &job.artifact) {
+            command
+                .env("FLOATILLA_ARTIFACT_PATH", path)
+                .env("FLOATILLA_ARTIFACT_SHA256", &artifact.sha256)
+                .env("FLOATILLA_ARTIFACT_NAME", &artifact.name)
+                .env("FLOATILLA_ARTIFACT_VERSION", &artifact.version);
+        }
+        let child = command
             .env("FLOATILLA_EXECUTION_ID", &job.execution_id)
             .env("FLOATILLA_JOB_ID", &job.job_id)
             .env("FLOATILLA_JOB_KIND", &job.kind)
@@ -227,7 +277,7 @@ impl JobRunner {
             JobUpdateState::Succeeded => "succeeded",
             _ => "failed",
         };
-        if let Err(error) = self.write(&job.execution_id, &job.kind, state, message) {
+        if let Err(error) = self.write(&record_key(job), &job.kind, state, message) {
             tracing::error!(%error, execution = %job.execution_id, "cannot record a job's outcome");
         }
     }
@@ -266,6 +316,11 @@ impl JobRunner {
     }
 }
 
+/// What an attempt of an execution is recorded under: a retry is a new attempt, run anew.
+pub(crate) fn record_key(job: &WireJob) -> String {
+    format!("{}-attempt-{}", job.execution_id, job.attempt)
+}
+
 /// A hook's stdout line as a progress report, if it is one.
 fn progress_line(execution_id: &str, line: &str) -> Option<JobUpdate> {
     let line = line.trim();
@@ -298,6 +353,7 @@ mod tests {
             attempt: 1,
             timeout_secs,
             expected_downtime_secs: 0,
+            artifact: None,
         }
     }
 
@@ -348,7 +404,7 @@ mod tests {
         let runner = Arc::new(JobRunner::new(&dir.path().join("state"), &hooks).unwrap());
         let (reports, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         let sent = job("software_remove", 30);
-        runner.run(sent.clone(), reports.clone());
+        runner.run(sent.clone(), reports.clone(), None);
         let seen = reports_until_the_end(&mut receiver).await;
         let states: Vec<JobUpdateState> = seen.iter().map(|u| u.state).collect();
         assert_eq!(
@@ -358,7 +414,7 @@ mod tests {
         assert_eq!(seen[0].message.as_deref(), Some("removing"));
 
         // Sent again (a reconnect): recognised, reported, not run again.
-        runner.run(sent, reports);
+        runner.run(sent, reports, None);
         let again = reports_until_the_end(&mut receiver).await;
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].state, JobUpdateState::Succeeded);
@@ -383,13 +439,13 @@ mod tests {
         let runner = Arc::new(JobRunner::new(&dir.path().join("state"), &hooks).unwrap());
         let (reports, mut receiver) = tokio::sync::mpsc::unbounded_channel();
 
-        runner.run(job("software_remove", 30), reports.clone());
+        runner.run(job("software_remove", 30), reports.clone(), None);
         let failed = reports_until_the_end(&mut receiver).await;
         assert_eq!(
             failed.last().unwrap().message.as_deref(),
             Some("the software_remove hook exited with code 3: package not installed")
         );
-        runner.run(job("certificate_update", 30), reports.clone());
+        runner.run(job("certificate_update", 30), reports.clone(), None);
         let missing = reports_until_the_end(&mut receiver).await;
         assert!(
             missing[0]
@@ -399,7 +455,7 @@ mod tests {
                 .starts_with("no hook for certificate_update jobs"),
             "{missing:?}"
         );
-        runner.run(job("reboot", 1), reports);
+        runner.run(job("reboot", 1), reports, None);
         let slow = reports_until_the_end(&mut receiver).await;
         assert!(
             slow[0]
@@ -420,18 +476,18 @@ mod tests {
         let reboot = job("reboot", 30);
         let removal = job("software_remove", 30);
         before
-            .write(&reboot.execution_id, "reboot", "running", None)
+            .write(&record_key(&reboot), "reboot", "running", None)
             .unwrap();
         before
-            .write(&removal.execution_id, "software_remove", "running", None)
+            .write(&record_key(&removal), "software_remove", "running", None)
             .unwrap();
 
         let after = Arc::new(JobRunner::new(&state, &hooks).unwrap());
         let (reports, mut receiver) = tokio::sync::mpsc::unbounded_channel();
-        after.run(reboot, reports.clone());
+        after.run(reboot, reports.clone(), None);
         let rebooted = reports_until_the_end(&mut receiver).await;
         assert_eq!(rebooted[0].state, JobUpdateState::Succeeded);
-        after.run(removal, reports);
+        after.run(removal, reports, None);
         let interrupted = reports_until_the_end(&mut receiver).await;
         assert_eq!(interrupted[0].state, JobUpdateState::Failed);
     }

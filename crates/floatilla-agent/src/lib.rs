@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod clock;
 pub mod connection;
+pub mod download;
 pub mod jobs;
 pub mod router;
 pub mod simulate;

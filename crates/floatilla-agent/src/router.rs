@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::RouterClock;
 use crate::connection::{ChannelError, ChannelStream, Connector, ServerAddress, send_message};
+use crate::download::Downloader;
 use crate::jobs::JobReports;
 use crate::tls::ServerTrust;
 
@@ -67,9 +68,10 @@ pub trait RouterHost: Send + Sync + 'static {
     /// Stores durably; a renewed credential is acknowledged only after this succeeds.
     fn save(&self, enrolled: &Enrolled) -> std::io::Result<()>;
     fn event(&self, event: RouterEvent);
-    /// Runs a job the server sent, once per execution however often it is sent, reporting to
-    /// `reports` (sent to the server whenever the router is connected).
-    fn run_job(&self, job: WireJob, reports: JobReports);
+    /// Runs a job the server sent, once per attempt of an execution however often it is sent,
+    /// reporting to `reports` (sent to the server whenever the router is connected) and
+    /// fetching its artifact, if any, with `downloads`.
+    fn run_job(&self, job: WireJob, reports: JobReports, downloads: Downloader);
 }
 
 /// Verified connections for every router of one server, made once: TLS configuration is costly.
@@ -491,7 +493,8 @@ async fn serve(
                 Ok(())
             }
             ServerMessage::Job(job) => {
-                host.run_job(job, jobs.reports.clone());
+                let downloads = Downloader::new(connector.clone(), enrolled.credential.clone());
+                host.run_job(job, jobs.reports.clone(), downloads);
                 Ok(())
             }
             ServerMessage::Welcome(_) => Ok(()),

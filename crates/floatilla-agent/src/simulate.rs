@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::RouterClock;
 use crate::connection::{ChannelError, ServerAddress};
-use crate::jobs::JobReports;
+use crate::download::Downloader;
+use crate::jobs::{JobReports, record_key};
 use crate::router::{
     Connections, Enrolled, RouterEvent, RouterHost, RouterIdentity, RouterSettings,
     first_contact_trust, run_router,
@@ -39,6 +40,64 @@ pub struct SimulatorConfig {
     pub serial_prefix: String,
     /// Keeps credentials here so a later run reuses the same routers.
     pub state_dir: Option<PathBuf>,
+    /// The share of job executions (0 to 100 %) that fail, at random: for trying out a
+    /// rollout's failure threshold.
+    pub job_failure_percent: u8,
+    /// Appends a line `EXECUTION_ID ATTEMPT OUTCOME` for every execution a virtual router
+    /// applied: what shows that none was applied twice.
+    pub jobs_log: Option<PathBuf>,
+}
+
+/// How the virtual routers carry out jobs.
+struct JobBehaviour {
+    failure_percent: u8,
+    /// Where artifacts are downloaded (and deleted once checked).
+    downloads_dir: PathBuf,
+    log: Option<Mutex<std::fs::File>>,
+}
+
+impl JobBehaviour {
+    fn new(config: &SimulatorConfig) -> std::io::Result<Self> {
+        let downloads_dir = match &config.state_dir {
+            Some(dir) => dir.join("downloads"),
+            None => std::env::temp_dir().join(format!(
+                "floatilla-simulator-{}-downloads",
+                std::process::id()
+            )),
+        };
+        std::fs::create_dir_all(&downloads_dir)?;
+        let log = config
+            .jobs_log
+            .as_ref()
+            .map(|path| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            })
+            .transpose()?
+            .map(Mutex::new);
+        Ok(Self {
+            failure_percent: config.job_failure_percent.min(100),
+            downloads_dir,
+            log,
+        })
+    }
+
+    fn record(&self, job: &WireJob, outcome: JobUpdateState) {
+        use std::io::Write;
+        if let Some(log) = &self.log {
+            let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
+            let outcome = if outcome == JobUpdateState::Succeeded {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            if let Err(error) = writeln!(file, "{} {} {outcome}", job.execution_id, job.attempt) {
+                tracing::error!(%error, "cannot write the jobs log");
+            }
+        }
+    }
 }
 
 /// Running totals, readable while the simulator runs.
@@ -157,6 +216,7 @@ struct VirtualRouter {
     /// Executions this virtual router ran, by id, with their outcome: a job sent again is
     /// recognised and not run twice.
     jobs: Arc<Mutex<HashMap<String, JobUpdateState>>>,
+    behaviour: Arc<JobBehaviour>,
 }
 
 /// How long a virtual router takes to apply a job.
@@ -197,8 +257,8 @@ impl RouterHost for VirtualRouter {
         Ok(())
     }
 
-    fn run_job(&self, job: WireJob, reports: JobReports) {
-        self.simulate_job(job, reports);
+    fn run_job(&self, job: WireJob, reports: JobReports, downloads: Downloader) {
+        self.simulate_job(job, reports, downloads);
     }
 
     fn event(&self, event: RouterEvent) {
@@ -239,39 +299,74 @@ impl RouterHost for VirtualRouter {
 }
 
 impl VirtualRouter {
-    /// A virtual router applies every job: it reports `installing`, takes a moment and reports
-    /// success; a job sent again gets its outcome again.
-    fn simulate_job(&self, job: WireJob, reports: JobReports) {
-        let report = move |reports: &JobReports, execution_id: &str, state| {
+    /// A virtual router applies every job: it downloads and checks the artifact if there is
+    /// one, reports `installing`, takes a moment and reports the outcome (a failure at the
+    /// configured rate); an attempt sent again gets its outcome again.
+    fn simulate_job(&self, job: WireJob, reports: JobReports, downloads: Downloader) {
+        let key = record_key(&job);
+        let report = move |reports: &JobReports, execution_id: &str, state, message| {
             let _ = reports.send(JobUpdate {
                 execution_id: execution_id.to_owned(),
                 state,
-                message: None,
+                message,
             });
         };
         let known = self
             .jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(job.execution_id.clone(), JobUpdateState::Installing);
+            .insert(key.clone(), JobUpdateState::Installing);
         match known {
             Some(JobUpdateState::Installing) => {}
             Some(outcome) => {
                 self.jobs
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(job.execution_id.clone(), outcome);
-                report(&reports, &job.execution_id, outcome);
+                    .insert(key, outcome);
+                report(&reports, &job.execution_id, outcome, None);
             }
             None => {
-                report(&reports, &job.execution_id, JobUpdateState::Installing);
                 let jobs = self.jobs.clone();
+                let behaviour = self.behaviour.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(SIMULATED_JOB_TIME).await;
+                    let mut failure = None;
+                    if let Some(artifact) = &job.artifact {
+                        report(
+                            &reports,
+                            &job.execution_id,
+                            JobUpdateState::Downloading,
+                            None,
+                        );
+                        let destination = behaviour.downloads_dir.join(format!("{key}.artifact"));
+                        match downloads.fetch(artifact, &destination).await {
+                            Ok(path) => {
+                                tokio::fs::remove_file(path).await.ok();
+                            }
+                            Err(error) => failure = Some(format!("cannot download: {error}")),
+                        }
+                    }
+                    if failure.is_none() {
+                        report(
+                            &reports,
+                            &job.execution_id,
+                            JobUpdateState::Installing,
+                            None,
+                        );
+                        tokio::time::sleep(SIMULATED_JOB_TIME).await;
+                        if rand::random_range(0..100u8) < behaviour.failure_percent {
+                            failure = Some("a simulated failure".to_owned());
+                        }
+                    }
+                    let outcome = if failure.is_some() {
+                        JobUpdateState::Failed
+                    } else {
+                        JobUpdateState::Succeeded
+                    };
+                    behaviour.record(&job, outcome);
                     jobs.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(job.execution_id.clone(), JobUpdateState::Succeeded);
-                    report(&reports, &job.execution_id, JobUpdateState::Succeeded);
+                        .insert(key, outcome);
+                    report(&reports, &job.execution_id, outcome, failure);
                 });
             }
         }
@@ -320,6 +415,7 @@ impl Simulator {
             Arc::new(RouterClock::default()),
         )?);
         let counters = Arc::new(Counters::default());
+        let behaviour = Arc::new(JobBehaviour::new(&config).map_err(ChannelError::Io)?);
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         let loopback_server = config
@@ -357,6 +453,7 @@ impl Simulator {
                         started_at: Instant::now(),
                         online: AtomicBool::new(false),
                         jobs: Arc::default(),
+                        behaviour: behaviour.clone(),
                         licensed: AtomicBool::new(false),
                     });
                     let settings = RouterSettings {

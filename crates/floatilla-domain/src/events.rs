@@ -69,6 +69,24 @@ named_enum! {
         JobCreated = "job_created",
         /// An operator cancelled a job: what was not sent yet ends.
         JobCancelled = "job_cancelled",
+        /// An operator uploaded an artifact.
+        ArtifactUploaded = "artifact_uploaded",
+        /// An operator deleted an artifact.
+        ArtifactDeleted = "artifact_deleted",
+        /// An operator started a rollout.
+        RolloutCreated = "rollout_created",
+        /// A rollout's phase succeeded and the next began.
+        RolloutAdvanced = "rollout_advanced",
+        /// A rollout paused: an operator asked, or a phase missed the success threshold.
+        RolloutPaused = "rollout_paused",
+        /// An operator resumed a paused rollout.
+        RolloutResumed = "rollout_resumed",
+        /// Every phase of a rollout finished.
+        RolloutCompleted = "rollout_completed",
+        /// Failures reached a rollout's threshold: nothing more starts.
+        RolloutAborted = "rollout_aborted",
+        /// An operator cancelled a rollout.
+        RolloutCancelled = "rollout_cancelled",
     }
 }
 
@@ -103,7 +121,16 @@ impl EventKind {
             | EventKind::LicenseCodeRedeemed
             | EventKind::TenantResumed
             | EventKind::JobCreated
-            | EventKind::JobCancelled => Severity::Info,
+            | EventKind::JobCancelled
+            | EventKind::ArtifactUploaded
+            | EventKind::ArtifactDeleted
+            | EventKind::RolloutCreated
+            | EventKind::RolloutAdvanced
+            | EventKind::RolloutResumed
+            | EventKind::RolloutCompleted
+            | EventKind::RolloutCancelled => Severity::Info,
+            EventKind::RolloutPaused => Severity::Warning,
+            EventKind::RolloutAborted => Severity::Alarm,
             EventKind::EnrollmentRejected
             | EventKind::EnrollmentRefused
             | EventKind::LicenseShedCapacityDropped

@@ -88,3 +88,8 @@ id_type!(
     /// One event on its way to one webhook, with all its attempts.
     WebhookDeliveryId
 );
+id_type!(
+    /// A file jobs install: a firmware image, a software package, a configuration or
+    /// certificates.
+    ArtifactId
+);

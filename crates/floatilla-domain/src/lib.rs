@@ -17,8 +17,8 @@ pub mod timers;
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use connection::{ConnectionState, DisconnectReason};
 pub use ids::{
-    ApiTokenId, CodeBatchId, CredentialId, DeviceId, EnrollmentTokenId, EventId, ExecutionId,
-    GroupId, JobId, LicenseId, SessionId, TenantId, WebhookDeliveryId, WebhookId,
+    ApiTokenId, ArtifactId, CodeBatchId, CredentialId, DeviceId, EnrollmentTokenId, EventId,
+    ExecutionId, GroupId, JobId, LicenseId, SessionId, TenantId, WebhookDeliveryId, WebhookId,
 };
 pub use tenancy::{Mode, Role};
 pub use timers::{TimerChange, TimerProfile, Timers};

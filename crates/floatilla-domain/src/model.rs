@@ -29,6 +29,8 @@ pub struct Group {
     pub name: String,
     /// The group's heartbeat timing; `None` uses the server's.
     pub timer_profile: Option<TimerProfile>,
+    /// When rollouts may change the group's routers; `None`: at any time.
+    pub maintenance_window: Option<crate::jobs::MaintenanceWindow>,
     pub created_at: Timestamp,
 }
 

@@ -26,6 +26,14 @@ pub const HELLO_TIMEOUT_SECS: u64 = 10;
 pub const CONNECT_PATH: &str = "/device/v1/connect";
 /// The path of enrollment.
 pub const ENROLL_PATH: &str = "/device/v1/enroll";
+/// Where a router downloads the artifact of one of its executions, with `Authorization: Bearer
+/// <credential>` and, to resume, `Range: bytes=N-`.
+pub const ARTIFACT_PATH: &str = "/device/v1/executions/{execution_id}/artifact";
+
+/// [`ARTIFACT_PATH`] for one execution.
+pub fn artifact_path(execution_id: &str) -> String {
+    ARTIFACT_PATH.replace("{execution_id}", execution_id)
+}
 
 /// `POST /device/v1/enroll` request body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +138,22 @@ pub struct WireJob {
     pub timeout_secs: u32,
     /// How long the router may be away applying it.
     pub expected_downtime_secs: u32,
+    /// The file to install, for the kinds that carry one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<WireArtifact>,
+}
+
+/// The file a job installs: download it from `path` on the server, check its size and SHA-256,
+/// then apply it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireArtifact {
+    /// [`ARTIFACT_PATH`] for this execution.
+    pub path: String,
+    pub name: String,
+    pub version: String,
+    pub size: u64,
+    /// Lower-case hex.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -106,6 +106,12 @@ pub async fn job_created(state: &AppState, tenant: TenantId, job: JobId) {
     .await;
 }
 
+/// Sends a rollout's executions that were released (and whose jitter passed) to the routers
+/// connected here.
+pub async fn send_released_here(state: &AppState, tenant: TenantId, job: JobId) {
+    send_job_here(state, tenant, job).await;
+}
+
 /// Hands the job to the sessions here of routers whose execution is queued: marked sent in a
 /// few statements for all of them, then given to each session, which sends it. An execution a
 /// session cannot take (it just ended, or its router lost its seat) goes back to the queue.
@@ -119,7 +125,10 @@ async fn send_job_here(state: &AppState, tenant: TenantId, job: JobId) {
     };
     let mut after = None;
     loop {
-        let queued = match store.queued_executions(job, 1000, after).await {
+        let queued = match store
+            .queued_executions(job, state.clock.now(), 1000, after)
+            .await
+        {
             Ok(queued) => queued,
             Err(error) => {
                 tracing::warn!(%error, %job, "cannot read a new job's queued routers");

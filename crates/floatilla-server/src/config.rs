@@ -57,6 +57,10 @@ pub struct ServerConfig {
     pub trial: Trial,
     /// Where e-mail goes out, if anywhere: notices reach tenants' contact addresses.
     pub smtp: Option<SmtpSettings>,
+    /// The largest artifact an operator may upload.
+    pub max_artifact_bytes: u64,
+    /// The most artifact downloads this node serves at once; more are told to retry later.
+    pub max_downloads: usize,
 }
 
 /// The SMTP relay that sends the server's e-mail.
@@ -101,6 +105,8 @@ impl Default for ServerConfig {
             trusted_license_roots: Vec::new(),
             trial: Trial::default(),
             smtp: None,
+            max_artifact_bytes: 2 * 1024 * 1024 * 1024,
+            max_downloads: 500,
         }
     }
 }

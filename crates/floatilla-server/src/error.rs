@@ -92,6 +92,16 @@ pub enum Error {
         "{} of the routers named are excess or unmanaged and receive no management tasks: renew or add licenses, or unmanage other routers to free seats, then create the job again (or leave these routers out)", routers.len()
     )]
     DeviceNotLicensed { routers: Vec<RouterRef> },
+    #[error("an artifact holds at most {limit} bytes")]
+    ArtifactTooLarge { limit: u64 },
+    /// A download's `Range` asks for bytes the file does not have.
+    #[error("the range asks for bytes this file of {size} bytes does not have")]
+    RangeNotSatisfiable { size: u64 },
+    /// As many downloads as this node serves at once are under way.
+    #[error(
+        "this server is serving as many downloads as it may; try again in {retry_after_secs} seconds"
+    )]
+    TooManyDownloads { retry_after_secs: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -147,6 +157,9 @@ impl Error {
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::DowngradeRequiresAcknowledgement { .. } => "downgrade_requires_acknowledgement",
             Error::DeviceNotLicensed { .. } => "device_not_licensed",
+            Error::ArtifactTooLarge { .. } => "artifact_too_large",
+            Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            Error::TooManyDownloads { .. } => "too_many_downloads",
         }
     }
 
@@ -181,6 +194,9 @@ impl Error {
             Error::CallTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::ArtifactTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Error::TooManyDownloads { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Store(_) | Error::Pool(PoolFailure::Store(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -217,7 +233,17 @@ impl IntoResponse for Error {
             });
             return (self.status(), Json(answer)).into_response();
         }
-        if let Error::RateLimited { retry_after_secs } = &self {
+        if let Error::RangeNotSatisfiable { size } = &self {
+            return (
+                self.status(),
+                [(http::header::CONTENT_RANGE, format!("bytes */{size}"))],
+                Json(self.body()),
+            )
+                .into_response();
+        }
+        if let Error::RateLimited { retry_after_secs }
+        | Error::TooManyDownloads { retry_after_secs } = &self
+        {
             let body = self.body();
             let answer = serde_json::json!({
                 "code": body.code,

@@ -13,6 +13,7 @@ pub mod licensing;
 pub mod mail;
 pub mod metrics;
 pub mod proxy_protocol;
+pub mod rollouts;
 pub mod server;
 pub mod state;
 pub mod tenancy;

@@ -264,6 +264,7 @@ pub async fn start(
         tracing::warn!(closed = closed.len(), node = %config.node_id, "closed sessions left open by an earlier run");
     }
     crate::licensing::sessions_closed(&licensing, &closed, clock.now()).await;
+    let downloads = Arc::new(tokio::sync::Semaphore::new(config.max_downloads));
     let state = AppState {
         store: store.clone(),
         clock: clock.clone(),
@@ -275,6 +276,7 @@ pub async fn start(
         sessions,
         last_seen: Arc::new(LastSeen::default()),
         job_reports: Arc::default(),
+        downloads,
         admission,
         forwarded_calls: Arc::default(),
         shutdown: CancellationToken::new(),
@@ -326,6 +328,7 @@ pub async fn start(
     background.spawn(licensing.run_timers(http_shutdown.clone()));
     background.spawn(crate::webhooks::run(state.clone()));
     background.spawn(crate::jobs::end_overdue(state.clone()));
+    background.spawn(crate::rollouts::run(state.clone()));
 
     Ok(RunningServer {
         local_addr,

@@ -33,6 +33,8 @@ pub struct AppState {
     pub last_seen: Arc<LastSeen>,
     /// Routers' reports about their jobs, waiting to be written in one batch.
     pub job_reports: Arc<JobReports>,
+    /// One permit per artifact download this node may serve at once.
+    pub downloads: Arc<tokio::sync::Semaphore>,
     /// The cap on open router channels and the rate of new ones.
     pub admission: Arc<Admission>,
     /// Calls waiting for an answer from the node that holds the router's session.

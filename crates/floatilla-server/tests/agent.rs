@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use floatilla_agent::agent::AgentHost;
+use floatilla_agent::download::Downloader;
 use floatilla_agent::jobs::JobReports;
 use floatilla_agent::router::{Connections, first_contact_trust};
 use floatilla_agent::simulate::{Simulator, SimulatorConfig};
@@ -52,8 +53,8 @@ impl RouterHost for Recorded {
     fn event(&self, event: RouterEvent) {
         self.events.lock().unwrap().push(event);
     }
-    fn run_job(&self, job: WireJob, reports: JobReports) {
-        self.host.run_job(job, reports);
+    fn run_job(&self, job: WireJob, reports: JobReports, downloads: Downloader) {
+        self.host.run_job(job, reports, downloads);
     }
 }
 
@@ -272,6 +273,8 @@ async fn a_simulated_fleet_connects_in_serial_order_and_comes_back_after_a_resta
         rate: 400,
         serial_prefix: "P".into(),
         state_dir: Some(state.path().to_owned()),
+        job_failure_percent: 0,
+        jobs_log: None,
     };
 
     let simulator = Simulator::start(simulate()).unwrap();
@@ -426,6 +429,8 @@ async fn a_simulated_fleet_runs_a_job(db: TestDb) {
         rate: 300,
         serial_prefix: "SJ".into(),
         state_dir: None,
+        job_failure_percent: 0,
+        jobs_log: None,
     })
     .unwrap();
     all_in_state(&server, "online", 30).await;

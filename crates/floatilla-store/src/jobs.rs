@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use floatilla_domain::jobs::{ExecutionState, JobKind};
-use floatilla_domain::{DeviceId, ExecutionId, JobId, TenantId, Timestamp};
+use floatilla_domain::{ArtifactId, DeviceId, ExecutionId, JobId, TenantId, Timestamp};
 use sqlx::FromRow;
 
 use crate::rows::{opt_timestamp, parse, timestamp};
@@ -30,6 +30,18 @@ pub struct Job {
     pub created_by: String,
     pub created_at: Timestamp,
     pub cancelled_at: Option<Timestamp>,
+    /// The file it installs, for the kinds that carry one.
+    pub artifact: Option<JobArtifact>,
+}
+
+/// What a job and its routers know of the artifact it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobArtifact {
+    pub id: ArtifactId,
+    pub name: String,
+    pub version: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 /// One router's execution of a job.
@@ -48,6 +60,13 @@ pub struct Execution {
     pub sent_at: Option<Timestamp>,
     pub updated_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    /// From when it may be sent: at creation for a plain job; `None` until its rollout lets
+    /// it start.
+    pub release_at: Option<Timestamp>,
+    /// Its place in its rollout's order of routers (0 for a plain job).
+    pub position: u32,
+    /// Its rollout phase (0 for a plain job).
+    pub phase: u32,
 }
 
 /// What a router reported of one of its executions: move it to `to` if it is in one of `from`.
@@ -101,7 +120,7 @@ pub trait Jobs {
     /// they now are.
     async fn end_overdue_executions(&self, now: Timestamp) -> Result<Vec<Execution>>;
     /// What the router is to be sent now, oldest first, with their jobs: its queued executions
-    /// (moved to `sent` as of `now` in the same transaction) and those it already has (sent,
+    /// that may be sent at `now` (moved to `sent` as of `now` in the same transaction) and those it already has (sent,
     /// downloading, installing: sent again after a reconnect, the router recognises them).
     async fn take_executions_to_send(
         &self,
@@ -121,14 +140,16 @@ pub trait Jobs {
         licensed: bool,
         now: Timestamp,
     ) -> Result<u64>;
-    /// Marks those of `executions` that are queued sent as of `now`; answers those it marked.
+    /// Marks those of `executions` that are queued and may be sent at `now` sent as of `now`;
+    /// answers those it marked.
     async fn mark_sent(&self, executions: &[ExecutionId], now: Timestamp)
     -> Result<Vec<Execution>>;
-    /// The job's queued executions and their routers, after `after` in execution order, at most
-    /// `limit`.
+    /// The job's queued executions that may be sent at `now` and their routers, after `after`
+    /// in execution order, at most `limit`.
     async fn queued_executions(
         &self,
         job: JobId,
+        now: Timestamp,
         limit: u32,
         after: Option<ExecutionId>,
     ) -> Result<Vec<(ExecutionId, DeviceId)>>;
@@ -167,6 +188,11 @@ pub(crate) struct JobRow {
     created_by: String,
     created_at: i64,
     cancelled_at: Option<i64>,
+    artifact_id: Option<String>,
+    artifact_name: Option<String>,
+    artifact_version: Option<String>,
+    artifact_size: Option<i64>,
+    artifact_sha256: Option<String>,
 }
 
 fn seconds(column: &str, value: i64) -> Result<u32> {
@@ -191,6 +217,27 @@ impl TryFrom<JobRow> for Job {
             created_by: row.created_by,
             created_at: timestamp("jobs.created_at", row.created_at)?,
             cancelled_at: opt_timestamp("jobs.cancelled_at", row.cancelled_at)?,
+            artifact: match (
+                row.artifact_id,
+                row.artifact_name,
+                row.artifact_version,
+                row.artifact_size,
+                row.artifact_sha256,
+            ) {
+                (Some(id), Some(name), Some(version), Some(size), Some(sha256)) => {
+                    Some(JobArtifact {
+                        id: parse("jobs.artifact_id", &id)?,
+                        name,
+                        version,
+                        size: u64::try_from(size).map_err(|_| {
+                            StoreError::Corrupt(format!("jobs.artifact_size {size}"))
+                        })?,
+                        sha256,
+                    })
+                }
+                (None, None, None, None, None) => None,
+                _ => return Err(StoreError::Corrupt("jobs.artifact_* partly set".into())),
+            },
         })
     }
 }
@@ -208,6 +255,9 @@ pub(crate) struct ExecutionRow {
     sent_at: Option<i64>,
     updated_at: i64,
     finished_at: Option<i64>,
+    release_at: Option<i64>,
+    position: i64,
+    phase: i64,
 }
 
 impl TryFrom<ExecutionRow> for Execution {
@@ -225,12 +275,100 @@ impl TryFrom<ExecutionRow> for Execution {
             sent_at: opt_timestamp("job_executions.sent_at", row.sent_at)?,
             updated_at: timestamp("job_executions.updated_at", row.updated_at)?,
             finished_at: opt_timestamp("job_executions.finished_at", row.finished_at)?,
+            release_at: opt_timestamp("job_executions.release_at", row.release_at)?,
+            position: seconds("job_executions.position", row.position)?,
+            phase: seconds("job_executions.phase", row.phase)?,
         })
     }
 }
 
-/// Executions per INSERT statement: 11 parameters each, well inside both backends' limits.
+/// Executions per INSERT statement: 14 parameters each, well inside both backends' limits.
 pub(crate) const EXECUTION_ROWS_PER_INSERT: usize = 200;
+/// The columns of an execution, in the order [`insert_executions`] binds them.
+pub(crate) const EXECUTION_COLUMNS: usize = 14;
+
+/// Inserts executions, [`EXECUTION_ROWS_PER_INSERT`] a statement, in the transaction `$tx`.
+macro_rules! insert_executions {
+    ($tx:expr, $executions:expr) => {{
+        let columns = $crate::jobs::EXECUTION_COLUMNS;
+        for chunk in $executions.chunks($crate::jobs::EXECUTION_ROWS_PER_INSERT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|row| {
+                    format!(
+                        "({})",
+                        $crate::tags::placeholders(row * columns + 1, columns)
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO job_executions (id, job_id, tenant_id, device_id, state, reason, \
+                 attempt, created_at, sent_at, updated_at, finished_at, release_at, position, \
+                 phase) VALUES {}",
+                rows.join(", ")
+            );
+            let mut query = ::sqlx::query(::sqlx::AssertSqlSafe(sql));
+            for execution in chunk {
+                query = query
+                    .bind(execution.id.to_string())
+                    .bind(execution.job_id.to_string())
+                    .bind(execution.tenant_id.to_string())
+                    .bind(execution.device_id.to_string())
+                    .bind(execution.state.as_str())
+                    .bind(execution.reason.clone())
+                    .bind(i64::from(execution.attempt))
+                    .bind($crate::rows::millis(execution.created_at))
+                    .bind($crate::rows::opt_millis(execution.sent_at))
+                    .bind($crate::rows::millis(execution.updated_at))
+                    .bind($crate::rows::opt_millis(execution.finished_at))
+                    .bind($crate::rows::opt_millis(execution.release_at))
+                    .bind(i64::from(execution.position))
+                    .bind(i64::from(execution.phase));
+            }
+            query.execute(&mut *$tx).await.map_err(|e| {
+                $crate::shared::write_error(e, || "a router is in the job twice".to_owned(), "job")
+            })?;
+        }
+    }};
+}
+pub(crate) use insert_executions;
+
+/// Inserts a job row in the transaction `$tx`.
+macro_rules! insert_job {
+    ($tx:expr, $job:expr) => {{
+        let job: &$crate::Job = $job;
+        ::sqlx::query(
+            "INSERT INTO jobs (id, tenant_id, kind, params, expires_at, timeout_secs, \
+             expected_downtime_secs, created_by, created_at, cancelled_at, artifact_id, \
+             artifact_name, artifact_version, artifact_size, artifact_sha256) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(job.id.to_string())
+        .bind(job.tenant_id.to_string())
+        .bind(job.kind.as_str())
+        .bind(job.params.to_string())
+        .bind($crate::rows::opt_millis(job.expires_at))
+        .bind(i64::from(job.timeout_secs))
+        .bind(i64::from(job.expected_downtime_secs))
+        .bind(&job.created_by)
+        .bind($crate::rows::millis(job.created_at))
+        .bind($crate::rows::opt_millis(job.cancelled_at))
+        .bind(job.artifact.as_ref().map(|a| a.id.to_string()))
+        .bind(job.artifact.as_ref().map(|a| a.name.clone()))
+        .bind(job.artifact.as_ref().map(|a| a.version.clone()))
+        .bind(
+            job.artifact
+                .as_ref()
+                .map(|a| i64::try_from(a.size).unwrap_or(i64::MAX)),
+        )
+        .bind(job.artifact.as_ref().map(|a| a.sha256.clone()))
+        .execute(&mut *$tx)
+        .await
+        .map_err(|e| {
+            $crate::shared::write_error(e, || format!("job {} exists", job.id), "tenant")
+        })?;
+    }};
+}
+pub(crate) use insert_job;
 
 /// The states an execution waits in before it is sent, as an SQL list.
 pub(crate) const PENDING_STATES: &str = "('queued', 'waiting_for_license', 'waiting_for_window')";
@@ -248,61 +386,8 @@ macro_rules! impl_jobs {
                 executions: &[$crate::Execution],
             ) -> $crate::Result<()> {
                 let mut tx = self.begin_write().await?;
-                ::sqlx::query(
-                    "INSERT INTO jobs (id, tenant_id, kind, params, expires_at, timeout_secs, \
-                     expected_downtime_secs, created_by, created_at, cancelled_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(job.id.to_string())
-                .bind(job.tenant_id.to_string())
-                .bind(job.kind.as_str())
-                .bind(job.params.to_string())
-                .bind($crate::rows::opt_millis(job.expires_at))
-                .bind(i64::from(job.timeout_secs))
-                .bind(i64::from(job.expected_downtime_secs))
-                .bind(&job.created_by)
-                .bind($crate::rows::millis(job.created_at))
-                .bind($crate::rows::opt_millis(job.cancelled_at))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    $crate::shared::write_error(e, || format!("job {} exists", job.id), "tenant")
-                })?;
-                for chunk in executions.chunks($crate::jobs::EXECUTION_ROWS_PER_INSERT) {
-                    let rows: Vec<String> = (0..chunk.len())
-                        .map(|row| {
-                            let first = row * 11 + 1;
-                            format!("({})", $crate::tags::placeholders(first, 11))
-                        })
-                        .collect();
-                    let sql = format!(
-                        "INSERT INTO job_executions (id, job_id, tenant_id, device_id, state, \
-                         reason, attempt, created_at, sent_at, updated_at, finished_at) VALUES {}",
-                        rows.join(", ")
-                    );
-                    let mut query = ::sqlx::query(::sqlx::AssertSqlSafe(sql));
-                    for execution in chunk {
-                        query = query
-                            .bind(execution.id.to_string())
-                            .bind(execution.job_id.to_string())
-                            .bind(execution.tenant_id.to_string())
-                            .bind(execution.device_id.to_string())
-                            .bind(execution.state.as_str())
-                            .bind(execution.reason.clone())
-                            .bind(i64::from(execution.attempt))
-                            .bind($crate::rows::millis(execution.created_at))
-                            .bind($crate::rows::opt_millis(execution.sent_at))
-                            .bind($crate::rows::millis(execution.updated_at))
-                            .bind($crate::rows::opt_millis(execution.finished_at));
-                    }
-                    query.execute(&mut *tx).await.map_err(|e| {
-                        $crate::shared::write_error(
-                            e,
-                            || "a router is in the job twice".to_owned(),
-                            "job",
-                        )
-                    })?;
-                }
+                $crate::jobs::insert_job!(tx, job);
+                $crate::jobs::insert_executions!(tx, executions);
                 tx.commit().await?;
                 Ok(())
             }
@@ -495,7 +580,8 @@ macro_rules! impl_jobs {
                 let mut tx = self.begin_write().await?;
                 ::sqlx::query(
                     "UPDATE job_executions SET state = 'sent', sent_at = $3, updated_at = $3 \
-                     WHERE tenant_id = $1 AND device_id = $2 AND state = 'queued'",
+                     WHERE tenant_id = $1 AND device_id = $2 AND state = 'queued' \
+                     AND release_at IS NOT NULL AND release_at <= $3",
                 )
                 .bind(tenant.to_string())
                 .bind(device.to_string())
@@ -586,7 +672,8 @@ macro_rules! impl_jobs {
                 for chunk in executions.chunks($crate::tags::TAG_CHUNK) {
                     let sql = format!(
                         "UPDATE job_executions SET state = 'sent', sent_at = $1, updated_at = $1 \
-                         WHERE id IN ({}) AND state = 'queued' RETURNING *",
+                         WHERE id IN ({}) AND state = 'queued' AND release_at IS NOT NULL \
+                         AND release_at <= $1 RETURNING *",
                         $crate::tags::placeholders(2, chunk.len())
                     );
                     let mut query =
@@ -603,6 +690,7 @@ macro_rules! impl_jobs {
             async fn queued_executions(
                 &self,
                 job: ::floatilla_domain::JobId,
+                now: ::floatilla_domain::Timestamp,
                 limit: u32,
                 after: Option<::floatilla_domain::ExecutionId>,
             ) -> $crate::Result<
@@ -610,11 +698,13 @@ macro_rules! impl_jobs {
             > {
                 let rows: Vec<(String, String)> = ::sqlx::query_as(
                     "SELECT id, device_id FROM job_executions WHERE job_id = $1 \
-                     AND state = 'queued' AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3",
+                     AND state = 'queued' AND release_at IS NOT NULL AND release_at <= $4 \
+                     AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3",
                 )
                 .bind(job.to_string())
                 .bind(after.map(|id| id.to_string()))
                 .bind(i64::from(limit))
+                .bind($crate::rows::millis(now))
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter()

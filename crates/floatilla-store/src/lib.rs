@@ -2,6 +2,7 @@
 //! single-node sites and a PostgreSQL implementation for several nodes sharing one database.
 //! Each backend has its own migrations, applied when the store is opened.
 
+mod artifacts;
 mod cluster;
 mod enrollment;
 mod error;
@@ -10,6 +11,7 @@ mod jobs;
 mod licensing;
 mod postgres;
 mod provider;
+mod rollouts;
 mod rows;
 mod shared;
 mod sqlite;
@@ -18,17 +20,19 @@ mod tags;
 pub mod testing;
 mod webhooks;
 
+pub use artifacts::{ARTIFACT_CHUNK_BYTES, Artifact, Artifacts};
 pub use cluster::{CallOutcome, Cluster, ClusterMessage, Received, Subscription};
 pub use enrollment::{EnrollmentControl, Preregistered, Preregistration};
 pub use error::StoreError;
 pub use events::EventLog;
-pub use jobs::{Execution, ExecutionReport, Job, Jobs, StateCounts};
+pub use jobs::{Execution, ExecutionReport, Job, JobArtifact, Jobs, StateCounts};
 pub use licensing::{
     License, LicensePools, PoolHead, PoolHistory, PoolPosition, PoolRead, PoolStep, PoolWrite,
     RouterWrite, SignedDetails,
 };
 pub use postgres::PgStore;
 pub use provider::{CodeFilter, CodeRedemption, IssuedCode, Provider, Redemption, TenantUpdate};
+pub use rollouts::{PhaseCount, Rollout, RolloutChange, Rollouts};
 pub use sqlite::SqliteStore;
 pub use tags::Tags;
 pub use webhooks::{
@@ -116,6 +120,8 @@ pub struct GroupPatch {
     pub name: Option<String>,
     /// `Some(None)` removes the group's timer profile.
     pub timer_profile: Option<Option<TimerProfile>>,
+    /// `Some(None)` removes the group's maintenance window.
+    pub maintenance_window: Option<Option<floatilla_domain::jobs::MaintenanceWindow>>,
 }
 
 /// A change an operator makes to a router. `None` leaves a field as it is.
@@ -137,6 +143,8 @@ pub trait Store:
     + Provider
     + Tags
     + Jobs
+    + Artifacts
+    + Rollouts
     + Send
     + Sync
     + 'static

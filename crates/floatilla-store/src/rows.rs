@@ -96,6 +96,7 @@ pub(crate) struct GroupRow {
     ping_interval_secs: Option<i64>,
     pong_timeout_secs: Option<i64>,
     created_at: i64,
+    maintenance_window: Option<String>,
 }
 
 /// A timer profile from its two columns, which are set together or not at all.
@@ -124,6 +125,10 @@ impl TryFrom<GroupRow> for Group {
             tenant_id: parse("groups.tenant_id", &row.tenant_id)?,
             name: row.name,
             timer_profile: timer_profile("groups", row.ping_interval_secs, row.pong_timeout_secs)?,
+            maintenance_window: row
+                .maintenance_window
+                .map(|w| parse("groups.maintenance_window", &w))
+                .transpose()?,
             created_at: timestamp("groups.created_at", row.created_at)?,
         })
     }

@@ -305,7 +305,8 @@ macro_rules! impl_store {
             ) -> $crate::Result<()> {
                 ::sqlx::query(
                     "INSERT INTO groups (id, tenant_id, name, ping_interval_secs, \
-                     pong_timeout_secs, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                     pong_timeout_secs, created_at, maintenance_window) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(group.id.to_string())
                 .bind(group.tenant_id.to_string())
@@ -313,6 +314,7 @@ macro_rules! impl_store {
                 .bind(group.timer_profile.map(|p| i64::from(p.ping_interval_secs)))
                 .bind(group.timer_profile.map(|p| i64::from(p.pong_timeout_secs)))
                 .bind($crate::rows::millis(group.created_at))
+                .bind(group.maintenance_window.map(|w| w.to_string()))
                 .execute(&self.pool)
                 .await
                 .map_err(|e| {
@@ -402,6 +404,16 @@ macro_rules! impl_store {
                     .bind(id.to_string())
                     .bind(profile.map(|p| i64::from(p.ping_interval_secs)))
                     .bind(profile.map(|p| i64::from(p.pong_timeout_secs)))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some(window) = patch.maintenance_window {
+                    ::sqlx::query(
+                        "UPDATE groups SET maintenance_window = $3 WHERE tenant_id = $1 AND id = $2",
+                    )
+                    .bind(tenant.to_string())
+                    .bind(id.to_string())
+                    .bind(window.map(|w| w.to_string()))
                     .execute(&mut *tx)
                     .await?;
                 }

@@ -10,12 +10,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Sqlite, Transaction};
 
+use crate::artifacts::impl_artifacts;
 use crate::cluster::{ClusterMessage, Subscription, impl_cluster};
 use crate::enrollment::impl_enrollment_control;
 use crate::events::impl_event_log;
 use crate::jobs::impl_jobs;
 use crate::licensing::impl_license_pools;
 use crate::provider::impl_provider;
+use crate::rollouts::impl_rollouts;
 use crate::shared::{check_schema_version, impl_store};
 use crate::tags::impl_tags;
 use crate::webhooks::impl_webhooks;
@@ -180,3 +182,5 @@ impl_webhooks!(SqliteStore);
 impl_provider!(SqliteStore);
 impl_tags!(SqliteStore);
 impl_jobs!(SqliteStore);
+impl_artifacts!(SqliteStore);
+impl_rollouts!(SqliteStore);

@@ -124,6 +124,7 @@ async fn new_group(store: &dyn Store, tenant: TenantId, name: &str) -> Group {
         tenant_id: tenant,
         name: name.into(),
         timer_profile: None,
+        maintenance_window: None,
         created_at: at(0),
     };
     store.create_group(&group).await.unwrap();
@@ -354,6 +355,7 @@ async fn group_names_are_unique_per_tenant(store: Arc<dyn Store>) {
         tenant_id: TenantId::new(),
         name: "orphan".into(),
         timer_profile: None,
+        maintenance_window: None,
         created_at: at(0),
     };
     let no_tenant = store.create_group(&orphan).await.unwrap_err();
@@ -2474,6 +2476,7 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
         created_by: "ci".into(),
         created_at: at(0),
         cancelled_at: None,
+        artifact: None,
     };
     let execution = |device: DeviceId, state| Execution {
         id: ExecutionId::new(),
@@ -2487,6 +2490,9 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
         sent_at: None,
         updated_at: at(0),
         finished_at: None,
+        release_at: Some(at(0)),
+        position: 0,
+        phase: 0,
     };
     let first = execution(online.id, S::Queued);
     let second = execution(shed.id, S::WaitingForLicense);
@@ -2513,7 +2519,10 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
     // A dispatcher marks the queued ones of the routers it holds sent in one go; one it could
     // not hand over goes back to the queue.
     assert_eq!(
-        store.queued_executions(job.id, 10, None).await.unwrap(),
+        store
+            .queued_executions(job.id, at(500), 10, None)
+            .await
+            .unwrap(),
         vec![(first.id, online.id)]
     );
     let marked = store

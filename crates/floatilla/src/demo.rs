@@ -79,6 +79,8 @@ impl DemoCommand {
             rate: 100,
             serial_prefix: "DEMO-".into(),
             state_dir: Some(self.data_dir.join("simulator")),
+            job_failure_percent: 0,
+            jobs_log: None,
         })?;
         println!("listening on {url}");
         println!();

@@ -30,6 +30,13 @@ pub struct SimulateCommand {
     /// Keep credentials here, so another run reuses the same routers.
     #[arg(long, env = "FLOATILLA_SIMULATE_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// The share of job executions (0 to 100) that fail at random.
+    #[arg(long, env = "FLOATILLA_SIMULATE_JOB_FAILURE_PERCENT", default_value_t = 0,
+        value_parser = clap::value_parser!(u8).range(0..=100))]
+    job_failure_percent: u8,
+    /// Append `EXECUTION_ID ATTEMPT OUTCOME` here for every job execution a router applied.
+    #[arg(long, env = "FLOATILLA_SIMULATE_JOBS_LOG")]
+    jobs_log: Option<PathBuf>,
 }
 
 impl SimulateCommand {
@@ -42,6 +49,8 @@ impl SimulateCommand {
             rate: self.rate,
             serial_prefix: self.serial_prefix,
             state_dir: self.state_dir,
+            job_failure_percent: self.job_failure_percent,
+            jobs_log: self.jobs_log,
         })?;
         let counters = simulator.counters.clone();
         let devices = simulator.devices();

@@ -17,6 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::ExecutionState;
+
 /// Finished executions needed before the failure share can abort a rollout: the first failure
 /// of a rollout is not 100 % of anything worth stopping for.
 pub const MIN_FINISHED_FOR_ABORT: u32 = 10;
@@ -101,11 +103,28 @@ pub struct PhaseTally {
 }
 
 impl PhaseTally {
+    /// Counts `count` executions in `state`; `released`: the rollout already let them start
+    /// (they count against the concurrency until they end, even before they are sent).
+    pub fn add(&mut self, state: ExecutionState, released: bool, count: u32) {
+        use ExecutionState as S;
+        let bucket = match state {
+            S::Queued | S::WaitingForWindow if released => &mut self.in_flight,
+            S::Queued | S::WaitingForWindow => &mut self.ready,
+            S::WaitingForLicense => &mut self.waiting_for_license,
+            S::Sent | S::Downloading | S::Installing => &mut self.in_flight,
+            S::Succeeded => &mut self.succeeded,
+            S::Failed | S::TimedOut => &mut self.failed,
+            S::Cancelled | S::Expired => &mut self.dropped,
+        };
+        *bucket += count;
+    }
+
     fn finished(&self) -> u32 {
         self.succeeded + self.failed
     }
 
-    fn is_done(&self) -> bool {
+    /// Nothing of it waits to start or runs.
+    pub fn is_done(&self) -> bool {
         self.ready == 0 && self.in_flight == 0
     }
 }
@@ -423,6 +442,32 @@ mod tests {
         assert_eq!(
             open.start, 2,
             "a router that joined the group is rolled out to"
+        );
+    }
+
+    #[test]
+    fn executions_count_where_the_rollout_needs_them() {
+        use ExecutionState as S;
+        let mut tally = PhaseTally::default();
+        tally.add(S::Queued, false, 5);
+        tally.add(S::WaitingForWindow, false, 1);
+        tally.add(S::Queued, true, 2);
+        tally.add(S::Sent, true, 3);
+        tally.add(S::WaitingForLicense, true, 4);
+        tally.add(S::TimedOut, true, 1);
+        tally.add(S::Failed, true, 1);
+        tally.add(S::Expired, false, 2);
+        tally.add(S::Succeeded, true, 7);
+        assert_eq!(
+            tally,
+            PhaseTally {
+                ready: 6,
+                waiting_for_license: 4,
+                in_flight: 5,
+                succeeded: 7,
+                failed: 2,
+                dropped: 2,
+            }
         );
     }
 

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use floatilla_domain::jobs::MaintenanceWindow;
 use floatilla_domain::model::Group;
 use floatilla_domain::{GroupId, Role, TenantId, TimerChange, TimerProfile};
 use floatilla_store::GroupPatch;
@@ -31,6 +32,13 @@ fn checked_profile(profile: TimerProfileView) -> Result<TimerProfile> {
     Ok(profile)
 }
 
+/// A maintenance window as written, if it is one.
+fn checked_window(window: &str) -> Result<MaintenanceWindow> {
+    window
+        .parse::<MaintenanceWindow>()
+        .map_err(|e| Error::invalid(e.code(), e.to_string()))
+}
+
 fn parse_group_id(id: &str) -> Result<GroupId> {
     id.parse().map_err(|_| Error::NotFound("group"))
 }
@@ -56,6 +64,11 @@ pub async fn create(
         tenant_id: tenant,
         name: checked_name("group", &request.name, 100)?,
         timer_profile: request.timer_profile.map(checked_profile).transpose()?,
+        maintenance_window: request
+            .maintenance_window
+            .as_deref()
+            .map(checked_window)
+            .transpose()?,
         created_at: state.clock.now(),
     };
     state.store.create_group(&group).await?;
@@ -82,6 +95,10 @@ pub async fn update(
         timer_profile: request
             .timer_profile
             .map(|profile| profile.map(checked_profile).transpose())
+            .transpose()?,
+        maintenance_window: request
+            .maintenance_window
+            .map(|window| window.as_deref().map(checked_window).transpose())
             .transpose()?,
     };
     let group = state.store.update_group(tenant, id, &patch).await?;

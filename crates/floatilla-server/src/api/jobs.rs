@@ -11,11 +11,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use floatilla_domain::events::{Event, EventKind};
-use floatilla_domain::jobs::{ExecutionState, JobKind, pending_state};
+use floatilla_domain::jobs::{ArtifactKind, ExecutionState, JobKind, pending_state};
 use floatilla_domain::licensing::LicenseState;
 use floatilla_domain::model::Device;
-use floatilla_domain::{ExecutionId, JobId, Role};
-use floatilla_store::{Execution, Job, StateCounts};
+use floatilla_domain::{
+    ArtifactId, DeviceId, ExecutionId, GroupId, JobId, Role, TenantId, Timestamp,
+};
+use floatilla_store::{Execution, Job, JobArtifact, StateCounts};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -70,6 +72,10 @@ pub struct CreateJobRequest {
     /// How long the router may be away applying it (default 300 for `reboot` and
     /// `firmware_update`, else 0; at most 3600): its session and seat wait that long.
     pub expected_downtime_secs: Option<u32>,
+    /// The artifact to install: required for `firmware_update` (a `firmware` artifact),
+    /// `software_install` (`software`), `config_update` (`config`) and `certificate_update`
+    /// (`certificates`); refused for the others.
+    pub artifact_id: Option<String>,
 }
 
 /// A job with its executions counted by state.
@@ -85,14 +91,24 @@ pub struct JobView {
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// The artifact it installs.
+    pub artifact: Option<JobArtifactView>,
     /// Executions by state (`queued`, `waiting_for_license`, `sent`, …, `succeeded`); states
     /// with none are left out.
     #[schema(value_type = Object)]
     pub executions: HashMap<String, u64>,
+    /// In the answer to creating it: routers of the group or tag left out because the
+    /// artifact is not for their model.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub left_out: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl JobView {
-    fn new(job: &Job, counts: Option<&StateCounts>) -> Self {
+    pub(crate) fn new(job: &Job, counts: Option<&StateCounts>) -> Self {
         Self {
             id: job.id.to_string(),
             kind: job.kind.as_str().to_owned(),
@@ -103,6 +119,13 @@ impl JobView {
             created_by: job.created_by.clone(),
             created_at: job.created_at,
             cancelled_at: job.cancelled_at,
+            artifact: job.artifact.as_ref().map(|a| JobArtifactView {
+                id: a.id.to_string(),
+                name: a.name.clone(),
+                version: a.version.clone(),
+                size: a.size,
+                sha256: a.sha256.clone(),
+            }),
             executions: counts
                 .map(|counts| {
                     counts
@@ -111,8 +134,19 @@ impl JobView {
                         .collect()
                 })
                 .unwrap_or_default(),
+            left_out: 0,
         }
     }
+}
+
+/// The artifact a job installs.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobArtifactView {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 /// One router's execution of a job.
@@ -154,32 +188,60 @@ fn job_id(text: &str) -> Result<JobId> {
     text.parse().map_err(|_| Error::NotFound("job"))
 }
 
-/// Creates a job for the target's routers: each gets an execution, `queued` if it holds a seat,
-/// `waiting_for_license` if not.
-#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = CreateJobRequest,
-    responses((status = 201, body = JobView),
-        (status = 400, body = ErrorView, description = "invalid_kind, artifact_required, invalid_field, invalid_params, invalid_target, empty_target"),
-        (status = 404, body = ErrorView, description = "a router, group or tag of the target does not exist"),
-        (status = 409, body = ErrorView, description = "device_not_licensed: the routers named that are excess or unmanaged")))]
-pub async fn create(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiJson(request): ApiJson<CreateJobRequest>,
-) -> Result<(StatusCode, Json<JobView>)> {
-    let tenant = caller.require(Role::Operator)?;
+/// A job as requested, checked, with the routers it is for.
+pub(crate) struct PreparedJob {
+    pub job: Job,
+    pub devices: Vec<Device>,
+    /// Routers of the group or tag left out because the artifact is not for their model.
+    pub left_out: usize,
+    /// The group or tag target, for a rollout that takes in routers joining later.
+    pub group: Option<GroupId>,
+    pub tag: Option<String>,
+}
+
+/// Checks a job request and finds its routers; nothing is stored.
+pub(crate) async fn prepare(
+    state: &AppState,
+    caller: &Caller,
+    tenant: TenantId,
+    request: CreateJobRequest,
+) -> Result<PreparedJob> {
     let kind: JobKind = request
         .kind
         .parse()
         .map_err(|e: String| Error::invalid("invalid_kind", e))?;
-    if kind.needs_artifact() {
-        return Err(Error::invalid(
-            "artifact_required",
-            format!(
-                "a {kind} job carries an artifact, and this server stores no artifacts yet: \
-                 reboot and software_remove jobs work now"
-            ),
-        ));
-    }
+    let artifact = match (ArtifactKind::for_job(kind), request.artifact_id) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                "artifact_not_expected",
+                format!("a {kind} job carries no artifact"),
+            ));
+        }
+        (Some(needed), None) => {
+            return Err(Error::invalid(
+                "artifact_required",
+                format!("a {kind} job installs a {needed} artifact: give its artifact_id"),
+            ));
+        }
+        (Some(needed), Some(id)) => {
+            let artifact = match id.parse::<ArtifactId>() {
+                Ok(id) => state.store.artifact(tenant, id).await?,
+                Err(_) => None,
+            }
+            .ok_or(Error::NotFound("artifact"))?;
+            if artifact.kind != needed {
+                return Err(Error::invalid(
+                    "artifact_kind_mismatch",
+                    format!(
+                        "a {kind} job installs a {needed} artifact, and this one holds {}",
+                        artifact.kind
+                    ),
+                ));
+            }
+            Some(artifact)
+        }
+    };
     let params = match request.params {
         serde_json::Value::Null => serde_json::json!({}),
         object @ serde_json::Value::Object(_) => object,
@@ -216,16 +278,41 @@ pub async fn create(
         ));
     }
     let explicit = request.target.ids.is_some();
+    let group = match &request.target.group {
+        Some(name) if !explicit && request.target.tag.is_none() => {
+            Some(super::groups::group_id_by_name(state, tenant, name).await?)
+        }
+        _ => None,
+    };
+    let tag = request.target.tag.clone().filter(|_| !explicit);
     let selection = Selection {
         ids: request.target.ids,
         group: request.target.group,
         tag: request.target.tag,
     };
-    let devices = selection.routers(&state, tenant).await?;
+    let mut devices = selection.routers(state, tenant).await?;
+    let mut left_out = 0;
+    if let Some(artifact) = &artifact {
+        let (fit, unfit): (Vec<Device>, Vec<Device>) =
+            devices.into_iter().partition(|d| artifact.fits(&d.model));
+        if explicit && !unfit.is_empty() {
+            let names: Vec<String> = unfit.iter().map(|d| d.serial.clone()).collect();
+            return Err(Error::invalid(
+                "model_mismatch",
+                format!(
+                    "the artifact is for {}; these routers are other models: {}",
+                    artifact.models.join(", "),
+                    names.join(", ")
+                ),
+            ));
+        }
+        left_out = unfit.len();
+        devices = fit;
+    }
     if devices.is_empty() {
         return Err(Error::invalid(
             "empty_target",
-            "the target holds no routers",
+            "the target holds no routers (that the artifact is for)",
         ));
     }
     if explicit {
@@ -242,38 +329,91 @@ pub async fn create(
         created_by: caller.token.name.clone(),
         created_at: now,
         cancelled_at: None,
+        artifact: artifact.map(|a| JobArtifact {
+            id: a.id,
+            name: a.name,
+            version: a.version,
+            size: a.size,
+            sha256: a.sha256,
+        }),
     };
+    Ok(PreparedJob {
+        job,
+        devices,
+        left_out,
+        group,
+        tag,
+    })
+}
+
+/// A router's new execution of `job`: waiting for a license unless it holds a seat; sent
+/// from `release_at` (`None`: when its rollout lets it start).
+pub(crate) fn new_execution(
+    job: &Job,
+    device: DeviceId,
+    licensed: bool,
+    release_at: Option<Timestamp>,
+    position: u32,
+    phase: u32,
+) -> Execution {
+    Execution {
+        id: ExecutionId::new(),
+        job_id: job.id,
+        tenant_id: job.tenant_id,
+        device_id: device,
+        state: pending_state(licensed, true),
+        reason: None,
+        attempt: 1,
+        created_at: job.created_at,
+        sent_at: None,
+        updated_at: job.created_at,
+        finished_at: None,
+        release_at,
+        position,
+        phase,
+    }
+}
+
+/// Creates a job for the target's routers: each gets an execution, `queued` if it holds a seat,
+/// `waiting_for_license` if not.
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = CreateJobRequest,
+    responses((status = 201, body = JobView),
+        (status = 400, body = ErrorView, description = "invalid_kind, artifact_required, artifact_not_expected, artifact_kind_mismatch, model_mismatch, invalid_field, invalid_params, invalid_target, empty_target"),
+        (status = 404, body = ErrorView, description = "a router, group, tag or artifact of the request does not exist"),
+        (status = 409, body = ErrorView, description = "device_not_licensed: the routers named that are excess or unmanaged")))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CreateJobRequest>,
+) -> Result<(StatusCode, Json<JobView>)> {
+    let tenant = caller.require(Role::Operator)?;
+    let PreparedJob {
+        job,
+        devices,
+        left_out,
+        ..
+    } = prepare(&state, &caller, tenant, request).await?;
+    let now = job.created_at;
     let executions: Vec<Execution> = devices
         .iter()
-        .map(|device| Execution {
-            id: ExecutionId::new(),
-            job_id: job.id,
-            tenant_id: tenant,
-            device_id: device.id,
-            state: pending_state(device.license.state == LicenseState::Licensed, true),
-            reason: None,
-            attempt: 1,
-            created_at: now,
-            sent_at: None,
-            updated_at: now,
-            finished_at: None,
+        .map(|device| {
+            let licensed = device.license.state == LicenseState::Licensed;
+            new_execution(&job, device.id, licensed, Some(now), 0, 0)
         })
         .collect();
     state.store.create_job(&job, &executions).await?;
     // Counted from what was just stored: dispatch runs after the answer.
-    let mut counts = StateCounts::new();
-    for execution in &executions {
-        *counts.entry(execution.state).or_default() += 1;
-    }
+    let counts = count_states(&executions);
     let waiting = counts
         .get(&ExecutionState::WaitingForLicense)
         .copied()
         .unwrap_or(0);
     let message = format!(
-        "{} created a {} job for {} routers ({waiting} waiting for a license)",
+        "{} created a {} job for {} routers ({waiting} waiting for a license{})",
         job.created_by,
         job.kind,
-        executions.len()
+        executions.len(),
+        left_out_text(left_out)
     );
     crate::events::record(
         &state,
@@ -282,8 +422,27 @@ pub async fn create(
     .await;
     // The answer need not wait for thousands of routers to be handed their job.
     let dispatch = state.clone();
-    tokio::spawn(async move { crate::cluster::job_created(&dispatch, tenant, job.id).await });
-    Ok((StatusCode::CREATED, Json(JobView::new(&job, Some(&counts)))))
+    let id = job.id;
+    tokio::spawn(async move { crate::cluster::job_created(&dispatch, tenant, id).await });
+    let mut view = JobView::new(&job, Some(&counts));
+    view.left_out = left_out;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub(crate) fn count_states(executions: &[Execution]) -> StateCounts {
+    let mut counts = StateCounts::new();
+    for execution in executions {
+        *counts.entry(execution.state).or_default() += 1;
+    }
+    counts
+}
+
+pub(crate) fn left_out_text(left_out: usize) -> String {
+    if left_out == 0 {
+        String::new()
+    } else {
+        format!("; {left_out} left out: the artifact is not for their model")
+    }
 }
 
 /// Refuses the whole job if any router named in it is excess or unmanaged, naming them all.

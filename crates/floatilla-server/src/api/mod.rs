@@ -2,6 +2,7 @@
 //! store or the gateway, and map the result; errors are `{"code", "message"}`.
 
 pub mod activation;
+pub mod artifacts;
 pub mod auth;
 pub mod devices;
 pub mod enrollment;
@@ -11,6 +12,7 @@ pub mod groups;
 pub mod jobs;
 pub mod licensing;
 pub mod provider;
+pub mod rollouts;
 pub mod tags;
 pub mod tokens;
 pub mod views;
@@ -29,7 +31,7 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Floatilla API", version = "1", description = "Manage a fleet of routers: devices, groups, enrollment, the floating license pool, events, webhooks and API tokens; and, for the provider of a cloud service, tenants and activation codes."),
+    info(title = "Floatilla API", version = "1", description = "Manage a fleet of routers: devices, groups, tags, enrollment, the floating license pool, jobs, rollouts and artifacts, events, webhooks and API tokens; and, for the provider of a cloud service, tenants and activation codes."),
     paths(
         devices::list, devices::get, devices::patch, devices::delete, devices::revoke_credentials,
         devices::allow_reenrollment, devices::refresh_status,
@@ -47,6 +49,9 @@ use crate::state::AppState;
         provider::tenant_usage, tags::list, tags::tag_routers,
         jobs::create, jobs::list, jobs::get, jobs::executions, jobs::cancel, jobs::device_executions,
         jobs::bulk_status,
+        artifacts::upload, artifacts::list, artifacts::get, artifacts::delete,
+        rollouts::create, rollouts::list, rollouts::get, rollouts::pause, rollouts::resume,
+        rollouts::cancel,
         provider::create_codes, provider::list_codes,
     ),
     modifiers(&BearerAuth),
@@ -98,6 +103,22 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/devices/tags", post(tags::tag_routers))
         .route("/api/v1/tags", get(tags::list))
         .route("/api/v1/jobs", get(jobs::list).post(jobs::create))
+        .route(
+            "/api/v1/artifacts",
+            get(artifacts::list).post(artifacts::upload),
+        )
+        .route(
+            "/api/v1/artifacts/{id}",
+            get(artifacts::get).delete(artifacts::delete),
+        )
+        .route(
+            "/api/v1/rollouts",
+            get(rollouts::list).post(rollouts::create),
+        )
+        .route("/api/v1/rollouts/{id}", get(rollouts::get))
+        .route("/api/v1/rollouts/{id}/pause", post(rollouts::pause))
+        .route("/api/v1/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/api/v1/rollouts/{id}/cancel", post(rollouts::cancel))
         .route("/api/v1/jobs/status", post(jobs::bulk_status))
         .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/jobs/{id}/executions", get(jobs::executions))

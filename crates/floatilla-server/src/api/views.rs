@@ -177,6 +177,8 @@ pub struct GroupView {
     pub name: String,
     /// The group's heartbeat timing; `null` when its routers use the server's.
     pub timer_profile: Option<TimerProfileView>,
+    /// When rollouts may change its routers, "02:00-04:00 Europe/Berlin"; `null`: any time.
+    pub maintenance_window: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -186,6 +188,7 @@ impl From<&Group> for GroupView {
             id: g.id.to_string(),
             name: g.name.clone(),
             timer_profile: g.timer_profile.map(TimerProfileView::from),
+            maintenance_window: g.maintenance_window.map(|w| w.to_string()),
             created_at: g.created_at,
         }
     }
@@ -224,6 +227,10 @@ pub struct GroupRequest {
     pub name: String,
     #[serde(default)]
     pub timer_profile: Option<TimerProfileView>,
+    /// A daily window in a time zone, "02:00-04:00 Europe/Berlin", outside which rollouts
+    /// leave the group's routers alone.
+    #[serde(default)]
+    pub maintenance_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -234,6 +241,10 @@ pub struct GroupPatchRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<TimerProfileView>)]
     pub timer_profile: Option<Option<TimerProfileView>>,
+    /// A window, or `null` to remove it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub maintenance_window: Option<Option<String>>,
 }
 
 /// How the tenant admits new routers.

@@ -2,6 +2,7 @@
 
 pub mod admission;
 mod credentials;
+mod download;
 pub mod enroll;
 pub mod job_reports;
 pub mod last_seen;
@@ -11,7 +12,7 @@ mod upgrade;
 
 use axum::Router;
 use axum::routing::{get, post};
-use floatilla_protocol::{CONNECT_PATH, ENROLL_PATH};
+use floatilla_protocol::{ARTIFACT_PATH, CONNECT_PATH, ENROLL_PATH};
 
 use crate::state::AppState;
 
@@ -19,4 +20,5 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route(ENROLL_PATH, post(enroll::enroll))
         .route(CONNECT_PATH, get(upgrade::connect))
+        .route(ARTIFACT_PATH, get(download::artifact))
 }

@@ -21,8 +21,8 @@ use floatilla_domain::{
 };
 use floatilla_protocol::{
     CallResult, DeviceCredential, DeviceMessage, ErrorBody, HELLO_TIMEOUT_SECS, Hello, JobUpdate,
-    JobUpdateState, PROTOCOL_VERSION, ServerMessage, Status, Welcome, WireJob, WireLicense,
-    WireTimers, encode,
+    JobUpdateState, PROTOCOL_VERSION, ServerMessage, Status, Welcome, WireArtifact, WireJob,
+    WireLicense, WireTimers, encode,
 };
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
@@ -960,6 +960,13 @@ pub fn wire_job(job: &floatilla_store::Job, execution: &floatilla_store::Executi
         attempt: execution.attempt,
         timeout_secs: job.timeout_secs,
         expected_downtime_secs: job.expected_downtime_secs,
+        artifact: job.artifact.as_ref().map(|artifact| WireArtifact {
+            path: floatilla_protocol::artifact_path(&execution.id.to_string()),
+            name: artifact.name.clone(),
+            version: artifact.version.clone(),
+            size: artifact.size,
+            sha256: artifact.sha256.clone(),
+        }),
     }
 }
 

@@ -1,0 +1,196 @@
+//! Rollouts in the background. Every node ticks once a second: one node at a time drives each
+//! running rollout (a lease in the database), taking in late joiners, retrying failures,
+//! following maintenance windows, asking the domain's planner what to start and releasing that
+//! many executions; every node sends the released executions of the routers it holds.
+
+use floatilla_domain::events::{Event, EventKind};
+use floatilla_domain::jobs::{MaintenanceWindow, RolloutStatus, StatusChange, plan};
+use floatilla_store::{Rollout, RolloutChange};
+use rand::Rng;
+
+use crate::api::rollouts::tallies;
+use crate::error::Result;
+use crate::state::AppState;
+
+/// How often each node looks at the running rollouts.
+pub const TICK: chrono::Duration = chrono::Duration::seconds(1);
+/// How long a node's right to drive a rollout lasts without renewal: another node takes over
+/// this long after the driving node stopped.
+const LEASE: chrono::Duration = chrono::Duration::seconds(15);
+
+pub async fn run(state: AppState) {
+    loop {
+        let now = state.clock.now();
+        match state.store.running_rollouts().await {
+            Ok(rollouts) => {
+                for rollout in rollouts {
+                    drive_one(&state, rollout).await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the running rollouts"),
+        }
+        tokio::select! {
+            () = state.clock.sleep_until(now + TICK) => {}
+            () = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Drives the rollout if this node holds (or takes) its lease; either way sends the released
+/// executions of the routers connected here.
+pub async fn drive_one(state: &AppState, rollout: Rollout) {
+    let now = state.clock.now();
+    let job = rollout.job_id;
+    let tenant = rollout.tenant_id;
+    match state
+        .store
+        .lease_rollout(job, &state.config.node_id, now, now + LEASE)
+        .await
+    {
+        Ok(true) => {
+            if let Err(error) = step(state, &rollout).await {
+                tracing::warn!(%error, %job, "cannot drive a rollout");
+            }
+        }
+        Ok(false) => {}
+        Err(error) => tracing::warn!(%error, %job, "cannot lease a rollout"),
+    }
+    crate::cluster::send_released_here(state, tenant, job).await;
+}
+
+/// One step of a rollout this node drives.
+async fn step(state: &AppState, rollout: &Rollout) -> Result<()> {
+    let store = &state.store;
+    let now = state.clock.now();
+    let job = rollout.job_id;
+    let Some(details) = store.job(rollout.tenant_id, job).await? else {
+        return Ok(());
+    };
+    let last_phase = rollout.policy.phase_ends(rollout.planned).len() - 1;
+    if rollout.is_open_ended() && details.cancelled_at.is_none() {
+        let joiners = store.late_joiners(rollout).await?;
+        if !joiners.is_empty() {
+            let counts = store.phase_counts(job).await?;
+            let existing: u32 = counts.iter().map(|c| c.count).sum();
+            let phase = u32::try_from(last_phase).unwrap_or(0);
+            let executions: Vec<_> = joiners
+                .iter()
+                .enumerate()
+                .map(|(offset, (device, licensed))| {
+                    let position = existing + u32::try_from(offset).unwrap_or(u32::MAX);
+                    crate::api::jobs::new_execution(
+                        &details, *device, *licensed, None, position, phase,
+                    )
+                })
+                .collect();
+            store.add_executions(&executions).await?;
+            tracing::info!(%job, joined = executions.len(), "routers joined a rollout");
+        }
+    }
+    if rollout.max_retries > 0 {
+        store
+            .retry_executions(job, rollout.max_retries + 1, now)
+            .await?;
+    }
+    let windows = store.window_groups(job).await?;
+    let closed: Vec<_> = windows
+        .iter()
+        .filter(|(_, window)| {
+            window
+                .parse::<MaintenanceWindow>()
+                .is_ok_and(|w| !w.is_open(now))
+        })
+        .map(|(group, _)| *group)
+        .collect();
+    store.follow_windows(job, &closed, now).await?;
+
+    let counts = store.phase_counts(job).await?;
+    let tallies = tallies(rollout, &counts);
+    let current = usize::try_from(rollout.phase).unwrap_or(usize::MAX);
+    let planned = plan(
+        &rollout.policy,
+        rollout.status,
+        current,
+        &tallies,
+        rollout.is_open_ended(),
+    );
+    let phase = u32::try_from(planned.phase).unwrap_or(u32::MAX);
+    if planned.status != rollout.status || phase != rollout.phase {
+        let (kind, reason) = match planned.change {
+            Some(StatusChange::Advanced { to_phase }) => (
+                EventKind::RolloutAdvanced,
+                format!("phase {to_phase} began: the phase before met the success threshold"),
+            ),
+            Some(StatusChange::HeldBelowSuccessThreshold {
+                succeeded,
+                finished,
+            }) => (
+                EventKind::RolloutPaused,
+                format!(
+                    "only {succeeded} of {finished} finished executions of phase {current} \
+                     succeeded, below the {} % needed: resume to go on",
+                    rollout.policy.success_threshold_percent
+                ),
+            ),
+            Some(StatusChange::Aborted { failed, finished }) => (
+                EventKind::RolloutAborted,
+                format!(
+                    "{failed} of {finished} finished executions failed, at or above the {} % \
+                     threshold: nothing more starts",
+                    rollout.policy.failure_threshold_percent
+                ),
+            ),
+            Some(StatusChange::Completed) | None => (
+                EventKind::RolloutCompleted,
+                "every phase finished".to_owned(),
+            ),
+        };
+        let changed = store
+            .set_rollout_status(
+                rollout.tenant_id,
+                job,
+                RolloutChange {
+                    from: &[RolloutStatus::Running],
+                    to: planned.status,
+                    phase,
+                    reason: Some(&reason),
+                },
+                now,
+            )
+            .await?;
+        if !changed {
+            // An operator paused or cancelled it meanwhile: their word stands.
+            return Ok(());
+        }
+        let message = format!("rollout {job}: {reason}");
+        crate::events::record(
+            state,
+            Event::new(rollout.tenant_id, now, kind, None, message),
+        )
+        .await;
+    }
+    if planned.status != RolloutStatus::Running || planned.start == 0 {
+        return Ok(());
+    }
+    let ready = store.ready_executions(job, phase, planned.start).await?;
+    let releases: Vec<_> = {
+        let mut rng = rand::rng();
+        ready
+            .into_iter()
+            .map(|execution| {
+                let jitter = if rollout.jitter_secs == 0 {
+                    0
+                } else {
+                    rng.random_range(0..=i64::from(rollout.jitter_secs) * 1000)
+                };
+                (execution, now + chrono::Duration::milliseconds(jitter))
+            })
+            .collect()
+    };
+    let released = store.release_executions(&releases, now).await?;
+    if released > 0 {
+        // Sent at once here; the other nodes hear of it now rather than at their next tick.
+        crate::cluster::job_created(state, rollout.tenant_id, job).await;
+    }
+    Ok(())
+}
