@@ -112,6 +112,13 @@ struct ServeOptions {
     /// The sender of e-mail notices, e.g. `Floatilla <floatilla@example.com>`.
     #[arg(long, env = "FLOATILLA_SMTP_FROM")]
     smtp_from: Option<String>,
+    /// The largest artifact an operator may upload, in MiB [default: 2048].
+    #[arg(long, env = "FLOATILLA_MAX_ARTIFACT_MIB")]
+    max_artifact_mib: Option<u64>,
+    /// The most artifact downloads this node serves at once; more routers are asked to retry
+    /// [default: 500].
+    #[arg(long, env = "FLOATILLA_MAX_DOWNLOADS")]
+    max_downloads: Option<usize>,
 }
 
 impl ServeOptions {
@@ -147,6 +154,8 @@ impl ServeOptions {
             trial_seats: self.trial_seats.or(file.trial_seats),
             smtp_url: self.smtp_url.or(file.smtp_url),
             smtp_from: self.smtp_from.or(file.smtp_from),
+            max_artifact_mib: self.max_artifact_mib.or(file.max_artifact_mib),
+            max_downloads: self.max_downloads.or(file.max_downloads),
         }
     }
 
@@ -217,6 +226,12 @@ impl ServeOptions {
                 (None, _) => None,
                 (Some(_), None) => anyhow::bail!("--smtp-url needs --smtp-from"),
             },
+            max_artifact_bytes: self
+                .max_artifact_mib
+                .map_or(defaults.max_artifact_bytes, |mib| {
+                    mib.saturating_mul(1024 * 1024)
+                }),
+            max_downloads: self.max_downloads.unwrap_or(defaults.max_downloads).max(1),
             ..defaults
         })
     }

@@ -665,3 +665,36 @@ pub async fn counts_become(server: &TestServer, job: &str, expected: Value) -> V
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Uploads `bytes` as an artifact (`query` as for `POST /api/v1/artifacts`); answers status
+/// and body.
+pub async fn upload_artifact(server: &TestServer, query: &str, bytes: Vec<u8>) -> (u16, Value) {
+    let response = server
+        .http
+        .post(format!("{}/api/v1/artifacts?{query}", server.url))
+        .bearer_auth(&server.admin_token)
+        .body(bytes)
+        .send()
+        .await
+        .expect("upload");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until the rollout's status is `status`, stepping the server's clock a second at a
+/// time so that its driver ticks; answers the rollout.
+pub async fn rollout_becomes(server: &TestServer, id: &str, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rollout = server.get(&format!("/api/v1/rollouts/{id}")).await;
+        if rollout["status"] == status {
+            return rollout;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rollout did not become {status}: {rollout}"
+        );
+        server.clock.advance(chrono::Duration::seconds(1));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
