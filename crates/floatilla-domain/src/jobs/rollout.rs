@@ -9,7 +9,7 @@
 //!   installing) at once.
 //! - **Advancing**: a phase is done when none of its executions waits to be sent or is in flight
 //!   (routers waiting for a license are counted apart: they neither hold a phase back nor count
-//!   as failures). The next phase starts if the share of successes among the phase's finished
+//!   as failures, but the rollout completes only once none is left waiting). The next phase starts if the share of successes among the phase's finished
 //!   executions reaches the success threshold; otherwise the rollout pauses for an operator.
 //! - **Aborting**: once at least [`MIN_FINISHED_FOR_ABORT`] executions finished, a share of
 //!   failures (failed or timed out, retries spent) at or above the failure threshold aborts the
@@ -239,7 +239,8 @@ pub fn plan(
             };
         }
         if phase == last {
-            if open_ended {
+            // Routers waiting for a seat are still to be rolled out to once they get one.
+            if open_ended || tallies.iter().any(|t| t.waiting_for_license > 0) {
                 break;
             }
             return Plan {
@@ -392,6 +393,26 @@ mod tests {
             false,
         );
         assert_eq!((plan.phase, plan.start), (1, 50));
+        let last = plan_last_with_waiting(&p);
+        assert_eq!(
+            (last.status, last.start),
+            (RolloutStatus::Running, 0),
+            "not complete while routers wait for a seat"
+        );
+    }
+
+    fn plan_last_with_waiting(p: &RolloutPolicy) -> Plan {
+        let waiting = PhaseTally {
+            waiting_for_license: 3,
+            ..done(97, 0)
+        };
+        plan(
+            p,
+            RolloutStatus::Running,
+            1,
+            &[done(100, 0), waiting],
+            false,
+        )
     }
 
     #[test]

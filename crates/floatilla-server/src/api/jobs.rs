@@ -161,6 +161,8 @@ pub struct ExecutionView {
     /// Why it failed, timed out, expired or was cancelled; or the router's last message.
     pub reason: Option<String>,
     pub attempt: u32,
+    /// Its rollout phase, from 0 (0 for a plain job).
+    pub phase: u32,
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
@@ -176,6 +178,7 @@ impl From<&Execution> for ExecutionView {
             state: e.state.as_str().to_owned(),
             reason: e.reason.clone(),
             attempt: e.attempt,
+            phase: e.phase,
             created_at: e.created_at,
             sent_at: e.sent_at,
             updated_at: e.updated_at,

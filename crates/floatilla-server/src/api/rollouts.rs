@@ -52,6 +52,10 @@ pub struct CreateRolloutRequest {
     pub jitter_secs: Option<u32>,
     /// How often a failed or timed-out execution is tried again (default 0, at most 10).
     pub max_retries: Option<u32>,
+    /// For a group or tag target: keep taking in routers that join it later, in the last
+    /// phase. Such a rollout runs until it is cancelled (default false: it completes).
+    #[serde(default)]
+    pub follow_target: bool,
 }
 
 /// One phase's executions, by where they stand.
@@ -216,6 +220,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<RolloutView>)> {
     let tenant = caller.require(Role::Operator)?;
     let policy = checked_policy(&request)?;
+    let follow_target = request.follow_target;
     let jitter_secs = request.jitter_secs.unwrap_or(0);
     let max_retries = request.max_retries.unwrap_or(0);
     if jitter_secs > MAX_JITTER_SECS || max_retries > MAX_RETRIES {
@@ -231,6 +236,17 @@ pub async fn create(
         group,
         tag,
     } = super::jobs::prepare(&state, &caller, tenant, request.job).await?;
+    let (group, tag) = if follow_target {
+        if group.is_none() && tag.is_none() {
+            return Err(Error::invalid(
+                "invalid_field",
+                "follow_target needs a group or tag target",
+            ));
+        }
+        (group, tag)
+    } else {
+        (None, None)
+    };
     let planned = u32::try_from(devices.len()).unwrap_or(u32::MAX);
     let executions: Vec<Execution> = devices
         .iter()
