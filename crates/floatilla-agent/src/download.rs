@@ -65,27 +65,44 @@ impl Downloader {
     }
 
     /// Downloads `artifact` to `destination` (resuming `destination.part` if an earlier
-    /// attempt left one) and checks it; on a mismatch nothing is left behind.
+    /// attempt left one) and checks it; when it fails nothing is left behind.
     pub async fn fetch(
         &self,
         artifact: &WireArtifact,
         destination: &Path,
     ) -> Result<PathBuf, DownloadError> {
         let partial = destination.with_extension("part");
+        let fetched = self.fetch_to(artifact, &partial, destination).await;
+        if fetched.is_err() {
+            tokio::fs::remove_file(&partial).await.ok();
+        }
+        fetched
+    }
+
+    async fn fetch_to(
+        &self,
+        artifact: &WireArtifact,
+        partial: &Path,
+        destination: &Path,
+    ) -> Result<PathBuf, DownloadError> {
         let mut backoff = Duration::from_millis(500);
         let mut last_failure = String::new();
         for _ in 0..ATTEMPTS {
-            let have = tokio::fs::metadata(&partial)
+            let have = tokio::fs::metadata(partial)
                 .await
                 .map(|m| m.len())
                 .unwrap_or(0);
-            if have >= artifact.size {
+            if have == artifact.size {
                 break;
             }
-            match self.attempt(artifact, &partial, have).await? {
+            if have > artifact.size {
+                tokio::fs::remove_file(partial).await.ok();
+                continue;
+            }
+            match self.attempt(artifact, partial, have).await? {
                 Attempt::Complete => break,
                 Attempt::Restart => {
-                    tokio::fs::remove_file(&partial).await.ok();
+                    tokio::fs::remove_file(partial).await.ok();
                 }
                 Attempt::Again(wait, why) => {
                     last_failure = why;
@@ -94,7 +111,7 @@ impl Downloader {
                 }
             }
         }
-        let have = tokio::fs::metadata(&partial)
+        let have = tokio::fs::metadata(partial)
             .await
             .map(|m| m.len())
             .unwrap_or(0);
@@ -104,15 +121,15 @@ impl Downloader {
                 artifact.size
             )));
         }
-        let actual = sha256_of(&partial).await?;
+        let actual = sha256_of(partial).await?;
         if !actual.eq_ignore_ascii_case(&artifact.sha256) {
-            tokio::fs::remove_file(&partial).await.ok();
+            tokio::fs::remove_file(partial).await.ok();
             return Err(DownloadError::Digest {
                 expected: artifact.sha256.clone(),
                 actual,
             });
         }
-        tokio::fs::rename(&partial, destination).await?;
+        tokio::fs::rename(partial, destination).await?;
         Ok(destination.to_owned())
     }
 
@@ -172,6 +189,13 @@ impl Downloader {
                 return Ok(Attempt::Again(
                     wait,
                     format!("the server is busy ({status})"),
+                ));
+            }
+            status if status.is_server_error() => {
+                driver.abort();
+                return Ok(Attempt::Again(
+                    Duration::ZERO,
+                    format!("the server failed ({status})"),
                 ));
             }
             _ => {

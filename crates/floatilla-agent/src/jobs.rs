@@ -49,7 +49,7 @@ const RESTARTING_KINDS: [&str; 2] = ["reboot", "firmware_update"];
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     kind: String,
-    /// `running`, `succeeded` or `failed`.
+    /// `downloading`, `running`, `succeeded` or `failed`.
     state: String,
     message: Option<String>,
 }
@@ -106,7 +106,9 @@ impl JobRunner {
         if self.lock().contains(&key) {
             return;
         }
-        if let Some(record) = self.read(&key) {
+        // An attempt that was still downloading when the agent stopped installed nothing: it
+        // starts again (the download resumes).
+        if let Some(record) = self.read(&key).filter(|r| r.state != "downloading") {
             let (state, message) = match record.state.as_str() {
                 "succeeded" => (JobUpdateState::Succeeded, record.message),
                 "failed" => (JobUpdateState::Failed, record.message),
@@ -123,7 +125,12 @@ impl JobRunner {
             report(state, message);
             return;
         }
-        if let Err(error) = self.write(&key, &job.kind, "running", None) {
+        let first_step = if job.artifact.is_some() {
+            "downloading"
+        } else {
+            "running"
+        };
+        if let Err(error) = self.write(&key, &job.kind, first_step, None) {
             report(
                 JobUpdateState::Failed,
                 Some(format!("cannot record the job before running it: {error}")),
@@ -151,6 +158,9 @@ impl JobRunner {
                     };
                     match fetched {
                         Ok(path) => {
+                            if let Err(error) = runner.write(&key, &job.kind, "running", None) {
+                                tracing::error!(%error, "cannot record a job as running");
+                            }
                             let outcome = runner.run_hook(&job, &reports, Some(&path)).await;
                             tokio::fs::remove_file(&path).await.ok();
                             outcome
@@ -490,6 +500,38 @@ mod tests {
         after.run(removal, reports, None);
         let interrupted = reports_until_the_end(&mut receiver).await;
         assert_eq!(interrupted[0].state, JobUpdateState::Failed);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_stopped_while_downloading_starts_again_rather_than_counting_as_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let runner = Arc::new(JobRunner::new(&state, &dir.path().join("hooks")).unwrap());
+        let mut firmware = job("firmware_update", 30);
+        firmware.artifact = Some(floatilla_protocol::WireArtifact {
+            path: "/device/v1/executions/x/artifact".into(),
+            name: "mrx".into(),
+            version: "5.3.0".into(),
+            size: 10,
+            sha256: "00".repeat(32),
+        });
+        runner
+            .write(
+                &record_key(&firmware),
+                "firmware_update",
+                "downloading",
+                None,
+            )
+            .unwrap();
+        let (reports, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        runner.run(firmware, reports, None);
+        let seen = reports_until_the_end(&mut receiver).await;
+        let states: Vec<JobUpdateState> = seen.iter().map(|u| u.state).collect();
+        assert_eq!(
+            states,
+            [JobUpdateState::Downloading, JobUpdateState::Failed],
+            "downloaded again (here impossible), not taken as installed: {seen:?}"
+        );
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub async fn drive_one(state: &AppState, rollout: Rollout) {
         .await
     {
         Ok(true) => {
+            let _one_step_at_a_time = state.rollout_steps.lock().await;
             if let Err(error) = step(state, &rollout).await {
                 tracing::warn!(%error, %job, "cannot drive a rollout");
             }
@@ -59,16 +60,30 @@ pub async fn drive_one(state: &AppState, rollout: Rollout) {
 }
 
 /// One step of a rollout this node drives.
-async fn step(state: &AppState, rollout: &Rollout) -> Result<()> {
+async fn step(state: &AppState, read_before: &Rollout) -> Result<()> {
     let store = &state.store;
     let now = state.clock.now();
-    let job = rollout.job_id;
+    let job = read_before.job_id;
+    // As it stands now: a step that ran meanwhile may have moved it on.
+    let Some(rollout) = store.rollout(read_before.tenant_id, job).await? else {
+        return Ok(());
+    };
+    if rollout.status != RolloutStatus::Running {
+        return Ok(());
+    }
+    let rollout = &rollout;
     let Some(details) = store.job(rollout.tenant_id, job).await? else {
         return Ok(());
     };
     let last_phase = rollout.policy.phase_ends(rollout.planned).len() - 1;
     if rollout.is_open_ended() && details.cancelled_at.is_none() {
-        let joiners = store.late_joiners(rollout).await?;
+        let artifact = match &details.artifact {
+            Some(carried) => store.artifact(rollout.tenant_id, carried.id).await?,
+            None => None,
+        };
+        let mut joiners = store.late_joiners(rollout).await?;
+        // Routers of models the artifact is not for stay out, as they did at the start.
+        joiners.retain(|(_, _, model)| artifact.as_ref().is_none_or(|a| a.fits(model)));
         if !joiners.is_empty() {
             let counts = store.phase_counts(job).await?;
             let existing: u32 = counts.iter().map(|c| c.count).sum();
@@ -76,7 +91,7 @@ async fn step(state: &AppState, rollout: &Rollout) -> Result<()> {
             let executions: Vec<_> = joiners
                 .iter()
                 .enumerate()
-                .map(|(offset, (device, licensed))| {
+                .map(|(offset, (device, licensed, _))| {
                     let position = existing + u32::try_from(offset).unwrap_or(u32::MAX);
                     crate::api::jobs::new_execution(
                         &details, *device, *licensed, None, position, phase,
@@ -87,7 +102,7 @@ async fn step(state: &AppState, rollout: &Rollout) -> Result<()> {
             tracing::info!(%job, joined = executions.len(), "routers joined a rollout");
         }
     }
-    if rollout.max_retries > 0 {
+    if rollout.max_retries > 0 && details.cancelled_at.is_none() {
         store
             .retry_executions(job, rollout.max_retries + 1, now)
             .await?;

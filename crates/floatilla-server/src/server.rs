@@ -277,6 +277,7 @@ pub async fn start(
         last_seen: Arc::new(LastSeen::default()),
         job_reports: Arc::default(),
         downloads,
+        rollout_steps: Arc::default(),
         admission,
         forwarded_calls: Arc::default(),
         shutdown: CancellationToken::new(),

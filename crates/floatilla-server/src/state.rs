@@ -35,6 +35,9 @@ pub struct AppState {
     pub job_reports: Arc<JobReports>,
     /// One permit per artifact download this node may serve at once.
     pub downloads: Arc<tokio::sync::Semaphore>,
+    /// Held while this node takes a step of a rollout: the periodic tick and a step started by
+    /// the API must not both release executions from the same tally.
+    pub rollout_steps: Arc<tokio::sync::Mutex<()>>,
     /// The cap on open router channels and the rate of new ones.
     pub admission: Arc<Admission>,
     /// Calls waiting for an answer from the node that holds the router's session.

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use floatilla_agent::ServerAddress;
 use floatilla_agent::download::Downloader;
-use floatilla_protocol::{DeviceMessage, JobUpdate, JobUpdateState, ServerMessage, WireJob};
+use floatilla_protocol::{DeviceMessage, JobUpdate, JobUpdateState, WireJob};
 use floatilla_store::testing::TestDb;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -36,16 +36,6 @@ async fn uploaded(server: &TestServer, query: &str, bytes: Vec<u8>) -> Value {
     let (status, artifact) = upload_artifact(server, query, bytes).await;
     assert_eq!(status, 201, "{artifact}");
     artifact
-}
-
-async fn next_job(router: &mut TestRouter) -> WireJob {
-    loop {
-        match router.next_message().await {
-            Some(ServerMessage::Job(job)) => return job,
-            Some(_) => {}
-            None => panic!("the channel closed before a JOB message"),
-        }
-    }
 }
 
 /// A licensed router with a firmware job for it; answers the router, its credential, the job

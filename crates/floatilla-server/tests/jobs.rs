@@ -7,7 +7,7 @@ mod common;
 use chrono::Duration;
 use common::*;
 use floatilla_domain::{Clock, Role};
-use floatilla_protocol::{DeviceMessage, JobUpdate, JobUpdateState, ServerMessage, WireJob};
+use floatilla_protocol::{DeviceMessage, JobUpdate, JobUpdateState, WireJob};
 use floatilla_store::testing::TestDb;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -42,17 +42,6 @@ async fn execution_states(server: &TestServer, job: &str) -> Vec<(String, String
         .collect();
     states.sort();
     states
-}
-
-/// Waits for the router's next JOB message.
-async fn next_job(router: &mut TestRouter) -> WireJob {
-    loop {
-        match router.next_message().await {
-            Some(ServerMessage::Job(job)) => return job,
-            Some(_) => {}
-            None => panic!("the channel closed before a JOB message"),
-        }
-    }
 }
 
 fn report(router: &TestRouter, job: &WireJob, state: JobUpdateState, message: Option<&str>) {

@@ -9,7 +9,7 @@ use chrono::{DurationRound, Utc};
 use common::*;
 use floatilla_agent::simulate::{Simulator, SimulatorConfig};
 use floatilla_domain::Clock;
-use floatilla_protocol::{DeviceMessage, JobUpdate, JobUpdateState, ServerMessage, WireJob};
+use floatilla_protocol::{DeviceMessage, JobUpdate, JobUpdateState, WireJob};
 use floatilla_store::testing::TestDb;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -207,16 +207,6 @@ async fn a_rollout_aborts_when_failures_reach_its_threshold(db: TestDb) {
         "an aborted rollout stays stopped"
     );
     simulator.stop().await.unwrap();
-}
-
-async fn next_job(router: &mut TestRouter) -> WireJob {
-    loop {
-        match router.next_message().await {
-            Some(ServerMessage::Job(job)) => return job,
-            Some(_) => {}
-            None => panic!("the channel closed before a JOB message"),
-        }
-    }
 }
 
 /// The next JOB message, stepping the clock so the rollout's driver ticks.

@@ -107,8 +107,8 @@ pub trait Rollouts {
     /// executions.
     async fn window_groups(&self, job: JobId) -> Result<Vec<(GroupId, String)>>;
     /// The routers of the rollout's group or tag that have no execution of it yet, with
-    /// whether each holds a seat.
-    async fn late_joiners(&self, rollout: &Rollout) -> Result<Vec<(DeviceId, bool)>>;
+    /// whether each holds a seat, and its model.
+    async fn late_joiners(&self, rollout: &Rollout) -> Result<Vec<(DeviceId, bool, String)>>;
     /// Adds executions to an existing job.
     async fn add_executions(&self, executions: &[Execution]) -> Result<()>;
     /// Changes the rollout's status and phase if it is in one of `from`; `stop` also ends its
@@ -444,7 +444,7 @@ macro_rules! impl_rollouts {
             async fn late_joiners(
                 &self,
                 rollout: &$crate::Rollout,
-            ) -> $crate::Result<Vec<(::floatilla_domain::DeviceId, bool)>> {
+            ) -> $crate::Result<Vec<(::floatilla_domain::DeviceId, bool, String)>> {
                 let (filter, value) = match (&rollout.target_group, &rollout.target_tag) {
                     (Some(group), _) => ("d.group_id = $3", group.to_string()),
                     (None, Some(tag)) => (
@@ -455,21 +455,23 @@ macro_rules! impl_rollouts {
                     (None, None) => return Ok(Vec::new()),
                 };
                 let sql = format!(
-                    "SELECT d.id, d.license_state FROM devices d WHERE d.tenant_id = $1 \
+                    "SELECT d.id, d.license_state, d.model FROM devices d WHERE d.tenant_id = $1 \
                      AND {filter} AND NOT EXISTS (SELECT 1 FROM job_executions e \
                      WHERE e.job_id = $2 AND e.device_id = d.id) ORDER BY d.serial"
                 );
-                let rows: Vec<(String, String)> = ::sqlx::query_as(::sqlx::AssertSqlSafe(sql))
+                let rows: Vec<(String, String, String)> =
+                    ::sqlx::query_as(::sqlx::AssertSqlSafe(sql))
                     .bind(rollout.tenant_id.to_string())
                     .bind(rollout.job_id.to_string())
                     .bind(value)
                     .fetch_all(&self.pool)
                     .await?;
                 rows.into_iter()
-                    .map(|(device, license)| {
+                    .map(|(device, license, model)| {
                         Ok((
                             $crate::rows::parse("devices.id", &device)?,
                             license == "licensed",
+                            model,
                         ))
                     })
                     .collect()

@@ -94,6 +94,8 @@ on_both_backends!(
     a_code_redeemed_by_two_tenants_at_once_goes_to_one,
     tags_select_routers_within_their_tenant,
     jobs_keep_each_routers_execution_moving_by_the_rules,
+    artifacts_are_stored_in_chunks_and_complete_only_when_finished,
+    rollouts_are_leased_released_and_stopped,
 );
 
 /// A fixed instant with whole milliseconds, the precision the store keeps.
@@ -2670,5 +2672,322 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
     assert!(
         !store.has_open_executions(online.id).await.unwrap(),
         "every execution ended"
+    );
+}
+
+async fn artifacts_are_stored_in_chunks_and_complete_only_when_finished(store: Arc<dyn Store>) {
+    use floatilla_domain::ArtifactId;
+    use floatilla_domain::jobs::ArtifactKind;
+    use floatilla_store::Artifact;
+
+    let tenant = new_tenant(&*store).await;
+    let other = new_tenant(&*store).await;
+    let mut artifact = Artifact {
+        id: ArtifactId::new(),
+        tenant_id: tenant,
+        kind: ArtifactKind::Firmware,
+        name: "mrx".into(),
+        version: "5.3.0".into(),
+        models: vec!["MRX5".into()],
+        size: 0,
+        sha256: String::new(),
+        created_by: "ci".into(),
+        created_at: at(0),
+    };
+    store.begin_artifact(&artifact).await.unwrap();
+    store
+        .put_artifact_chunk(artifact.id, 0, b"first")
+        .await
+        .unwrap();
+    assert!(
+        store.artifact(tenant, artifact.id).await.unwrap().is_none(),
+        "not listed while the upload runs"
+    );
+    let duplicate = Artifact {
+        id: ArtifactId::new(),
+        ..artifact.clone()
+    };
+    assert!(matches!(
+        store.begin_artifact(&duplicate).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .put_artifact_chunk(artifact.id, 1, b"second")
+        .await
+        .unwrap();
+    store
+        .finish_artifact(artifact.id, 11, "abc123")
+        .await
+        .unwrap();
+    artifact.size = 11;
+    artifact.sha256 = "abc123".into();
+    assert_eq!(
+        store.artifact(tenant, artifact.id).await.unwrap(),
+        Some(artifact.clone())
+    );
+    assert_eq!(store.artifact(other, artifact.id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .artifacts(tenant, Some(ArtifactKind::Firmware))
+            .await
+            .unwrap(),
+        vec![artifact.clone()]
+    );
+    assert!(
+        store
+            .artifacts(tenant, Some(ArtifactKind::Config))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .artifact_chunk(artifact.id, 1)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"second"[..])
+    );
+    assert_eq!(store.artifact_chunk(artifact.id, 2).await.unwrap(), None);
+
+    // An upload left unfinished is removed once stale, with its chunks; a finished one stays.
+    let stale = Artifact {
+        id: ArtifactId::new(),
+        version: "5.4.0".into(),
+        created_at: at(1_000),
+        ..artifact.clone()
+    };
+    store.begin_artifact(&stale).await.unwrap();
+    store
+        .put_artifact_chunk(stale.id, 0, b"lost")
+        .await
+        .unwrap();
+    assert_eq!(store.abandon_stale_uploads(at(1_000)).await.unwrap(), 0);
+    assert_eq!(store.abandon_stale_uploads(at(2_000)).await.unwrap(), 1);
+    assert_eq!(store.artifact_chunk(stale.id, 0).await.unwrap(), None);
+    assert!(store.artifact(tenant, artifact.id).await.unwrap().is_some());
+
+    assert!(matches!(
+        store.delete_artifact(other, artifact.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.delete_artifact(tenant, artifact.id).await.unwrap();
+    assert_eq!(store.artifact_chunk(artifact.id, 0).await.unwrap(), None);
+}
+
+async fn rollouts_are_leased_released_and_stopped(store: Arc<dyn Store>) {
+    use floatilla_domain::jobs::{
+        ExecutionState as S, JobKind, PhaseSize, RolloutPolicy, RolloutStatus,
+    };
+    use floatilla_domain::{ExecutionId, JobId};
+    use floatilla_store::{Execution, Job, PhaseCount, Rollout, RolloutChange};
+
+    let tenant = new_tenant(&*store).await;
+    let token = new_token(&*store, tenant, None, None).await;
+    let devices = [
+        enroll(&*store, &token, "RO-1").await,
+        enroll(&*store, &token, "RO-2").await,
+        enroll(&*store, &token, "RO-3").await,
+    ];
+    let job = Job {
+        id: JobId::new(),
+        tenant_id: tenant,
+        kind: JobKind::Reboot,
+        params: serde_json::json!({}),
+        expires_at: None,
+        timeout_secs: 60,
+        expected_downtime_secs: 0,
+        created_by: "ci".into(),
+        created_at: at(0),
+        cancelled_at: None,
+        artifact: None,
+    };
+    let executions: Vec<Execution> = devices
+        .iter()
+        .enumerate()
+        .map(|(position, device)| Execution {
+            id: ExecutionId::new(),
+            job_id: job.id,
+            tenant_id: tenant,
+            device_id: device.id,
+            state: S::Queued,
+            reason: None,
+            attempt: 1,
+            created_at: at(0),
+            sent_at: None,
+            updated_at: at(0),
+            finished_at: None,
+            release_at: None,
+            position: position as u32,
+            phase: u32::from(position > 0),
+        })
+        .collect();
+    let rollout = Rollout {
+        job_id: job.id,
+        tenant_id: tenant,
+        policy: RolloutPolicy {
+            phases: vec![PhaseSize::Count(1)],
+            max_concurrent: Some(1),
+            success_threshold_percent: 90,
+            failure_threshold_percent: 20,
+        },
+        status: RolloutStatus::Running,
+        phase: 0,
+        planned: 3,
+        target_group: None,
+        target_tag: None,
+        jitter_secs: 0,
+        max_retries: 1,
+        reason: None,
+        created_at: at(0),
+        updated_at: at(0),
+    };
+    store
+        .create_rollout(&rollout, &job, &executions)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.rollout(tenant, job.id).await.unwrap(),
+        Some(rollout.clone())
+    );
+    assert_eq!(
+        store.running_rollouts().await.unwrap(),
+        vec![rollout.clone()]
+    );
+
+    // One node at a time drives it; another takes over once the lease ran out.
+    assert!(
+        store
+            .lease_rollout(job.id, "a", at(0), at(15_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .lease_rollout(job.id, "b", at(1_000), at(16_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .lease_rollout(job.id, "a", at(1_000), at(16_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .lease_rollout(job.id, "b", at(16_001), at(31_000))
+            .await
+            .unwrap()
+    );
+
+    // Nothing is sent before it is released, nor before its release time.
+    assert!(
+        store
+            .mark_sent(&[executions[0].id], at(2_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .release_executions(&[(executions[0].id, at(3_000))], at(2_000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        store
+            .mark_sent(&[executions[0].id], at(2_500))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .mark_sent(&[executions[0].id], at(3_000))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let mut counts = store.phase_counts(job.id).await.unwrap();
+    counts.sort_by_key(|c| (c.phase, c.state.as_str()));
+    assert_eq!(
+        counts,
+        vec![
+            PhaseCount {
+                phase: 0,
+                state: S::Sent,
+                released: true,
+                count: 1
+            },
+            PhaseCount {
+                phase: 1,
+                state: S::Queued,
+                released: false,
+                count: 2
+            },
+        ]
+    );
+
+    // A failure is retried as attempt 2, waiting to be released again; not a third time.
+    assert!(
+        store
+            .move_execution(
+                executions[0].id,
+                S::Sent,
+                S::Failed,
+                Some("boom"),
+                at(4_000)
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.retry_executions(job.id, 2, at(5_000)).await.unwrap(),
+        1
+    );
+    let retried = store
+        .device_execution(tenant, devices[0].id, executions[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            retried.state,
+            retried.attempt,
+            retried.release_at,
+            retried.sent_at
+        ),
+        (S::Queued, 2, None, None)
+    );
+
+    // Aborting ends what was not sent; a stopped rollout does not start again.
+    let change = RolloutChange {
+        from: &[RolloutStatus::Running],
+        to: RolloutStatus::Aborted,
+        phase: 0,
+        reason: Some("too many failures"),
+    };
+    assert!(
+        store
+            .set_rollout_status(tenant, job.id, change, at(6_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_rollout_status(tenant, job.id, change, at(6_000))
+            .await
+            .unwrap()
+    );
+    let counts = store.execution_counts(tenant, &[job.id]).await.unwrap();
+    assert_eq!(counts[&job.id][&S::Cancelled], 3);
+    assert!(store.running_rollouts().await.unwrap().is_empty());
+    let stopped = store.rollout(tenant, job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stopped.status, stopped.reason.as_deref()),
+        (RolloutStatus::Aborted, Some("too many failures"))
     );
 }

@@ -11,13 +11,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use floatilla_domain::events::{Event, EventKind};
-use floatilla_domain::jobs::{ArtifactKind, ExecutionState, JobKind, pending_state};
+use floatilla_domain::jobs::{ArtifactKind, ExecutionState, JobKind, RolloutStatus, pending_state};
 use floatilla_domain::licensing::LicenseState;
 use floatilla_domain::model::Device;
 use floatilla_domain::{
     ArtifactId, DeviceId, ExecutionId, GroupId, JobId, Role, TenantId, Timestamp,
 };
-use floatilla_store::{Execution, Job, JobArtifact, StateCounts};
+use floatilla_store::{Execution, Job, JobArtifact, RolloutChange, StateCounts};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -654,6 +654,24 @@ pub async fn cancel(
     let job = job_id(&id)?;
     let now = state.clock.now();
     let cancelled = state.store.cancel_job(tenant, job, now).await?;
+    // The job of a rollout: the rollout ends with it.
+    if let Some(rollout) = state.store.rollout(tenant, job).await? {
+        let reason = format!("its job was cancelled by {}", caller.token.name);
+        state
+            .store
+            .set_rollout_status(
+                tenant,
+                job,
+                RolloutChange {
+                    from: &[RolloutStatus::Running, RolloutStatus::Paused],
+                    to: RolloutStatus::Cancelled,
+                    phase: rollout.phase,
+                    reason: Some(&reason),
+                },
+                now,
+            )
+            .await?;
+    }
     let message = format!(
         "{} cancelled job {job}: {cancelled} executions not sent yet ended",
         caller.token.name

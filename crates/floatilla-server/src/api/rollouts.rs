@@ -379,17 +379,24 @@ async fn change(
     let rollout = find(state, tenant, id).await?;
     let now = state.clock.now();
     let mut phase = rollout.phase;
+    let mut to = to;
     if to == RolloutStatus::Running {
-        // A phase that paused below the success threshold is done: resuming means going on.
+        // A phase that paused below the success threshold is done: resuming means going on,
+        // to the next phase, or to the end after the last.
         let counts = state.store.phase_counts(rollout.job_id).await?;
         let tallies = tallies(&rollout, &counts);
         let current = usize::try_from(phase).unwrap_or(usize::MAX);
-        if tallies.get(current).is_some_and(PhaseTally::is_done) && current + 1 < tallies.len() {
-            phase += 1;
+        if tallies.get(current).is_some_and(PhaseTally::is_done) {
+            if current + 1 < tallies.len() {
+                phase += 1;
+            } else if !rollout.is_open_ended() && tallies.iter().all(|t| t.waiting_for_license == 0)
+            {
+                to = RolloutStatus::Completed;
+            }
         }
     }
     let verb = match to {
-        RolloutStatus::Running => "resumed",
+        RolloutStatus::Running | RolloutStatus::Completed => "resumed",
         RolloutStatus::Paused => "paused",
         _ => "cancelled",
     };
@@ -420,6 +427,14 @@ async fn change(
     let message = format!("{} {verb} rollout {}", caller.token.name, rollout.job_id);
     crate::events::record(state, Event::new(tenant, now, kind, None, message)).await;
     let rollout = find(state, tenant, id).await?;
+    if to == RolloutStatus::Completed {
+        let message = format!("rollout {}: every phase finished", rollout.job_id);
+        crate::events::record(
+            state,
+            Event::new(tenant, now, EventKind::RolloutCompleted, None, message),
+        )
+        .await;
+    }
     if to == RolloutStatus::Running {
         let driver = state.clone();
         let resumed = rollout.clone();

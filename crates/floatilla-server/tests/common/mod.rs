@@ -698,3 +698,14 @@ pub async fn rollout_becomes(server: &TestServer, id: &str, status: &str) -> Val
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Waits for the router's next JOB message.
+pub async fn next_job(router: &mut TestRouter) -> floatilla_protocol::WireJob {
+    loop {
+        match router.next_message().await {
+            Some(ServerMessage::Job(job)) => return job,
+            Some(_) => {}
+            None => panic!("the channel closed before a JOB message"),
+        }
+    }
+}
