@@ -27,8 +27,41 @@ on_both_backends!(
     the_agent_reconnects_after_a_server_restart,
     a_simulated_fleet_connects_in_serial_order_and_comes_back_after_a_restart,
     the_agent_runs_jobs_through_its_hooks_once_each,
-    a_simulated_fleet_runs_a_job,
+    the_agent_applies_artifacts_of_every_kind_through_its_hooks,
+    a_simulated_fleet_runs_every_kind_of_job,
 );
+
+/// The artifact kinds with the job kind that installs each, and some content.
+const ARTIFACT_JOBS: [(&str, &str, &[u8]); 4] = [
+    ("firmware", "firmware_update", b"firmware image 7.4.2"),
+    (
+        "software",
+        "software_install",
+        b"container image: telemetry 1.2",
+    ),
+    ("config", "config_update", b"firewall { allow 22/tcp }"),
+    (
+        "certificates",
+        "certificate_update",
+        b"-----BEGIN CERTIFICATE-----",
+    ),
+];
+
+/// Uploads one artifact of each kind; answers their ids in [`ARTIFACT_JOBS`] order.
+async fn artifact_of_each_kind(server: &TestServer) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (kind, _, bytes) in ARTIFACT_JOBS {
+        let (status, artifact) = upload_artifact(
+            server,
+            &format!("kind={kind}&name={kind}&version=1"),
+            bytes.to_vec(),
+        )
+        .await;
+        assert_eq!(status, 201, "{artifact}");
+        ids.push(artifact["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
 
 /// The real agent host, with every event it reports kept for the test.
 struct Recorded {
@@ -351,6 +384,54 @@ async fn create_job(server: &TestServer, body: Value) -> String {
     job["id"].as_str().unwrap().to_owned()
 }
 
+async fn the_agent_applies_artifacts_of_every_kind_through_its_hooks(db: TestDb) {
+    let server = TestServer::start_with(db, licensing_config()).await;
+    add_license(&server, json!({"name": "lab", "seats": 5})).await;
+    let token = server.enrollment_token(json!({"name": "lab"})).await;
+    let agent = RunningAgent::start(&server, &token, "AG-ART", RouterClock::default());
+    agent
+        .wait_for("connected", |e| e.contains(&RouterEvent::Connected))
+        .await;
+    let applied = agent.dir.path().join("applied");
+    std::fs::create_dir_all(&applied).unwrap();
+    for (_, kind, _) in ARTIFACT_JOBS {
+        // Applies by copying the verified file; checks the digest it was told once more.
+        let script = r#"#!/bin/sh
+set -e
+echo installing "$FLOATILLA_ARTIFACT_NAME $FLOATILLA_ARTIFACT_VERSION"
+echo "$FLOATILLA_ARTIFACT_SHA256  $FLOATILLA_ARTIFACT_PATH" | sha256sum -c - >/dev/null
+cp "$FLOATILLA_ARTIFACT_PATH" "APPLIED/$FLOATILLA_JOB_KIND"
+"#;
+        agent.hook(
+            kind,
+            &script.replace("APPLIED", &applied.display().to_string()),
+        );
+    }
+    let device = device_by_serial(&server, "AG-ART").await;
+    let artifacts = artifact_of_each_kind(&server).await;
+    for ((_, kind, bytes), artifact) in ARTIFACT_JOBS.iter().zip(&artifacts) {
+        let job = create_job(
+            &server,
+            json!({"kind": kind, "artifact_id": artifact, "target": {"ids": [device["id"]]},
+                "expected_downtime_secs": 0}),
+        )
+        .await;
+        counts_become(&server, &job, json!({"succeeded": 1})).await;
+        assert_eq!(
+            std::fs::read(applied.join(kind)).unwrap(),
+            *bytes,
+            "the {kind} hook applied the artifact's exact bytes"
+        );
+    }
+    let downloads = agent.dir.path().join("state/downloads");
+    assert_eq!(
+        std::fs::read_dir(&downloads).unwrap().count(),
+        0,
+        "downloads are removed once applied"
+    );
+    agent.stop().await;
+}
+
 async fn the_agent_runs_jobs_through_its_hooks_once_each(db: TestDb) {
     let server = TestServer::start_with(db, licensing_config()).await;
     add_license(&server, json!({"name": "lab", "seats": 5})).await;
@@ -418,7 +499,7 @@ async fn the_agent_runs_jobs_through_its_hooks_once_each(db: TestDb) {
     agent.stop().await;
 }
 
-async fn a_simulated_fleet_runs_a_job(db: TestDb) {
+async fn a_simulated_fleet_runs_every_kind_of_job(db: TestDb) {
     let server = TestServer::start_with(db, licensing_config()).await;
     add_license(&server, json!({"name": "fleet", "seats": 30})).await;
     let token = server.enrollment_token(json!({"name": "fleet"})).await;
@@ -444,5 +525,22 @@ async fn a_simulated_fleet_runs_a_job(db: TestDb) {
         .collect();
     let job = create_job(&server, json!({"kind": "reboot", "target": {"ids": ids}})).await;
     counts_become(&server, &job, json!({"succeeded": 30})).await;
+    let removal = create_job(
+        &server,
+        json!({"kind": "software_remove", "target": {"ids": ids}, "params": {"package": "x"}}),
+    )
+    .await;
+    counts_become(&server, &removal, json!({"succeeded": 30})).await;
+    // Each simulated router downloads the artifact, checks its digest and applies it.
+    let artifacts = artifact_of_each_kind(&server).await;
+    for ((_, kind, _), artifact) in ARTIFACT_JOBS.iter().zip(&artifacts) {
+        let job = create_job(
+            &server,
+            json!({"kind": kind, "artifact_id": artifact, "target": {"ids": ids},
+                "expected_downtime_secs": 0}),
+        )
+        .await;
+        counts_become(&server, &job, json!({"succeeded": 30})).await;
+    }
     simulator.stop().await.unwrap();
 }
