@@ -7,27 +7,11 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{BIN, Running, serve};
+use common::{BIN, Running, admin, serve};
 
 use floatilla_agent::{Connector, ServerAddress, ServerTrust};
 use floatilla_protocol::{EnrollRequest, Hello, PROTOCOL_VERSION};
 use serde_json::{Value, json};
-
-fn admin(data_dir: &Path, args: &[&str]) -> Result<String, String> {
-    let output = Command::new(BIN)
-        .arg("admin")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("FLOATILLA_LOG", "warn")
-        .output()
-        .expect("run floatilla admin");
-    if output.status.success() {
-        Ok(String::from_utf8(output.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
 
 async fn client(data_dir: &Path) -> (reqwest::Client, ServerTrust) {
     let pem = admin(data_dir, &["ca-certificate"]).unwrap();

@@ -14,17 +14,9 @@ use serde_json::{Value, json};
 
 const ROUTERS: u64 = 200;
 
+/// Runs `floatilla admin`; answers its output, trimmed.
 fn admin(data_dir: &Path, args: &[&str]) -> String {
-    let output = Command::new(BIN)
-        .arg("admin")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("FLOATILLA_LOG", "warn")
-        .output()
-        .expect("run floatilla admin");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    common::admin(data_dir, args).unwrap().trim().to_owned()
 }
 
 struct Api {

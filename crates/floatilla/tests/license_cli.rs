@@ -283,15 +283,10 @@ fn nothing_is_overwritten_and_odd_terms_are_refused() {
 
 /// Runs `floatilla admin --data-dir DIR ARGS`; answers its output, trimmed.
 fn admin(data_dir: &Path, args: &[&str]) -> String {
-    let output = Command::new(BIN)
-        .arg("admin")
-        .args(["--data-dir", path(data_dir)])
-        .args(args)
-        .env("FLOATILLA_LOG", "warn")
-        .output()
-        .expect("run floatilla admin");
-    assert!(output.status.success(), "admin {args:?} failed");
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    common::admin(data_dir, args)
+        .unwrap_or_else(|e| panic!("admin {args:?} failed: {e}"))
+        .trim()
+        .to_owned()
 }
 
 #[test]

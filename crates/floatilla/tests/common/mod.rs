@@ -6,6 +6,7 @@
 pub mod cluster;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_floatilla");
@@ -62,4 +63,21 @@ pub fn wait_listening(mut process: Running) -> Served {
 /// Starts `floatilla serve ARGS` and waits until it listens.
 pub fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
     wait_listening(spawn_serve(args, envs))
+}
+
+/// Runs `floatilla admin --data-dir DIR ARGS`: its stdout, or its stderr when it fails.
+pub fn admin(data_dir: &Path, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(BIN)
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("FLOATILLA_LOG", "warn")
+        .output()
+        .expect("run floatilla admin");
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
 }
