@@ -85,6 +85,7 @@ impl JobRunner {
         let report = |state, message: Option<String>| {
             let _ = reports.send(JobUpdate {
                 execution_id: job.execution_id.clone(),
+                attempt: Some(job.attempt),
                 state,
                 message,
             });
@@ -145,6 +146,7 @@ impl JobRunner {
                 Some(artifact) => {
                     let _ = reports.send(JobUpdate {
                         execution_id: job.execution_id.clone(),
+                        attempt: Some(job.attempt),
                         state: JobUpdateState::Downloading,
                         message: Some(format!("{} {}", artifact.name, artifact.version)),
                     });
@@ -176,6 +178,7 @@ impl JobRunner {
             runner.lock().remove(&key);
             let _ = reports.send(JobUpdate {
                 execution_id: job.execution_id.clone(),
+                attempt: Some(job.attempt),
                 state,
                 message,
             });
@@ -232,7 +235,7 @@ impl JobRunner {
         let progress = async {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(update) = progress_line(&job.execution_id, &line) {
+                if let Some(update) = progress_line(job, &line) {
                     let _ = reports.send(update);
                 }
             }
@@ -332,7 +335,7 @@ pub(crate) fn record_key(job: &WireJob) -> String {
 }
 
 /// A hook's stdout line as a progress report, if it is one.
-fn progress_line(execution_id: &str, line: &str) -> Option<JobUpdate> {
+fn progress_line(job: &WireJob, line: &str) -> Option<JobUpdate> {
     let line = line.trim();
     let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
     let state = match word {
@@ -342,7 +345,8 @@ fn progress_line(execution_id: &str, line: &str) -> Option<JobUpdate> {
     };
     let rest = rest.trim();
     Some(JobUpdate {
-        execution_id: execution_id.to_owned(),
+        execution_id: job.execution_id.clone(),
+        attempt: Some(job.attempt),
         state,
         message: (!rest.is_empty()).then(|| rest.chars().take(1000).collect()),
     })
@@ -536,12 +540,13 @@ mod tests {
 
     #[test]
     fn only_state_words_are_progress() {
-        let update = progress_line("e", "downloading 40%").unwrap();
+        let job = job("reboot", 30);
+        let update = progress_line(&job, "downloading 40%").unwrap();
         assert_eq!(
             (update.state, update.message.as_deref()),
             (JobUpdateState::Downloading, Some("40%"))
         );
-        assert_eq!(progress_line("e", "installing").unwrap().message, None);
-        assert!(progress_line("e", "hello").is_none());
+        assert_eq!(progress_line(&job, "installing").unwrap().message, None);
+        assert!(progress_line(&job, "hello").is_none());
     }
 }

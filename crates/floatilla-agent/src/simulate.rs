@@ -304,9 +304,11 @@ impl VirtualRouter {
     /// configured rate); an attempt sent again gets its outcome again.
     fn simulate_job(&self, job: WireJob, reports: JobReports, downloads: Downloader) {
         let key = record_key(&job);
+        let attempt = job.attempt;
         let report = move |reports: &JobReports, execution_id: &str, state, message| {
             let _ = reports.send(JobUpdate {
                 execution_id: execution_id.to_owned(),
+                attempt: Some(attempt),
                 state,
                 message,
             });

@@ -103,6 +103,10 @@ pub enum DeviceMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobUpdate {
     pub execution_id: String,
+    /// The attempt it is about (the job's `attempt`): a late report of an earlier attempt is
+    /// ignored once a retry is under way. Absent: the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
     pub state: JobUpdateState,
     /// For people: what the router is doing, or why it failed (at most 1,000 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -344,6 +344,7 @@ async fn a_router_downloads_its_own_executions_artifact_in_ranges(db: TestDb) {
     // Once the execution ended, its artifact is no longer served to it.
     router.send(DeviceMessage::JobUpdate(JobUpdate {
         execution_id: job.execution_id.clone(),
+        attempt: Some(job.attempt),
         state: JobUpdateState::Succeeded,
         message: None,
     }));

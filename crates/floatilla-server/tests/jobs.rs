@@ -47,6 +47,7 @@ async fn execution_states(server: &TestServer, job: &str) -> Vec<(String, String
 fn report(router: &TestRouter, job: &WireJob, state: JobUpdateState, message: Option<&str>) {
     router.send(DeviceMessage::JobUpdate(JobUpdate {
         execution_id: job.execution_id.clone(),
+        attempt: Some(job.attempt),
         state,
         message: message.map(str::to_owned),
     }));

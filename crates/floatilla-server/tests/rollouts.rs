@@ -223,6 +223,7 @@ async fn next_job_ticking(server: &TestServer, router: &mut TestRouter) -> WireJ
 fn report(router: &TestRouter, job: &WireJob, state: JobUpdateState) {
     router.send(DeviceMessage::JobUpdate(JobUpdate {
         execution_id: job.execution_id.clone(),
+        attempt: Some(job.attempt),
         state,
         message: None,
     }));

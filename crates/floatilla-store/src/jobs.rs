@@ -78,6 +78,9 @@ pub struct ExecutionReport {
     pub from: Vec<ExecutionState>,
     pub to: ExecutionState,
     pub reason: Option<String>,
+    /// The attempt it is about, if the router said: a report of another attempt changes
+    /// nothing.
+    pub attempt: Option<u32>,
     pub at: Timestamp,
 }
 
@@ -728,8 +731,9 @@ macro_rules! impl_jobs {
                     let sql = format!(
                         "UPDATE job_executions SET state = $4, reason = COALESCE($5, reason), \
                          updated_at = $6, finished_at = $7 \
-                         WHERE id = $1 AND tenant_id = $2 AND device_id = $3 AND state IN ({})",
-                        $crate::tags::placeholders(8, report.from.len())
+                         WHERE id = $1 AND tenant_id = $2 AND device_id = $3 \
+                         AND ($8 IS NULL OR attempt = $8) AND state IN ({})",
+                        $crate::tags::placeholders(9, report.from.len())
                     );
                     let mut query = ::sqlx::query(::sqlx::AssertSqlSafe(sql))
                         .bind(report.execution.to_string())
@@ -738,7 +742,8 @@ macro_rules! impl_jobs {
                         .bind(report.to.as_str())
                         .bind(report.reason.clone())
                         .bind(at)
-                        .bind(report.to.is_terminal().then_some(at));
+                        .bind(report.to.is_terminal().then_some(at))
+                        .bind(report.attempt.map(i64::from));
                     for state in &report.from {
                         query = query.bind(state.as_str());
                     }

@@ -2574,6 +2574,7 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
         from: from.to_vec(),
         to,
         reason: reason.map(str::to_owned),
+        attempt: None,
         at: at(at_ms),
     };
     let in_flight = [S::Sent, S::Downloading];
@@ -2588,10 +2589,17 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
             ),
             report(online.id, &in_flight, S::Installing, None, 3_500),
             report(shed.id, &[S::Installing], S::Failed, None, 3_500),
+            ExecutionReport {
+                attempt: Some(7),
+                ..report(online.id, &[S::Installing], S::Succeeded, None, 3_600)
+            },
         ])
         .await
         .unwrap();
-    assert_eq!(moved, 1, "only the first report moves it");
+    assert_eq!(
+        moved, 1,
+        "only the first report moves it, not one of another attempt"
+    );
     assert!(
         !store
             .move_execution(first.id, S::Sent, S::Failed, None, at(3_500))

@@ -728,6 +728,7 @@ impl Session {
             from: moves.iter().map(|(from, _)| *from).collect(),
             to,
             reason: update.message,
+            attempt: update.attempt,
             at: self.state.clock.now(),
         });
     }
