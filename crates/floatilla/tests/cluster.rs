@@ -2,7 +2,8 @@
 //! balancer runs them: a router may enroll on one node and connect to the other, a newer
 //! connection on one node ends the older one on the other, tokens made on one node work on the
 //! other, an operator's call reaches the router whichever node holds it, and a tenant the provider
-//! suspends on one node is refused on the other at once.
+//! suspends on one node is refused on the other at once, and a job or rollout created on one node
+//! reaches a router connected to the other at once.
 //!
 //! Without a reachable PostgreSQL these tests return early after a notice (in CI they fail).
 
@@ -344,4 +345,86 @@ async fn a_tenant_suspended_on_one_node_is_refused_on_the_other_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _router = cluster.connect(B, &enrolled, "HB-1").await;
+}
+
+/// The next JOB message on the channel, answering pings meanwhile.
+async fn next_job(stream: &mut ChannelStream) -> floatilla_protocol::WireJob {
+    loop {
+        match recv_message(stream).await {
+            Ok(Some(ServerMessage::Job(job))) => return job,
+            Ok(Some(_)) => {}
+            other => panic!("the channel ended before a JOB message: {other:?}"),
+        }
+    }
+}
+
+async fn job_counts_become(cluster: &Cluster, node: usize, job: &str, expected: Value) {
+    let deadline = Instant::now() + PROMPTLY;
+    loop {
+        let (_, view) = cluster
+            .api(node, Method::GET, &format!("/api/v1/jobs/{job}"), None)
+            .await;
+        if view["executions"] == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_and_a_rollout_created_on_one_node_reach_a_router_on_the_other() {
+    let Some(cluster) = Cluster::start(&["--allow-unsigned-licenses"]).await else {
+        return;
+    };
+    let (status, license) = cluster
+        .api(
+            A,
+            Method::POST,
+            "/api/v1/licenses",
+            Some(json!({"name": "lab", "seats": 1})),
+        )
+        .await;
+    assert_eq!(status, 201, "{license}");
+    let token = cluster.enrollment_token(A, "line 6").await;
+    let enrolled = cluster.enroll(A, &token, "MRX5-00006").await;
+    let mut channel = cluster.connect(B, &enrolled, "MRX5-00006").await;
+    cluster
+        .wait_for_device(A, &enrolled.device_id, "licensed", |d| {
+            d["license_state"] == "licensed"
+        })
+        .await;
+
+    for (path, body) in [
+        (
+            "/api/v1/jobs",
+            json!({"kind": "reboot", "target": {"ids": [enrolled.device_id]},
+            "expected_downtime_secs": 0}),
+        ),
+        (
+            "/api/v1/rollouts",
+            json!({"job": {"kind": "software_remove",
+            "target": {"ids": [enrolled.device_id]}}}),
+        ),
+    ] {
+        let (status, created) = cluster.api(A, Method::POST, path, Some(body)).await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        let job = tokio::time::timeout(SUPERSEDE_WITHIN, next_job(&mut channel.stream))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: the job never reached the router on node B"));
+        assert_eq!(job.job_id, id);
+        send_message(
+            &mut channel.stream,
+            &DeviceMessage::JobUpdate(floatilla_protocol::JobUpdate {
+                execution_id: job.execution_id.clone(),
+                attempt: Some(job.attempt),
+                state: floatilla_protocol::JobUpdateState::Succeeded,
+                message: None,
+            }),
+        )
+        .await
+        .unwrap();
+        job_counts_become(&cluster, A, &id, json!({"succeeded": 1})).await;
+    }
 }
