@@ -290,7 +290,8 @@ pub(crate) const EXECUTION_ROWS_PER_INSERT: usize = 200;
 /// The columns of an execution, in the order [`insert_executions`] binds them.
 pub(crate) const EXECUTION_COLUMNS: usize = 14;
 
-/// Inserts executions, [`EXECUTION_ROWS_PER_INSERT`] a statement, in the transaction `$tx`.
+/// Inserts executions, [`EXECUTION_ROWS_PER_INSERT`] a statement, in the transaction `$tx`
+/// (within the implementation of a store, whose placeholders it uses).
 macro_rules! insert_executions {
     ($tx:expr, $executions:expr) => {{
         let columns = $crate::jobs::EXECUTION_COLUMNS;
@@ -299,7 +300,7 @@ macro_rules! insert_executions {
                 .map(|row| {
                     format!(
                         "({})",
-                        $crate::tags::placeholders(row * columns + 1, columns)
+                        Self::sequential_placeholders(row * columns + 1, columns)
                     )
                 })
                 .collect();
@@ -672,16 +673,19 @@ macro_rules! impl_jobs {
                 now: ::floatilla_domain::Timestamp,
             ) -> $crate::Result<Vec<$crate::Execution>> {
                 let mut marked = Vec::with_capacity(executions.len());
+                // The time is a number of our own, written into the statement, so that the ids
+                // are its only parameters and bind in order.
+                let at = $crate::rows::millis(now);
                 for chunk in executions.chunks($crate::tags::TAG_CHUNK) {
                     let sql = format!(
-                        "UPDATE job_executions SET state = 'sent', sent_at = $1, updated_at = $1 \
-                         WHERE id IN ({}) AND state = 'queued' AND release_at IS NOT NULL \
-                         AND release_at <= $1 RETURNING *",
-                        $crate::tags::placeholders(2, chunk.len())
+                        "UPDATE job_executions SET state = 'sent', sent_at = {at}, \
+                         updated_at = {at} WHERE id IN ({}) AND state = 'queued' \
+                         AND release_at IS NOT NULL AND release_at <= {at} RETURNING *",
+                        Self::sequential_placeholders(1, chunk.len())
                     );
-                    let mut query =
-                        ::sqlx::query_as::<_, $crate::jobs::ExecutionRow>(::sqlx::AssertSqlSafe(sql))
-                            .bind($crate::rows::millis(now));
+                    let mut query = ::sqlx::query_as::<_, $crate::jobs::ExecutionRow>(
+                        ::sqlx::AssertSqlSafe(sql),
+                    );
                     for execution in chunk {
                         query = query.bind(execution.to_string());
                     }

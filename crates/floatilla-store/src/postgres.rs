@@ -125,6 +125,11 @@ async fn migrate_locked(conn: &mut PgConnection) -> Result<()> {
 }
 
 impl PgStore {
+    /// Placeholders `$first, …` for parameters bound in order.
+    fn sequential_placeholders(first: usize, count: usize) -> String {
+        crate::tags::placeholders(first, count)
+    }
+
     async fn publish_message(&self, message: &ClusterMessage) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)

@@ -163,6 +163,13 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
 }
 
 impl SqliteStore {
+    /// Placeholders for a statement whose parameters are all these, bound in order: anonymous
+    /// (`?`), because SQLite looks up a numbered or named parameter's name by walking all of
+    /// them, which makes binding thousands of `$N` parameters quadratic.
+    fn sequential_placeholders(_first: usize, count: usize) -> String {
+        vec!["?"; count].join(", ")
+    }
+
     /// A single node has nobody to tell.
     async fn publish_message(&self, _message: &ClusterMessage) -> Result<()> {
         Ok(())
