@@ -112,6 +112,10 @@ pub async fn send_released_here(state: &AppState, tenant: TenantId, job: JobId) 
     send_job_here(state, tenant, job).await;
 }
 
+/// Queued executions read at a time when a job is sent: each page is marked sent in one
+/// transaction.
+const DISPATCH_PAGE: u32 = 5000;
+
 /// Hands the job to the sessions here of routers whose execution is queued: marked sent in a
 /// few statements for all of them, then given to each session, which sends it. An execution a
 /// session cannot take (it just ended, or its router lost its seat) goes back to the queue.
@@ -126,7 +130,7 @@ async fn send_job_here(state: &AppState, tenant: TenantId, job: JobId) {
     let mut after = None;
     loop {
         let queued = match store
-            .queued_executions(job, state.clock.now(), 1000, after)
+            .queued_executions(job, state.clock.now(), DISPATCH_PAGE, after)
             .await
         {
             Ok(queued) => queued,
@@ -150,7 +154,7 @@ async fn send_job_here(state: &AppState, tenant: TenantId, job: JobId) {
             Err(error) => tracing::warn!(%error, %job, "cannot mark a job's executions sent"),
         }
         match queued.last() {
-            Some((last, _)) if queued.len() == 1000 => after = Some(*last),
+            Some((last, _)) if queued.len() == DISPATCH_PAGE as usize => after = Some(*last),
             _ => return,
         }
     }

@@ -374,6 +374,40 @@ macro_rules! insert_job {
 }
 pub(crate) use insert_job;
 
+/// Reports as JSON arrays for `REPORT_EXECUTIONS`, one statement each: as few as can be while
+/// each execution's reports keep their order (a round holds at most one report per execution;
+/// a router's `installing` and `succeeded` may arrive in the same batch).
+pub(crate) fn report_rounds(reports: &[ExecutionReport]) -> Result<Vec<String>> {
+    let mut rounds: Vec<Vec<serde_json::Value>> = Vec::new();
+    let mut seen: HashMap<ExecutionId, usize> = HashMap::new();
+    for report in reports.iter().filter(|r| !r.from.is_empty()) {
+        let round = seen.entry(report.execution).or_default();
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
+        }
+        let at = crate::rows::millis(report.at);
+        rounds[*round].push(serde_json::json!({
+            "id": report.execution.to_string(),
+            "tenant": report.tenant.to_string(),
+            "device": report.device.to_string(),
+            "from_states": report.from.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            "to_state": report.to.as_str(),
+            "reason": report.reason,
+            "at": at,
+            "finished_at": report.to.is_terminal().then_some(at),
+            "attempt": report.attempt,
+        }));
+        *round += 1;
+    }
+    rounds
+        .iter()
+        .map(|round| serde_json::to_string(round).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .collect()
+}
+
+/// Executions marked sent per statement: one parameter each.
+pub(crate) const SENT_PER_STATEMENT: usize = 5000;
+
 /// The states an execution waits in before it is sent, as an SQL list.
 pub(crate) const PENDING_STATES: &str = "('queued', 'waiting_for_license', 'waiting_for_window')";
 /// The states of an execution the router has, as an SQL list.
@@ -676,7 +710,10 @@ macro_rules! impl_jobs {
                 // The time is a number of our own, written into the statement, so that the ids
                 // are its only parameters and bind in order.
                 let at = $crate::rows::millis(now);
-                for chunk in executions.chunks($crate::tags::TAG_CHUNK) {
+                // One transaction: routers' reports, written meanwhile, wait once, not once per
+                // chunk.
+                let mut tx = self.begin_write().await?;
+                for chunk in executions.chunks($crate::jobs::SENT_PER_STATEMENT) {
                     let sql = format!(
                         "UPDATE job_executions SET state = 'sent', sent_at = {at}, \
                          updated_at = {at} WHERE id IN ({}) AND state = 'queued' \
@@ -689,8 +726,9 @@ macro_rules! impl_jobs {
                     for execution in chunk {
                         query = query.bind(execution.to_string());
                     }
-                    marked.extend($crate::rows::convert(query.fetch_all(&self.pool).await?)?);
+                    marked.extend($crate::rows::convert(query.fetch_all(&mut *tx).await?)?);
                 }
+                tx.commit().await?;
                 Ok(marked)
             }
 
@@ -730,28 +768,12 @@ macro_rules! impl_jobs {
             ) -> $crate::Result<u64> {
                 let mut tx = self.begin_write().await?;
                 let mut moved = 0;
-                for report in reports.iter().filter(|r| !r.from.is_empty()) {
-                    let at = $crate::rows::millis(report.at);
-                    let sql = format!(
-                        "UPDATE job_executions SET state = $4, reason = COALESCE($5, reason), \
-                         updated_at = $6, finished_at = $7 \
-                         WHERE id = $1 AND tenant_id = $2 AND device_id = $3 \
-                         AND ($8 IS NULL OR attempt = $8) AND state IN ({})",
-                        $crate::tags::placeholders(9, report.from.len())
-                    );
-                    let mut query = ::sqlx::query(::sqlx::AssertSqlSafe(sql))
-                        .bind(report.execution.to_string())
-                        .bind(report.tenant.to_string())
-                        .bind(report.device.to_string())
-                        .bind(report.to.as_str())
-                        .bind(report.reason.clone())
-                        .bind(at)
-                        .bind(report.to.is_terminal().then_some(at))
-                        .bind(report.attempt.map(i64::from));
-                    for state in &report.from {
-                        query = query.bind(state.as_str());
-                    }
-                    moved += query.execute(&mut *tx).await?.rows_affected();
+                for round in $crate::jobs::report_rounds(reports)? {
+                    moved += ::sqlx::query(Self::REPORT_EXECUTIONS)
+                        .bind(round)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
                 }
                 tx.commit().await?;
                 Ok(moved)

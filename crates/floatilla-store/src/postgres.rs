@@ -52,6 +52,16 @@ impl PgStore {
         FROM jsonb_to_recordset($1::jsonb) AS r(id TEXT, managed BOOLEAN, pinned BOOLEAN, \
         place BIGINT, session TEXT, linger_until BIGINT, state TEXT, reason TEXT) \
         WHERE d.id = r.id AND d.tenant_id = $2";
+    /// Routers' reports, a JSON array (see `jobs::report_rounds`): each moves its execution if
+    /// it stands in one of the report's states.
+    const REPORT_EXECUTIONS: &'static str = "UPDATE job_executions e SET state = r.to_state, \
+        reason = COALESCE(r.reason, e.reason), updated_at = r.at, finished_at = r.finished_at \
+        FROM jsonb_to_recordset($1::jsonb) AS r(id TEXT, tenant TEXT, device TEXT, \
+        from_states JSONB, to_state TEXT, reason TEXT, at BIGINT, finished_at BIGINT, \
+        attempt BIGINT) \
+        WHERE e.id = r.id AND e.tenant_id = r.tenant AND e.device_id = r.device \
+        AND (r.attempt IS NULL OR e.attempt = r.attempt) \
+        AND e.state IN (SELECT jsonb_array_elements_text(r.from_states))";
     const INSERT_EVENTS: &'static str = "INSERT INTO events \
         (id, tenant_id, at, kind, device_id, message) \
         SELECT id, tenant_id, at, kind, device_id, message FROM jsonb_to_recordset($1::jsonb) \

@@ -61,6 +61,18 @@ impl SqliteStore {
         linger_until = r.value ->> 'linger_until', license_state = r.value ->> 'state', \
         license_reason = COALESCE(r.value ->> 'reason', license_reason) \
         FROM json_each($1) AS r WHERE devices.id = r.value ->> 'id' AND +devices.tenant_id = $2";
+    /// Routers' reports, a JSON array (see `jobs::report_rounds`): each moves its execution if
+    /// it stands in one of the report's states. The unary `+` keeps each report finding its row
+    /// by id rather than by a router's index.
+    const REPORT_EXECUTIONS: &'static str = "UPDATE job_executions SET \
+        state = r.value ->> 'to_state', \
+        reason = COALESCE(r.value ->> 'reason', job_executions.reason), \
+        updated_at = r.value ->> 'at', finished_at = r.value ->> 'finished_at' \
+        FROM json_each($1) AS r WHERE job_executions.id = r.value ->> 'id' \
+        AND +job_executions.tenant_id = r.value ->> 'tenant' \
+        AND +job_executions.device_id = r.value ->> 'device' \
+        AND (r.value ->> 'attempt' IS NULL OR job_executions.attempt = r.value ->> 'attempt') \
+        AND job_executions.state IN (SELECT value FROM json_each(r.value -> 'from_states'))";
     const INSERT_EVENTS: &'static str = "INSERT INTO events \
         (id, tenant_id, at, kind, device_id, message) \
         SELECT value ->> 'id', value ->> 'tenant_id', value ->> 'at', value ->> 'kind', \
