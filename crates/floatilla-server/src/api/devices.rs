@@ -99,6 +99,10 @@ impl Selection {
 }
 
 /// Every router of the tenant the filter matches now.
+/// Routers read at a time when a selection is resolved: a job for a whole fleet reads a few
+/// large pages rather than many small ones (each page also counts the matches).
+const MATCHING_PAGE: u32 = 5000;
+
 pub async fn matching_devices(
     state: &AppState,
     tenant: TenantId,
@@ -109,7 +113,14 @@ pub async fn matching_devices(
     loop {
         let page = state
             .store
-            .list_devices(tenant, filter, &PageRequest { limit: 1000, after })
+            .list_devices(
+                tenant,
+                filter,
+                &PageRequest {
+                    limit: MATCHING_PAGE,
+                    after,
+                },
+            )
             .await?;
         devices.extend(page.items);
         match page.next_after {
