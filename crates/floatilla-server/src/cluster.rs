@@ -114,7 +114,7 @@ pub async fn send_released_here(state: &AppState, tenant: TenantId, job: JobId) 
 
 /// Queued executions read at a time when a job is sent: each page is marked sent in one
 /// transaction.
-const DISPATCH_PAGE: u32 = 5000;
+const DISPATCH_PAGE: u32 = 20_000;
 
 /// Hands the job to the sessions here of routers whose execution is queued: marked sent in a
 /// few statements for all of them, then given to each session, which sends it. An execution a
