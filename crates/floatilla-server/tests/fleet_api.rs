@@ -56,6 +56,19 @@ async fn routes_need_a_valid_token_except_openapi_metrics_and_health(db: TestDb)
         .unwrap();
     assert!(openapi["paths"]["/api/v1/devices"]["get"].is_object());
     assert!(openapi["paths"]["/api/v1/enrollment-tokens"]["post"].is_object());
+    for (path, method) in [
+        ("/api/v1/artifacts", "post"),
+        ("/api/v1/artifacts", "get"),
+        ("/api/v1/rollouts", "post"),
+        ("/api/v1/rollouts/{id}/resume", "post"),
+        ("/api/v1/jobs/status", "post"),
+    ] {
+        assert!(
+            openapi["paths"][path][method].is_object(),
+            "{method} {path}"
+        );
+    }
+    assert!(openapi["components"]["schemas"]["CreateRolloutRequest"].is_object());
     let metrics = server.metrics().await;
     assert!(metrics.contains("floatilla_routers_connected"), "{metrics}");
     let health = server
