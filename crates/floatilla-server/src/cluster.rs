@@ -106,20 +106,15 @@ pub async fn job_created(state: &AppState, tenant: TenantId, job: JobId) {
     .await;
 }
 
-/// Sends a rollout's executions that were released (and whose jitter passed) to the routers
-/// connected here.
-pub async fn send_released_here(state: &AppState, tenant: TenantId, job: JobId) {
-    send_job_here(state, tenant, job).await;
-}
-
 /// Queued executions read at a time when a job is sent: each page is marked sent in one
 /// transaction.
 const DISPATCH_PAGE: u32 = 20_000;
 
-/// Hands the job to the sessions here of routers whose execution is queued: marked sent in a
-/// few statements for all of them, then given to each session, which sends it. An execution a
-/// session cannot take (it just ended, or its router lost its seat) goes back to the queue.
-async fn send_job_here(state: &AppState, tenant: TenantId, job: JobId) {
+/// Hands the job to the sessions here of routers whose execution is queued and may be sent now
+/// (for a rollout: released, its jitter passed): marked sent in a few statements for all of
+/// them, then given to each session, which sends it. An execution a session cannot take (it
+/// just ended, or its router lost its seat) goes back to the queue.
+pub async fn send_job_here(state: &AppState, tenant: TenantId, job: JobId) {
     if state.sessions.is_empty() {
         return;
     }

@@ -56,7 +56,7 @@ pub async fn drive_one(state: &AppState, rollout: Rollout) {
         Ok(false) => {}
         Err(error) => tracing::warn!(%error, %job, "cannot lease a rollout"),
     }
-    crate::cluster::send_released_here(state, tenant, job).await;
+    crate::cluster::send_job_here(state, tenant, job).await;
 }
 
 /// One step of a rollout this node drives.

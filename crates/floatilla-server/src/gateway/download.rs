@@ -7,7 +7,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::response::Response;
 use floatilla_domain::ExecutionId;
-use floatilla_domain::jobs::requested_range;
+use floatilla_domain::jobs::{ByteRange, requested_range};
 use floatilla_store::ARTIFACT_CHUNK_BYTES;
 use http::{HeaderMap, StatusCode, header};
 
@@ -57,10 +57,12 @@ pub async fn artifact(
             .map_err(|_| Error::TooManyDownloads {
                 retry_after_secs: BUSY_RETRY_SECS,
             })?;
-    let (first, last) = match range {
-        Some(range) => (range.first, range.last),
-        None => (0, artifact.size - 1),
+    let whole = ByteRange {
+        first: 0,
+        last: artifact.size - 1,
     };
+    let served = range.unwrap_or(whole);
+    let (first, last) = (served.first, served.last);
     let store = state.store.clone();
     let id = artifact.id;
     // Chunk by chunk from the database: memory stays at one chunk per download, and the
@@ -95,7 +97,7 @@ pub async fn artifact(
     let mut response = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_LENGTH, last - first + 1)
+        .header(header::CONTENT_LENGTH, served.byte_count())
         .header(header::ETAG, format!("\"{}\"", artifact.sha256));
     if let Some(range) = range {
         response = response
