@@ -21,13 +21,13 @@ const LEASE: chrono::Duration = chrono::Duration::seconds(15);
 pub async fn run(state: AppState) {
     loop {
         let now = state.clock.now();
-        match state.store.running_rollouts().await {
+        match state.store.active_rollouts().await {
             Ok(rollouts) => {
                 for rollout in rollouts {
                     drive_one(&state, rollout).await;
                 }
             }
-            Err(error) => tracing::warn!(%error, "cannot read the running rollouts"),
+            Err(error) => tracing::warn!(%error, "cannot read the active rollouts"),
         }
         tokio::select! {
             () = state.clock.sleep_until(now + TICK) => {}
@@ -36,25 +36,28 @@ pub async fn run(state: AppState) {
     }
 }
 
-/// Drives the rollout if this node holds (or takes) its lease; either way sends the released
-/// executions of the routers connected here.
+/// Drives the rollout if it runs and this node holds (or takes) its lease; either way sends
+/// the released executions of the routers connected here (a paused rollout's too: it starts
+/// nothing new, but what it started, waiting out its jitter, still goes).
 pub async fn drive_one(state: &AppState, rollout: Rollout) {
     let now = state.clock.now();
     let job = rollout.job_id;
     let tenant = rollout.tenant_id;
-    match state
-        .store
-        .lease_rollout(job, &state.config.node_id, now, now + LEASE)
-        .await
-    {
-        Ok(true) => {
-            let _one_step_at_a_time = state.rollout_steps.lock().await;
-            if let Err(error) = step(state, &rollout).await {
-                tracing::warn!(%error, %job, "cannot drive a rollout");
+    if rollout.status == RolloutStatus::Running {
+        match state
+            .store
+            .lease_rollout(job, &state.config.node_id, now, now + LEASE)
+            .await
+        {
+            Ok(true) => {
+                let _one_step_at_a_time = state.rollout_steps.lock().await;
+                if let Err(error) = step(state, &rollout).await {
+                    tracing::warn!(%error, %job, "cannot drive a rollout");
+                }
             }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, %job, "cannot lease a rollout"),
         }
-        Ok(false) => {}
-        Err(error) => tracing::warn!(%error, %job, "cannot lease a rollout"),
     }
     crate::cluster::send_job_here(state, tenant, job).await;
 }

@@ -19,7 +19,7 @@ on_both_backends!(
     a_rollout_aborts_when_failures_reach_its_threshold,
     a_capacity_drop_mid_rollout_lets_installs_finish_and_holds_the_rest,
     rollouts_retry_pause_resume_take_in_late_joiners_and_cancel,
-    jitter_spreads_the_start_of_a_phase,
+    jitter_spreads_the_start_of_a_phase_and_a_pause_lets_what_started_go,
 );
 
 const FLEET: u32 = 1000;
@@ -434,7 +434,7 @@ async fn rollouts_retry_pause_resume_take_in_late_joiners_and_cancel(db: TestDb)
     }
 }
 
-async fn jitter_spreads_the_start_of_a_phase(db: TestDb) {
+async fn jitter_spreads_the_start_of_a_phase_and_a_pause_lets_what_started_go(db: TestDb) {
     let server = TestServer::start_with(db, licensing_config()).await;
     add_license(&server, json!({"name": "three", "seats": 3})).await;
     let mut routers = connect_fleet(&server, "JT", 3).await;
@@ -447,10 +447,26 @@ async fn jitter_spreads_the_start_of_a_phase(db: TestDb) {
     )
     .await;
     let id = rollout["id"].as_str().unwrap().to_owned();
+    // All three start at once, each sent after its own delay; a pause meanwhile starts nothing
+    // new, but what was started still goes out.
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while server.get(&format!("/api/v1/rollouts/{id}")).await["phases"][0]["in_flight"] != 3 {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = server
+        .api(Method::POST, &format!("/api/v1/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!(status, 200);
     for (_, router) in &mut routers {
         let job = next_job_ticking(&server, router).await;
         report(router, &job, JobUpdateState::Succeeded);
     }
+    counts_become(&server, &id, json!({"succeeded": 3})).await;
+    let (status, _) = server
+        .api(Method::POST, &format!("/api/v1/rollouts/{id}/resume"), None)
+        .await;
+    assert_eq!(status, 200);
     rollout_becomes(&server, &id, "completed").await;
     let sent: Vec<chrono::DateTime<Utc>> = executions(&server, &id)
         .await

@@ -69,8 +69,9 @@ pub trait Rollouts {
         limit: u32,
         before: Option<JobId>,
     ) -> Result<Vec<Rollout>>;
-    /// Every tenant's running rollouts: what the drivers look after.
-    async fn running_rollouts(&self) -> Result<Vec<Rollout>>;
+    /// Every tenant's running and paused rollouts: what the drivers look after (a paused one
+    /// starts nothing new, but what it started is still sent).
+    async fn active_rollouts(&self) -> Result<Vec<Rollout>>;
     /// Takes or keeps the right to drive the rollout until `until`: granted to `node` if it
     /// holds it or nobody does since the last lease ran out. One node drives each rollout.
     async fn lease_rollout(
@@ -263,11 +264,11 @@ macro_rules! impl_rollouts {
                 $crate::rows::convert(rows)
             }
 
-            async fn running_rollouts(&self) -> $crate::Result<Vec<$crate::Rollout>> {
+            async fn active_rollouts(&self) -> $crate::Result<Vec<$crate::Rollout>> {
                 let rows: Vec<$crate::rollouts::RolloutRow> = ::sqlx::query_as(
                     "SELECT job_id, tenant_id, policy, status, phase, planned, target_group_id, \
                      target_tag, jitter_secs, max_retries, reason, created_at, updated_at \
-                     FROM rollouts WHERE status = 'running' ORDER BY job_id",
+                     FROM rollouts WHERE status IN ('running', 'paused') ORDER BY job_id",
                 )
                 .fetch_all(&self.pool)
                 .await?;

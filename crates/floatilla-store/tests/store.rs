@@ -2859,7 +2859,7 @@ async fn rollouts_are_leased_released_and_stopped(store: Arc<dyn Store>) {
         Some(rollout.clone())
     );
     assert_eq!(
-        store.running_rollouts().await.unwrap(),
+        store.active_rollouts().await.unwrap(),
         vec![rollout.clone()]
     );
 
@@ -2992,7 +2992,7 @@ async fn rollouts_are_leased_released_and_stopped(store: Arc<dyn Store>) {
     );
     let counts = store.execution_counts(tenant, &[job.id]).await.unwrap();
     assert_eq!(counts[&job.id][&S::Cancelled], 3);
-    assert!(store.running_rollouts().await.unwrap().is_empty());
+    assert!(store.active_rollouts().await.unwrap().is_empty());
     let stopped = store.rollout(tenant, job.id).await.unwrap().unwrap();
     assert_eq!(
         (stopped.status, stopped.reason.as_deref()),
