@@ -311,17 +311,18 @@ pub async fn start(
         None => None,
     };
 
-    background.spawn(state.last_seen.clone().run(
-        store,
+    let last_seen = state.last_seen.clone();
+    background.spawn(crate::gateway::flush_every(
         state.config.last_seen_flush_interval,
         state.shutdown.clone(),
+        async move || last_seen.flush(store.as_ref()).await,
     ));
-    background.spawn(
-        state
-            .job_reports
-            .clone()
-            .run(state.store.clone(), state.shutdown.clone()),
-    );
+    let (job_reports, store) = (state.job_reports.clone(), state.store.clone());
+    background.spawn(crate::gateway::flush_every(
+        crate::gateway::job_reports::FLUSH_INTERVAL,
+        state.shutdown.clone(),
+        async move || job_reports.flush(store.as_ref()).await,
+    ));
     background.spawn(rotate_leaf(state.clone(), resolver, names));
     background.spawn(prune_expired(state.clone()));
     background.spawn(crate::cluster::listen(state.clone()));

@@ -4,11 +4,10 @@
 //! lost for good: the router is sent its unfinished execution again when it reconnects, and
 //! reports where it stands.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use floatilla_store::{ExecutionReport, Store};
-use tokio_util::sync::CancellationToken;
 
 /// How often reports are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
@@ -35,19 +34,6 @@ impl JobReports {
             let newer = std::mem::replace(&mut *pending, batch);
             pending.extend(newer);
         }
-    }
-
-    /// Flushes every [`FLUSH_INTERVAL`] until `shutdown`, then once more.
-    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(FLUSH_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => self.flush(store.as_ref()).await,
-                () = shutdown.cancelled() => break,
-            }
-        }
-        self.flush(store.as_ref()).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ExecutionReport>> {

@@ -2,12 +2,10 @@
 //! background task writes all of them in one batch per interval instead of one write per ping.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
 use floatilla_domain::{DeviceId, Timestamp};
 use floatilla_store::Store;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default)]
 pub struct LastSeen {
@@ -37,24 +35,6 @@ impl LastSeen {
                 pending.entry(device).or_insert(at);
             }
         }
-    }
-
-    /// Flushes every `interval` until `shutdown`, then once more.
-    pub async fn run(
-        self: Arc<Self>,
-        store: Arc<dyn Store>,
-        interval: Duration,
-        shutdown: CancellationToken,
-    ) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => self.flush(store.as_ref()).await,
-                () = shutdown.cancelled() => break,
-            }
-        }
-        self.flush(store.as_ref()).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Timestamp>> {
