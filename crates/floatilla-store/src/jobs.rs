@@ -94,6 +94,8 @@ pub trait Jobs {
     async fn job(&self, tenant: TenantId, id: JobId) -> Result<Option<Job>>;
     /// The tenant's jobs, newest first, at most `limit`, older than `before` if given.
     async fn jobs(&self, tenant: TenantId, limit: u32, before: Option<JobId>) -> Result<Vec<Job>>;
+    /// Those of `ids` that are the tenant's jobs, in the order asked.
+    async fn jobs_by_id(&self, tenant: TenantId, ids: &[JobId]) -> Result<Vec<Job>>;
     /// Each job's executions counted by state.
     async fn execution_counts(
         &self,
@@ -462,6 +464,32 @@ macro_rules! impl_jobs {
                 .fetch_all(&self.pool)
                 .await?;
                 $crate::rows::convert(rows)
+            }
+
+            async fn jobs_by_id(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                ids: &[::floatilla_domain::JobId],
+            ) -> $crate::Result<Vec<$crate::Job>> {
+                let mut found: ::std::collections::HashMap<::floatilla_domain::JobId, $crate::Job> =
+                    ::std::collections::HashMap::new();
+                for chunk in ids.chunks($crate::tags::TAG_CHUNK) {
+                    let sql = format!(
+                        "SELECT * FROM jobs WHERE tenant_id = $1 AND id IN ({})",
+                        $crate::tags::placeholders(2, chunk.len())
+                    );
+                    let mut query =
+                        ::sqlx::query_as::<_, $crate::jobs::JobRow>(::sqlx::AssertSqlSafe(sql))
+                            .bind(tenant.to_string());
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for row in query.fetch_all(&self.pool).await? {
+                        let job: $crate::Job = row.try_into()?;
+                        found.insert(job.id, job);
+                    }
+                }
+                Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
             }
 
             async fn execution_counts(

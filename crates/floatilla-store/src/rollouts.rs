@@ -233,9 +233,7 @@ macro_rules! impl_rollouts {
                 job: ::floatilla_domain::JobId,
             ) -> $crate::Result<Option<$crate::Rollout>> {
                 let row: Option<$crate::rollouts::RolloutRow> = ::sqlx::query_as(
-                    "SELECT job_id, tenant_id, policy, status, phase, planned, target_group_id, \
-                     target_tag, jitter_secs, max_retries, reason, created_at, updated_at \
-                     FROM rollouts WHERE tenant_id = $1 AND job_id = $2",
+                    "SELECT * FROM rollouts WHERE tenant_id = $1 AND job_id = $2",
                 )
                 .bind(tenant.to_string())
                 .bind(job.to_string())
@@ -251,9 +249,7 @@ macro_rules! impl_rollouts {
                 before: Option<::floatilla_domain::JobId>,
             ) -> $crate::Result<Vec<$crate::Rollout>> {
                 let rows: Vec<$crate::rollouts::RolloutRow> = ::sqlx::query_as(
-                    "SELECT job_id, tenant_id, policy, status, phase, planned, target_group_id, \
-                     target_tag, jitter_secs, max_retries, reason, created_at, updated_at \
-                     FROM rollouts WHERE tenant_id = $1 AND ($2 IS NULL OR job_id < $2) \
+                    "SELECT * FROM rollouts WHERE tenant_id = $1 AND ($2 IS NULL OR job_id < $2) \
                      ORDER BY job_id DESC LIMIT $3",
                 )
                 .bind(tenant.to_string())
@@ -266,9 +262,7 @@ macro_rules! impl_rollouts {
 
             async fn active_rollouts(&self) -> $crate::Result<Vec<$crate::Rollout>> {
                 let rows: Vec<$crate::rollouts::RolloutRow> = ::sqlx::query_as(
-                    "SELECT job_id, tenant_id, policy, status, phase, planned, target_group_id, \
-                     target_tag, jitter_secs, max_retries, reason, created_at, updated_at \
-                     FROM rollouts WHERE status IN ('running', 'paused') ORDER BY job_id",
+                    "SELECT * FROM rollouts WHERE status IN ('running', 'paused') ORDER BY job_id",
                 )
                 .fetch_all(&self.pool)
                 .await?;

@@ -2507,6 +2507,14 @@ async fn jobs_keep_each_routers_execution_moving_by_the_rules(store: Arc<dyn Sto
     assert_eq!(store.job(tenant, job.id).await.unwrap(), Some(job.clone()));
     assert_eq!(store.job(other, job.id).await.unwrap(), None);
     assert_eq!(
+        store
+            .jobs_by_id(tenant, &[JobId::new(), job.id])
+            .await
+            .unwrap(),
+        vec![job.clone()]
+    );
+    assert!(store.jobs_by_id(other, &[job.id]).await.unwrap().is_empty());
+    assert_eq!(
         store.jobs(tenant, 10, None).await.unwrap(),
         vec![job.clone()]
     );

@@ -11,12 +11,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use floatilla_domain::events::{Event, EventKind};
-use floatilla_domain::jobs::{ArtifactKind, ExecutionState, JobKind, RolloutStatus, pending_state};
+use floatilla_domain::jobs::{ArtifactKind, ExecutionState, JobKind, RolloutStatus};
 use floatilla_domain::licensing::LicenseState;
 use floatilla_domain::model::Device;
-use floatilla_domain::{
-    ArtifactId, DeviceId, ExecutionId, GroupId, JobId, Role, TenantId, Timestamp,
-};
+use floatilla_domain::{ArtifactId, ExecutionId, JobId, Role, TenantId};
 use floatilla_store::{Execution, Job, JobArtifact, RolloutChange, StateCounts};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -24,7 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::devices::{Selection, parse_device_id};
-use super::extract::{ApiJson, ApiQuery, page_limit};
+use super::extract::{ApiJson, ApiQuery, cursor, next_cursor, page_limit};
 use super::views::{ErrorView, RouterRef};
 use crate::error::{Error, Result, checked_range};
 use crate::state::AppState;
@@ -197,9 +195,6 @@ pub(crate) struct PreparedJob {
     pub devices: Vec<Device>,
     /// Routers of the group or tag left out because the artifact is not for their model.
     pub left_out: usize,
-    /// The group or tag target, for a rollout that takes in routers joining later.
-    pub group: Option<GroupId>,
-    pub tag: Option<String>,
 }
 
 /// Checks a job request and finds its routers; nothing is stored.
@@ -281,13 +276,6 @@ pub(crate) async fn prepare(
         ));
     }
     let explicit = request.target.ids.is_some();
-    let group = match &request.target.group {
-        Some(name) if !explicit && request.target.tag.is_none() => {
-            Some(super::groups::group_id_by_name(state, tenant, name).await?)
-        }
-        _ => None,
-    };
-    let tag = request.target.tag.clone().filter(|_| !explicit);
     let selection = Selection {
         ids: request.target.ids,
         group: request.target.group,
@@ -344,37 +332,7 @@ pub(crate) async fn prepare(
         job,
         devices,
         left_out,
-        group,
-        tag,
     })
-}
-
-/// A router's new execution of `job`: waiting for a license unless it holds a seat; sent
-/// from `release_at` (`None`: when its rollout lets it start).
-pub(crate) fn new_execution(
-    job: &Job,
-    device: DeviceId,
-    licensed: bool,
-    release_at: Option<Timestamp>,
-    position: u32,
-    phase: u32,
-) -> Execution {
-    Execution {
-        id: ExecutionId::new(),
-        job_id: job.id,
-        tenant_id: job.tenant_id,
-        device_id: device,
-        state: pending_state(licensed, true),
-        reason: None,
-        attempt: 1,
-        created_at: job.created_at,
-        sent_at: None,
-        updated_at: job.created_at,
-        finished_at: None,
-        release_at,
-        position,
-        phase,
-    }
 }
 
 /// Creates a job for the target's routers: each gets an execution, `queued` if it holds a seat,
@@ -401,7 +359,7 @@ pub async fn create(
         .iter()
         .map(|device| {
             let licensed = device.license.state == LicenseState::Licensed;
-            new_execution(&job, device.id, licensed, Some(now), 0, 0)
+            crate::jobs::new_execution(&job, device.id, licensed, Some(now), 0, 0)
         })
         .collect();
     state.store.create_job(&job, &executions).await?;
@@ -497,20 +455,11 @@ pub async fn list(
 ) -> Result<Json<JobList>> {
     let tenant = caller.require(Role::Viewer)?;
     let limit = page_limit(query.limit)?;
-    let before = query
-        .before
-        .as_deref()
-        .map(|b| {
-            b.parse::<JobId>()
-                .map_err(|_| Error::invalid("invalid_cursor", "before is a job id"))
-        })
-        .transpose()?;
+    let before = cursor::<JobId>(query.before.as_deref(), "before is a job id")?;
     let jobs = state.store.jobs(tenant, limit, before).await?;
     let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     let counts = state.store.execution_counts(tenant, &ids).await?;
-    let next = (jobs.len() == limit as usize)
-        .then(|| jobs.last().map(|j| j.id.to_string()))
-        .flatten();
+    let next = next_cursor(&jobs, limit, |j| j.id.to_string());
     Ok(Json(JobList {
         items: jobs
             .iter()
@@ -570,21 +519,12 @@ pub async fn executions(
         .await?
         .ok_or(Error::NotFound("job"))?;
     let limit = page_limit(query.limit)?;
-    let after = query
-        .after
-        .as_deref()
-        .map(|a| {
-            a.parse::<ExecutionId>()
-                .map_err(|_| Error::invalid("invalid_cursor", "after is an execution id"))
-        })
-        .transpose()?;
+    let after = cursor::<ExecutionId>(query.after.as_deref(), "after is an execution id")?;
     let items = state
         .store
         .job_executions(tenant, job, limit, after)
         .await?;
-    let next = (items.len() == limit as usize)
-        .then(|| items.last().map(|e| e.id.to_string()))
-        .flatten();
+    let next = next_cursor(&items, limit, |e| e.id.to_string());
     Ok(Json(ExecutionList {
         items: items.iter().map(ExecutionView::from).collect(),
         next,
@@ -617,15 +557,15 @@ pub async fn bulk_status(
             format!("ask about at most {MAX_BULK_STATUS_JOBS} jobs at once"),
         ));
     }
-    let mut jobs = Vec::with_capacity(request.ids.len());
-    for id in &request.ids {
-        let id: JobId = id
-            .parse()
-            .map_err(|_| Error::invalid("invalid_id", format!("{id:?} is no job id")))?;
-        if let Some(job) = state.store.job(tenant, id).await? {
-            jobs.push(job);
-        }
-    }
+    let asked = request
+        .ids
+        .iter()
+        .map(|id| {
+            id.parse::<JobId>()
+                .map_err(|_| Error::invalid("invalid_id", format!("{id:?} is no job id")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let jobs = state.store.jobs_by_id(tenant, &asked).await?;
     let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     let counts = state.store.execution_counts(tenant, &ids).await?;
     Ok(Json(
