@@ -1,5 +1,9 @@
 //! Jobs in the background: executions past their deadline end on every node.
 
+use floatilla_domain::jobs::pending_state;
+use floatilla_domain::{DeviceId, ExecutionId, Timestamp};
+use floatilla_store::{Execution, Job};
+
 use crate::state::AppState;
 
 /// Ends executions whose deadline passed (the job's expiry before they were sent, the job's
@@ -15,13 +19,6 @@ pub async fn end_overdue(state: AppState) {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "cannot end overdue executions"),
         }
-        // An upload whose node stopped before it completed would otherwise hold its name and
-        // version for ever.
-        match state.store.abandon_stale_uploads(now - STALE_UPLOAD).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "removed artifact uploads that never completed"),
-            Err(error) => tracing::warn!(%error, "cannot remove stale artifact uploads"),
-        }
         tokio::select! {
             () = state.clock.sleep_until(now + OVERDUE_SWEEP) => {}
             () = state.shutdown.cancelled() => return,
@@ -29,8 +26,33 @@ pub async fn end_overdue(state: AppState) {
     }
 }
 
-/// How long an artifact upload may take before its remains are removed.
-pub const STALE_UPLOAD: chrono::Duration = chrono::Duration::hours(24);
-
 /// How often overdue executions are looked for.
 pub const OVERDUE_SWEEP: chrono::Duration = chrono::Duration::seconds(5);
+
+/// A router's new execution of `job`: waiting for a license unless it holds a seat; sent
+/// from `release_at` (`None`: when its rollout lets it start).
+pub fn new_execution(
+    job: &Job,
+    device: DeviceId,
+    licensed: bool,
+    release_at: Option<Timestamp>,
+    position: u32,
+    phase: u32,
+) -> Execution {
+    Execution {
+        id: ExecutionId::new(),
+        job_id: job.id,
+        tenant_id: job.tenant_id,
+        device_id: device,
+        state: pending_state(licensed, true),
+        reason: None,
+        attempt: 1,
+        created_at: job.created_at,
+        sent_at: None,
+        updated_at: job.created_at,
+        finished_at: None,
+        release_at,
+        position,
+        phase,
+    }
+}

@@ -4,11 +4,10 @@
 //! many executions; every node sends the released executions of the routers it holds.
 
 use floatilla_domain::events::{Event, EventKind};
-use floatilla_domain::jobs::{MaintenanceWindow, RolloutStatus, StatusChange, plan};
-use floatilla_store::{Rollout, RolloutChange};
+use floatilla_domain::jobs::{MaintenanceWindow, PhaseTally, RolloutStatus, StatusChange, plan};
+use floatilla_store::{PhaseCount, Rollout, RolloutChange};
 use rand::Rng;
 
-use crate::api::rollouts::tallies;
 use crate::error::Result;
 use crate::state::AppState;
 
@@ -43,6 +42,7 @@ pub async fn drive_one(state: &AppState, rollout: Rollout) {
     let now = state.clock.now();
     let job = rollout.job_id;
     let tenant = rollout.tenant_id;
+    let mut released = 0;
     if rollout.status == RolloutStatus::Running {
         match state
             .store
@@ -51,61 +51,55 @@ pub async fn drive_one(state: &AppState, rollout: Rollout) {
         {
             Ok(true) => {
                 let _one_step_at_a_time = state.rollout_steps.lock().await;
-                if let Err(error) = step(state, &rollout).await {
-                    tracing::warn!(%error, %job, "cannot drive a rollout");
+                match step(state, &rollout).await {
+                    Ok(count) => released = count,
+                    Err(error) => tracing::warn!(%error, %job, "cannot drive a rollout"),
                 }
             }
             Ok(false) => {}
             Err(error) => tracing::warn!(%error, %job, "cannot lease a rollout"),
         }
     }
-    crate::cluster::send_job_here(state, tenant, job).await;
+    if released > 0 {
+        // The other nodes hear of it now rather than at their next tick.
+        crate::cluster::job_created(state, tenant, job).await;
+    } else {
+        crate::cluster::send_job_here(state, tenant, job).await;
+    }
 }
 
-/// One step of a rollout this node drives.
-async fn step(state: &AppState, read_before: &Rollout) -> Result<()> {
+/// Executions counted by phase as the planner sees them: one tally per phase of the
+/// rollout's plan (late joiners in the last).
+pub fn tallies(rollout: &Rollout, counts: &[PhaseCount]) -> Vec<PhaseTally> {
+    let phases = rollout.policy.phase_ends(rollout.planned).len();
+    let mut tallies = vec![PhaseTally::default(); phases];
+    for count in counts {
+        let phase = usize::try_from(count.phase)
+            .unwrap_or(usize::MAX)
+            .min(phases - 1);
+        tallies[phase].add(count.state, count.released, count.count);
+    }
+    tallies
+}
+
+/// One step of a rollout this node drives; answers how many executions it released. (A
+/// cancelled job cancels its rollout, so a running rollout's job is never cancelled.)
+async fn step(state: &AppState, read_before: &Rollout) -> Result<u64> {
     let store = &state.store;
     let now = state.clock.now();
     let job = read_before.job_id;
     // As it stands now: a step that ran meanwhile may have moved it on.
     let Some(rollout) = store.rollout(read_before.tenant_id, job).await? else {
-        return Ok(());
+        return Ok(0);
     };
     if rollout.status != RolloutStatus::Running {
-        return Ok(());
+        return Ok(0);
     }
     let rollout = &rollout;
-    let Some(details) = store.job(rollout.tenant_id, job).await? else {
-        return Ok(());
-    };
-    let last_phase = rollout.policy.phase_ends(rollout.planned).len() - 1;
-    if rollout.is_open_ended() && details.cancelled_at.is_none() {
-        let artifact = match &details.artifact {
-            Some(carried) => store.artifact(rollout.tenant_id, carried.id).await?,
-            None => None,
-        };
-        let mut joiners = store.late_joiners(rollout).await?;
-        // Routers of models the artifact is not for stay out, as they did at the start.
-        joiners.retain(|(_, _, model)| artifact.as_ref().is_none_or(|a| a.fits(model)));
-        if !joiners.is_empty() {
-            let counts = store.phase_counts(job).await?;
-            let existing: u32 = counts.iter().map(|c| c.count).sum();
-            let phase = u32::try_from(last_phase).unwrap_or(0);
-            let executions: Vec<_> = joiners
-                .iter()
-                .enumerate()
-                .map(|(offset, (device, licensed, _))| {
-                    let position = existing + u32::try_from(offset).unwrap_or(u32::MAX);
-                    crate::api::jobs::new_execution(
-                        &details, *device, *licensed, None, position, phase,
-                    )
-                })
-                .collect();
-            store.add_executions(&executions).await?;
-            tracing::info!(%job, joined = executions.len(), "routers joined a rollout");
-        }
+    if rollout.is_open_ended() {
+        take_in_late_joiners(state, rollout).await?;
     }
-    if rollout.max_retries > 0 && details.cancelled_at.is_none() {
+    if rollout.max_retries > 0 {
         store
             .retry_executions(job, rollout.max_retries + 1, now)
             .await?;
@@ -178,7 +172,7 @@ async fn step(state: &AppState, read_before: &Rollout) -> Result<()> {
             .await?;
         if !changed {
             // An operator paused or cancelled it meanwhile: their word stands.
-            return Ok(());
+            return Ok(0);
         }
         let message = format!("rollout {job}: {reason}");
         crate::events::record(
@@ -188,7 +182,7 @@ async fn step(state: &AppState, read_before: &Rollout) -> Result<()> {
         .await;
     }
     if planned.status != RolloutStatus::Running || planned.start == 0 {
-        return Ok(());
+        return Ok(0);
     }
     let ready = store.ready_executions(job, phase, planned.start).await?;
     let releases: Vec<_> = {
@@ -205,10 +199,45 @@ async fn step(state: &AppState, read_before: &Rollout) -> Result<()> {
             })
             .collect()
     };
-    let released = store.release_executions(&releases, now).await?;
-    if released > 0 {
-        // Sent at once here; the other nodes hear of it now rather than at their next tick.
-        crate::cluster::job_created(state, rollout.tenant_id, job).await;
+    Ok(store.release_executions(&releases, now).await?)
+}
+
+/// Gives the routers that joined the rollout's group or tag an execution in its last phase,
+/// behind the others; routers of models the artifact is not for stay out, as they did at the
+/// start.
+async fn take_in_late_joiners(state: &AppState, rollout: &Rollout) -> Result<()> {
+    let store = &state.store;
+    let mut joiners = store.late_joiners(rollout).await?;
+    if joiners.is_empty() {
+        return Ok(());
+    }
+    let Some(job) = store.job(rollout.tenant_id, rollout.job_id).await? else {
+        return Ok(());
+    };
+    if let Some(carried) = &job.artifact
+        && let Some(artifact) = store.artifact(rollout.tenant_id, carried.id).await?
+    {
+        joiners.retain(|(_, _, model)| artifact.fits(model));
+    }
+    let existing: u32 = store
+        .phase_counts(job.id)
+        .await?
+        .iter()
+        .map(|c| c.count)
+        .sum();
+    let last_phase = rollout.policy.phase_ends(rollout.planned).len() - 1;
+    let phase = u32::try_from(last_phase).unwrap_or(0);
+    let executions: Vec<_> = joiners
+        .iter()
+        .enumerate()
+        .map(|(offset, (device, licensed, _))| {
+            let position = existing + u32::try_from(offset).unwrap_or(u32::MAX);
+            crate::jobs::new_execution(&job, *device, *licensed, None, position, phase)
+        })
+        .collect();
+    if !executions.is_empty() {
+        store.add_executions(&executions).await?;
+        tracing::info!(job = %job.id, joined = executions.len(), "routers joined a rollout");
     }
     Ok(())
 }

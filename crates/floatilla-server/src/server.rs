@@ -453,7 +453,11 @@ async fn rotate_leaf(state: AppState, resolver: Arc<LeafResolver>, names: Vec<St
 /// How many history rows one statement deletes, so pruning never holds locks for long.
 const PRUNE_BATCH: u32 = 5_000;
 
-/// Deletes connection history and events past the retention period: at start, then once a day.
+/// How long an artifact upload may take before its remains are removed.
+const STALE_UPLOAD: chrono::Duration = chrono::Duration::hours(24);
+
+/// Deletes connection history and events past the retention period, and artifact uploads that
+/// never completed: at start, then once a day.
 async fn prune_expired(state: AppState) {
     loop {
         // The next round is due a day after this one began: a clock that moved on while this
@@ -466,6 +470,13 @@ async fn prune_expired(state: AppState) {
         })
         .await;
         prune("events", cutoff, |batch| store.prune_events(cutoff, batch)).await;
+        // An upload whose node stopped before it completed would otherwise hold its name and
+        // version for ever.
+        match store.abandon_stale_uploads(began - STALE_UPLOAD).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed artifact uploads that never completed"),
+            Err(error) => tracing::warn!(%error, "cannot remove stale artifact uploads"),
+        }
         let next = began + chrono::Duration::days(1);
         tokio::select! {
             () = state.clock.sleep_until(next) => {}

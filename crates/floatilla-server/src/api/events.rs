@@ -8,8 +8,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::auth::Caller;
-use super::extract::ApiQuery;
-use super::extract::page_limit;
+use super::extract::{ApiQuery, cursor, next_cursor, page_limit};
 use super::views::{ErrorView, EventList, EventView};
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -60,19 +59,10 @@ pub async fn list(
                     .map_err(|_| Error::invalid("invalid_device", "device is not a router id"))
             })
             .transpose()?,
-        before: query
-            .before
-            .as_deref()
-            .map(|id| {
-                id.parse()
-                    .map_err(|_| Error::invalid("invalid_cursor", "before is not an event id"))
-            })
-            .transpose()?,
+        before: cursor(query.before.as_deref(), "before is not an event id")?,
     };
     let events = state.store.events(tenant, &filter, limit).await?;
-    let next = (events.len() == limit as usize)
-        .then(|| events.last().map(|e| e.id.to_string()))
-        .flatten();
+    let next = next_cursor(&events, limit, |e| e.id.to_string());
     Ok(Json(EventList {
         items: events.iter().map(EventView::from).collect(),
         next,

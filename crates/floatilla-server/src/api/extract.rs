@@ -25,6 +25,29 @@ pub fn page_limit(requested: Option<u32>) -> crate::error::Result<u32> {
     Ok(limit)
 }
 
+/// A listing's cursor as given (`before` or `after`): an id of what is listed, else
+/// `invalid_cursor` with `message`.
+pub fn cursor<T: std::str::FromStr>(
+    given: Option<&str>,
+    message: &'static str,
+) -> crate::error::Result<Option<T>> {
+    given
+        .map(|id| {
+            id.parse()
+                .map_err(|_| crate::error::Error::invalid("invalid_cursor", message))
+        })
+        .transpose()
+}
+
+/// The cursor of the page after `page`: the id of its last item when the page is full.
+pub fn next_cursor<T>(page: &[T], limit: u32, id: impl Fn(&T) -> String) -> Option<String> {
+    if page.len() == limit as usize {
+        page.last().map(id)
+    } else {
+        None
+    }
+}
+
 /// A JSON body; a bad one is answered `400 invalid_json` (`413 body_too_large` when too big).
 pub struct ApiJson<T>(pub T);
 

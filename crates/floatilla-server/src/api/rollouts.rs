@@ -9,15 +9,16 @@ use chrono::{DateTime, Utc};
 use floatilla_domain::events::{Event, EventKind};
 use floatilla_domain::jobs::{PhaseSize, PhaseTally, RolloutPolicy, RolloutStatus};
 use floatilla_domain::licensing::LicenseState;
+use floatilla_domain::model::checked_tag;
 use floatilla_domain::{JobId, Role, TenantId};
-use floatilla_store::{Execution, Rollout, RolloutChange};
+use floatilla_store::{Execution, Job, PhaseCount, Rollout, RolloutChange, StateCounts};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::extract::{ApiJson, ApiQuery, page_limit};
-use super::jobs::{CreateJobRequest, JobView, PreparedJob, count_states, left_out_text};
+use super::extract::{ApiJson, ApiQuery, cursor, next_cursor, page_limit};
+use super::jobs::{CreateJobRequest, JobView, PreparedJob, left_out_text};
 use super::views::ErrorView;
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -103,36 +104,25 @@ pub struct RolloutView {
     pub job: JobView,
 }
 
-/// Executions counted by phase as the planner sees them: one tally per phase of the
-/// rollout's plan (late joiners in the last).
-pub(crate) fn tallies(
-    rollout: &Rollout,
-    counts: &[floatilla_store::PhaseCount],
-) -> Vec<PhaseTally> {
-    let phases = rollout.policy.phase_ends(rollout.planned).len();
-    let mut tallies = vec![PhaseTally::default(); phases];
-    for count in counts {
-        let phase = usize::try_from(count.phase)
-            .unwrap_or(usize::MAX)
-            .min(phases - 1);
-        tallies[phase].add(count.state, count.released, count.count);
-    }
-    tallies
-}
-
 async fn view(state: &AppState, rollout: &Rollout) -> Result<RolloutView> {
     let job = state
         .store
         .job(rollout.tenant_id, rollout.job_id)
         .await?
         .ok_or(Error::NotFound("rollout"))?;
-    let counts = state
-        .store
-        .execution_counts(rollout.tenant_id, &[job.id])
-        .await?;
     let phase_counts = state.store.phase_counts(job.id).await?;
+    Ok(view_of(rollout, &job, &phase_counts))
+}
+
+/// The rollout as shown, from its job and its executions counted by phase (which also give
+/// the job's counts by state).
+fn view_of(rollout: &Rollout, job: &Job, phase_counts: &[PhaseCount]) -> RolloutView {
+    let mut counts = StateCounts::new();
+    for count in phase_counts {
+        *counts.entry(count.state).or_default() += u64::from(count.count);
+    }
     let ends = rollout.policy.phase_ends(rollout.planned);
-    let phases = tallies(rollout, &phase_counts)
+    let phases = crate::rollouts::tallies(rollout, phase_counts)
         .into_iter()
         .zip(ends)
         .map(|(t, reaches)| PhaseView {
@@ -145,7 +135,7 @@ async fn view(state: &AppState, rollout: &Rollout) -> Result<RolloutView> {
             dropped: t.dropped,
         })
         .collect();
-    Ok(RolloutView {
+    RolloutView {
         id: rollout.job_id.to_string(),
         status: rollout.status.as_str().to_owned(),
         phase: rollout.phase,
@@ -161,8 +151,8 @@ async fn view(state: &AppState, rollout: &Rollout) -> Result<RolloutView> {
         reason: rollout.reason.clone(),
         created_at: rollout.created_at,
         updated_at: rollout.updated_at,
-        job: JobView::new(&job, counts.get(&job.id)),
-    })
+        job: JobView::new(job, Some(&counts)),
+    }
 }
 
 fn checked_policy(request: &CreateRolloutRequest) -> Result<RolloutPolicy> {
@@ -229,23 +219,29 @@ pub async fn create(
             format!("jitter_secs is at most {MAX_JITTER_SECS}, max_retries at most {MAX_RETRIES}"),
         ));
     }
+    let target = &request.job.target;
+    let (follow_group, follow_tag) = (target.group.clone(), target.tag.clone());
     let PreparedJob {
         job,
         devices,
         left_out,
-        group,
-        tag,
     } = super::jobs::prepare(&state, &caller, tenant, request.job).await?;
-    let (group, tag) = if follow_target {
-        if group.is_none() && tag.is_none() {
+    let (group, tag) = match (follow_target, follow_group, follow_tag) {
+        (false, _, _) => (None, None),
+        (true, Some(name), None) => (
+            Some(super::groups::group_id_by_name(&state, tenant, &name).await?),
+            None,
+        ),
+        (true, None, Some(tag)) => (
+            None,
+            Some(checked_tag(&tag).map_err(|e| Error::invalid("invalid_tag", e))?),
+        ),
+        (true, _, _) => {
             return Err(Error::invalid(
                 "invalid_field",
                 "follow_target needs a group or tag target",
             ));
         }
-        (group, tag)
-    } else {
-        (None, None)
     };
     let planned = u32::try_from(devices.len()).unwrap_or(u32::MAX);
     let executions: Vec<Execution> = devices
@@ -255,7 +251,7 @@ pub async fn create(
             let position = u32::try_from(position).unwrap_or(u32::MAX);
             let phase = u32::try_from(policy.phase_of(position, planned)).unwrap_or(0);
             let licensed = device.license.state == LicenseState::Licensed;
-            super::jobs::new_execution(&job, device.id, licensed, None, position, phase)
+            crate::jobs::new_execution(&job, device.id, licensed, None, position, phase)
         })
         .collect();
     let now = job.created_at;
@@ -278,7 +274,6 @@ pub async fn create(
         .store
         .create_rollout(&rollout, &job, &executions)
         .await?;
-    let counts = count_states(&executions);
     let message = format!(
         "{} started a rollout of a {} job to {planned} routers in {} phases{}",
         job.created_by,
@@ -294,8 +289,23 @@ pub async fn create(
     let driver = state.clone();
     let started = rollout.clone();
     tokio::spawn(async move { crate::rollouts::drive_one(&driver, started).await });
-    let mut answer = view(&state, &rollout).await?;
-    answer.job = JobView::new(&job, Some(&counts));
+    // As just stored: nothing released yet.
+    let mut counts: Vec<PhaseCount> = Vec::new();
+    for execution in &executions {
+        match counts
+            .iter_mut()
+            .find(|c| (c.phase, c.state) == (execution.phase, execution.state))
+        {
+            Some(count) => count.count += 1,
+            None => counts.push(PhaseCount {
+                phase: execution.phase,
+                state: execution.state,
+                released: false,
+                count: 1,
+            }),
+        }
+    }
+    let mut answer = view_of(&rollout, &job, &counts);
     answer.job.left_out = left_out;
     Ok((StatusCode::CREATED, Json(answer)))
 }
@@ -326,22 +336,13 @@ pub async fn list(
 ) -> Result<Json<RolloutList>> {
     let tenant = caller.require(Role::Viewer)?;
     let limit = page_limit(query.limit)?;
-    let before = query
-        .before
-        .as_deref()
-        .map(|b| {
-            b.parse::<JobId>()
-                .map_err(|_| Error::invalid("invalid_cursor", "before is a rollout id"))
-        })
-        .transpose()?;
+    let before = cursor::<JobId>(query.before.as_deref(), "before is a rollout id")?;
     let rollouts = state.store.rollouts(tenant, limit, before).await?;
     let mut items = Vec::with_capacity(rollouts.len());
     for rollout in &rollouts {
         items.push(view(&state, rollout).await?);
     }
-    let next = (rollouts.len() == limit as usize)
-        .then(|| rollouts.last().map(|r| r.job_id.to_string()))
-        .flatten();
+    let next = next_cursor(&rollouts, limit, |r| r.job_id.to_string());
     Ok(Json(RolloutList { items, next }))
 }
 
@@ -384,7 +385,7 @@ async fn change(
         // A phase that paused below the success threshold is done: resuming means going on,
         // to the next phase, or to the end after the last.
         let counts = state.store.phase_counts(rollout.job_id).await?;
-        let tallies = tallies(&rollout, &counts);
+        let tallies = crate::rollouts::tallies(&rollout, &counts);
         let current = usize::try_from(phase).unwrap_or(usize::MAX);
         if tallies.get(current).is_some_and(PhaseTally::is_done) {
             if current + 1 < tallies.len() {
