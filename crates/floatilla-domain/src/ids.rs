@@ -93,3 +93,11 @@ id_type!(
     /// certificates.
     ArtifactId
 );
+id_type!(
+    /// A person who logs in to the console.
+    UserId
+);
+id_type!(
+    /// One entry of the audit log; time-ordered, so listings page by it.
+    AuditEntryId
+);

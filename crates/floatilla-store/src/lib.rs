@@ -2,6 +2,7 @@
 //! single-node sites and a PostgreSQL implementation for several nodes sharing one database.
 //! Each backend has its own migrations, applied when the store is opened.
 
+mod accounts;
 mod artifacts;
 mod cluster;
 mod enrollment;
@@ -20,6 +21,7 @@ mod tags;
 pub mod testing;
 mod webhooks;
 
+pub use accounts::{Accounts, AuditFilter, ConsoleSession};
 pub use artifacts::{ARTIFACT_CHUNK_BYTES, Artifact, Artifacts};
 pub use cluster::{CallOutcome, Cluster, ClusterMessage, Received, Subscription};
 pub use enrollment::{EnrollmentControl, Preregistered, Preregistration};
@@ -136,6 +138,7 @@ pub struct DevicePatch {
 #[async_trait]
 pub trait Store:
     EventLog
+    + Accounts
     + EnrollmentControl
     + Cluster
     + LicensePools

@@ -6,6 +6,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
+use crate::accounts::impl_accounts;
 use crate::artifacts::impl_artifacts;
 use crate::cluster::{CHANNEL, ClusterMessage, Subscription, impl_cluster};
 use crate::enrollment::impl_enrollment_control;
@@ -173,3 +174,4 @@ impl_tags!(PgStore);
 impl_jobs!(PgStore);
 impl_artifacts!(PgStore);
 impl_rollouts!(PgStore);
+impl_accounts!(PgStore);

@@ -10,6 +10,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Sqlite, Transaction};
 
+use crate::accounts::impl_accounts;
 use crate::artifacts::impl_artifacts;
 use crate::cluster::{ClusterMessage, Subscription, impl_cluster};
 use crate::enrollment::impl_enrollment_control;
@@ -203,3 +204,4 @@ impl_tags!(SqliteStore);
 impl_jobs!(SqliteStore);
 impl_artifacts!(SqliteStore);
 impl_rollouts!(SqliteStore);
+impl_accounts!(SqliteStore);

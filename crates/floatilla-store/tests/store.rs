@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration};
 use floatilla_domain::TimerProfile;
+use floatilla_domain::accounts::{Actor, AuditEntry, User, UserStatus};
 use floatilla_domain::enrollment::{EnrollmentDecision, EnrollmentPolicy, EnrollmentState};
 use floatilla_domain::events::{Event, EventFilter, EventKind, Severity};
 use floatilla_domain::licensing::activation::ActivationCode;
@@ -19,12 +20,14 @@ use floatilla_domain::{
     ApiTokenId, ConnectionState, CredentialId, DeviceId, DisconnectReason, EnrollmentTokenId,
     GroupId, Role, SessionId, TenantId, Timestamp,
 };
+use floatilla_domain::{AuditEntryId, UserId};
 use floatilla_domain::{CodeBatchId, LicenseId};
 use floatilla_store::testing::TestDb;
 use floatilla_store::{
-    Backend, ClosedSession, ClusterMessage, CodeFilter, CodeRedemption, DevicePatch, Enrollment,
-    ExecutionReport, GroupPatch, IssuedCode, License, Location, Preregistered, Preregistration,
-    Received, Redemption, Store, StoreError, TenantUpdate,
+    AuditFilter, Backend, ClosedSession, ClusterMessage, CodeFilter, CodeRedemption,
+    ConsoleSession, DevicePatch, Enrollment, ExecutionReport, GroupPatch, IssuedCode, License,
+    Location, Preregistered, Preregistration, Received, Redemption, Store, StoreError,
+    TenantUpdate,
 };
 use sqlx::Connection;
 
@@ -96,6 +99,8 @@ on_both_backends!(
     jobs_keep_each_routers_execution_moving_by_the_rules,
     artifacts_are_stored_in_chunks_and_complete_only_when_finished,
     rollouts_are_leased_released_and_stopped,
+    accounts_are_unique_by_email_and_keep_their_sessions,
+    the_audit_log_is_filtered_paged_and_pruned,
 );
 
 /// A fixed instant with whole milliseconds, the precision the store keeps.
@@ -3006,4 +3011,226 @@ async fn rollouts_are_leased_released_and_stopped(store: Arc<dyn Store>) {
         (stopped.status, stopped.reason.as_deref()),
         (RolloutStatus::Aborted, Some("too many failures"))
     );
+}
+
+fn account(tenant: Option<TenantId>, email: &str, role: Role) -> User {
+    User {
+        id: UserId::new(),
+        tenant_id: tenant,
+        email: email.to_owned(),
+        role,
+        status: UserStatus::Active,
+        password_hash: Some("$argon2id$v=19$stand-in".to_owned()),
+        invitation: None,
+        created_at: at(0),
+        last_login_at: None,
+    }
+}
+
+async fn accounts_are_unique_by_email_and_keep_their_sessions(store: Arc<dyn Store>) {
+    let tenant = new_tenant(store.as_ref()).await;
+    let alice = account(Some(tenant), &unique("alice"), Role::Admin);
+    store.create_user(&alice).await.unwrap();
+    let again = User {
+        id: UserId::new(),
+        ..alice.clone()
+    };
+    assert!(matches!(
+        store.create_user(&again).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let provider = account(None, &unique("provider"), Role::Provider);
+    store.create_user(&provider).await.unwrap();
+    assert_eq!(
+        store.users(Some(tenant)).await.unwrap(),
+        vec![alice.clone()]
+    );
+    assert!(store.users(None).await.unwrap().contains(&provider));
+    assert_eq!(
+        store.user_by_email(&alice.email).await.unwrap(),
+        Some(alice.clone())
+    );
+
+    let invited = User {
+        status: UserStatus::Invited,
+        password_hash: None,
+        invitation: Some((unique("hash"), at(60_000))),
+        ..account(Some(tenant), &unique("bob"), Role::Viewer)
+    };
+    store.create_user(&invited).await.unwrap();
+    let hash = invited.invitation.clone().unwrap().0;
+    assert_eq!(
+        store.user_by_invitation(&hash).await.unwrap(),
+        Some(invited.clone())
+    );
+    let accepted = User {
+        status: UserStatus::NeedsApproval,
+        password_hash: Some("$argon2id$v=19$other".to_owned()),
+        invitation: None,
+        last_login_at: Some(at(5_000)),
+        ..invited.clone()
+    };
+    store.update_user(&accepted).await.unwrap();
+    assert_eq!(store.user(invited.id).await.unwrap(), Some(accepted));
+    assert_eq!(store.user_by_invitation(&hash).await.unwrap(), None);
+
+    let session = ConsoleSession {
+        secret_hash: unique("session"),
+        user_id: alice.id,
+        csrf_token: "csrf".to_owned(),
+        created_at: at(1_000),
+        last_used_at: at(1_000),
+    };
+    store.create_console_session(&session).await.unwrap();
+    store
+        .touch_console_session(&session.secret_hash, at(2_000))
+        .await
+        .unwrap();
+    let (found, user) = store
+        .console_session(&session.secret_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user, alice);
+    assert_eq!(found.last_used_at, at(2_000));
+    assert_eq!(found.csrf_token, "csrf");
+    // Neither begun too early nor idle too long: kept.
+    assert_eq!(
+        store
+            .prune_console_sessions(at(500), at(1_500))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .prune_console_sessions(at(500), at(2_500))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.console_session(&session.secret_hash).await.unwrap(),
+        None
+    );
+
+    store.create_console_session(&session).await.unwrap();
+    store.delete_user(alice.id).await.unwrap();
+    assert_eq!(
+        store.console_session(&session.secret_hash).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        store.delete_user(alice.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn the_audit_log_is_filtered_paged_and_pruned(store: Arc<dyn Store>) {
+    let tenant = new_tenant(store.as_ref()).await;
+    let other = new_tenant(store.as_ref()).await;
+    let user = Actor::User {
+        id: UserId::new(),
+        email: "alice@example.com".to_owned(),
+    };
+    let token = Actor::Token {
+        id: ApiTokenId::new(),
+        name: "deploy".to_owned(),
+    };
+    let mut written = Vec::new();
+    for n in 0..10 {
+        let entry = AuditEntry {
+            id: AuditEntryId::new(),
+            tenant_id: Some(if n == 9 { other } else { tenant }),
+            at: at(n * 1_000),
+            actor: if n % 2 == 0 {
+                user.clone()
+            } else {
+                token.clone()
+            },
+            action: if n < 5 {
+                "POST /api/v1/devices/bulk".to_owned()
+            } else {
+                "DELETE /api/v1/licenses/{id}".to_owned()
+            },
+            target: (n >= 5).then(|| format!("license-{n}")),
+            address: Some("127.0.0.1".to_owned()),
+            status: if n == 3 { 403 } else { 200 },
+            error: (n == 3).then(|| "forbidden".to_owned()),
+        };
+        store.record_audit(&entry).await.unwrap();
+        written.push(entry);
+    }
+    let list = |filter: AuditFilter, limit: u32| {
+        let store = store.clone();
+        async move {
+            store
+                .audit_entries(Some(tenant), &filter, limit)
+                .await
+                .unwrap()
+        }
+    };
+    let everything = list(AuditFilter::default(), 100).await;
+    assert_eq!(
+        everything.len(),
+        9,
+        "the other tenant's entry is not listed"
+    );
+    assert_eq!(everything[0], written[8], "newest first, read back whole");
+    let by_token = list(
+        AuditFilter {
+            actor: Some("deploy".to_owned()),
+            ..AuditFilter::default()
+        },
+        100,
+    )
+    .await;
+    assert!(by_token.iter().all(|e| e.actor == token));
+    assert_eq!(by_token.len(), 4);
+    let failed = list(
+        AuditFilter {
+            succeeded: Some(false),
+            ..AuditFilter::default()
+        },
+        100,
+    )
+    .await;
+    assert_eq!(failed, vec![written[3].clone()]);
+    let licenses_in_window = list(
+        AuditFilter {
+            action: Some("licenses".to_owned()),
+            since: Some(at(6_000)),
+            until: Some(at(8_000)),
+            ..AuditFilter::default()
+        },
+        100,
+    )
+    .await;
+    assert_eq!(
+        licenses_in_window,
+        vec![written[7].clone(), written[6].clone()]
+    );
+    let first_page = list(AuditFilter::default(), 4).await;
+    let second_page = list(
+        AuditFilter {
+            before: Some(first_page[3].id),
+            ..AuditFilter::default()
+        },
+        4,
+    )
+    .await;
+    assert_eq!(first_page[3], written[5]);
+    assert_eq!(second_page[0], written[4]);
+    assert!(
+        store
+            .audit_entries(None, &AuditFilter::default(), 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.tenant_id.is_none())
+    );
+
+    assert_eq!(store.prune_audit(at(4_000), 2).await.unwrap(), 2);
+    assert_eq!(store.prune_audit(at(4_000), 100).await.unwrap(), 2);
+    assert_eq!(list(AuditFilter::default(), 100).await.len(), 5);
 }
