@@ -207,6 +207,10 @@ pub struct DeviceFilter {
     pub license_state: Option<LicenseState>,
     /// Routers carrying every one of these tags.
     pub tags: Vec<String>,
+    /// Routers of exactly this model.
+    pub model: Option<String>,
+    /// Routers running exactly this firmware version.
+    pub firmware: Option<String>,
 }
 
 /// The most characters of a tag.

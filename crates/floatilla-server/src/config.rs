@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use floatilla_domain::accounts::SessionLifetime;
 use floatilla_domain::licensing::signed::RootPublicKey;
 use floatilla_domain::{Mode, Timers};
 
@@ -61,6 +62,10 @@ pub struct ServerConfig {
     pub max_artifact_bytes: u64,
     /// The most artifact downloads this node serves at once; more are told to retry later.
     pub max_downloads: usize,
+    /// How long a console login lasts.
+    pub session_lifetime: SessionLifetime,
+    /// Audit log entries older than this are deleted.
+    pub audit_retention: chrono::Duration,
 }
 
 /// The SMTP relay that sends the server's e-mail.
@@ -107,6 +112,8 @@ impl Default for ServerConfig {
             smtp: None,
             max_artifact_bytes: 2 * 1024 * 1024 * 1024,
             max_downloads: 500,
+            session_lifetime: SessionLifetime::default(),
+            audit_retention: chrono::Duration::days(365),
         }
     }
 }

@@ -102,7 +102,14 @@ pub enum Error {
         "this server is serving as many downloads as it may; try again in {retry_after_secs} seconds"
     )]
     TooManyDownloads { retry_after_secs: u64 },
+    /// Something on this server failed that the client cannot mend.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
+
+/// The error code of a failed answer, for those who record answers (the audit log).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -160,6 +167,7 @@ impl Error {
             Error::ArtifactTooLarge { .. } => "artifact_too_large",
             Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Error::TooManyDownloads { .. } => "too_many_downloads",
+            Error::Internal(_) => "internal_error",
         }
     }
 
@@ -197,7 +205,7 @@ impl Error {
             Error::ArtifactTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Error::TooManyDownloads { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Store(_) | Error::Pool(PoolFailure::Store(_)) => {
+            Error::Store(_) | Error::Pool(PoolFailure::Store(_)) | Error::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         }
@@ -219,6 +227,15 @@ impl Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
+        let code = ErrorCode(self.code());
+        let mut response = self.response();
+        response.extensions_mut().insert(code);
+        response
+    }
+}
+
+impl Error {
+    fn response(self) -> Response {
         if self.status().is_server_error() {
             tracing::error!(error = %self, "request failed");
         }

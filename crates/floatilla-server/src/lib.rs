@@ -1,9 +1,12 @@
 //! Floatilla's server: the device gateway (enrollment and control channels), the REST API v1,
 //! Prometheus metrics and the TLS that protects them, as thin layers over the domain and store.
 
+pub mod accounts;
 pub mod api;
+pub mod audit;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod gateway;

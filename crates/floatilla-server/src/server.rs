@@ -280,6 +280,7 @@ pub async fn start(
         rollout_steps: Arc::default(),
         admission,
         forwarded_calls: Arc::default(),
+        login_throttle: Arc::default(),
         shutdown: CancellationToken::new(),
         session_tasks: TaskTracker::new(),
     };
@@ -288,7 +289,7 @@ pub async fn start(
 
     let device_routes = Router::new()
         .merge(crate::gateway::routes())
-        .merge(crate::api::routes())
+        .merge(operator_routes(&state))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone());
     background.spawn(serve(
@@ -302,7 +303,7 @@ pub async fn start(
     let console_addr = match console {
         Some((listener, tls)) => {
             let addr = listener.local_addr().ok();
-            let routes = crate::api::routes()
+            let routes = operator_routes(&state)
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
                 .with_state(state.clone());
             background.spawn(serve(listener, tls, routes, false, http_shutdown.clone()));
@@ -339,6 +340,16 @@ pub async fn start(
         http_shutdown,
         background,
     })
+}
+
+/// The API and the console, with the audit log recording what they change.
+fn operator_routes(state: &AppState) -> Router<AppState> {
+    crate::api::routes()
+        .merge(crate::console::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record_changes,
+        ))
 }
 
 /// Accepts TLS connections and serves HTTP/1.1 (with WebSocket upgrades) until `shutdown`.
@@ -470,6 +481,18 @@ async fn prune_expired(state: AppState) {
         })
         .await;
         prune("events", cutoff, |batch| store.prune_events(cutoff, batch)).await;
+        let audit_cutoff = began - state.config.audit_retention;
+        prune("audit log", audit_cutoff, |batch| {
+            store.prune_audit(audit_cutoff, batch)
+        })
+        .await;
+        let lifetime = state.config.session_lifetime;
+        if let Err(error) = store
+            .prune_console_sessions(began - lifetime.absolute, began - lifetime.idle)
+            .await
+        {
+            tracing::warn!(%error, "cannot remove ended console sessions");
+        }
         // An upload whose node stopped before it completed would otherwise hold its name and
         // version for ever.
         match store.abandon_stale_uploads(began - STALE_UPLOAD).await {

@@ -42,6 +42,8 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// Calls waiting for an answer from the node that holds the router's session.
     pub forwarded_calls: Arc<ForwardedCalls>,
+    /// Failed console logins per address and account on this node.
+    pub login_throttle: Arc<std::sync::Mutex<floatilla_domain::accounts::LoginThrottle>>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
     /// Every control-channel task, so shutdown can wait for them to record their end.

@@ -2,7 +2,8 @@
 //! here by the access its handler requires, and each is called without a token, with tokens that
 //! are not valid, with each tenant role and as the provider, to check that exactly those it
 //! admits get past authorization. Then another tenant's admin asks for a tenant's own objects by
-//! their real ids and must be answered exactly as for ids that do not exist.
+//! their real ids, in paths, queries and bodies, and must be answered exactly as for ids that do
+//! not exist.
 
 mod common;
 
@@ -27,19 +28,26 @@ enum Access {
     Admin,
     /// The provider of the cloud service, and no tenant.
     Provider,
+    /// A tenant's admin or the provider, each for what is its own (console accounts, audit).
+    AdminOrProvider,
 }
 
-use Access::{Admin, Operator, Provider, Public, Viewer};
+use Access::{Admin, AdminOrProvider, Operator, Provider, Public, Viewer};
 
 impl Access {
-    /// The rank of a tenant role; `None` for what is not one.
-    fn tenant_rank(self) -> Option<u8> {
+    /// The rank of the lowest tenant role admitted (each role includes those below it); `None`
+    /// when no tenant role is. For a role itself, its own rank.
+    fn tenant_floor(self) -> Option<u8> {
         match self {
             Viewer => Some(0),
             Operator => Some(1),
-            Admin => Some(2),
+            Admin | AdminOrProvider => Some(2),
             Public | Provider => None,
         }
+    }
+
+    fn admits_provider(self) -> bool {
+        matches!(self, Provider | AdminOrProvider)
     }
 }
 
@@ -201,6 +209,19 @@ const ROUTES: &[(&str, &str, Access, Payload)] = &[
         Provider,
         Json(r#"{"count": 0, "seats": 1, "term_months": 1}"#),
     ),
+    // Console accounts and the audit log: a tenant's admin manages the tenant's, the provider
+    // its own.
+    ("GET", "/api/v1/users", AdminOrProvider, Empty),
+    (
+        "POST",
+        "/api/v1/users",
+        AdminOrProvider,
+        Json(r#"{"email": "access-matrix@example.com", "role": "viewer"}"#),
+    ),
+    ("PATCH", "/api/v1/users/{id}", AdminOrProvider, Json("{}")),
+    ("DELETE", "/api/v1/users/{id}", AdminOrProvider, Empty),
+    ("POST", "/api/v1/users/{id}/approve", AdminOrProvider, Empty),
+    ("GET", "/api/v1/audit", AdminOrProvider, Empty),
     // Tags.
     ("GET", "/api/v1/tags", Viewer, Empty),
     ("POST", "/api/v1/devices/tags", Operator, Json("{}")),
@@ -269,6 +290,49 @@ const OBJECT_ROUTES: &[(&str, &str)] = &[
     ("/api/v1/artifacts/{id}", "artifact"),
     ("/api/v1/rollouts/{id}", "rollout"),
     ("/api/v1/provider/tenants/{id}", "tenant"),
+    ("/api/v1/users/{id}", "user"),
+];
+
+/// Requests that name one of tenant A's objects in their query or body (`{id}`), and the kind
+/// of object: another tenant must be answered as if it did not exist there too.
+const REFERENCES: &[(&str, &str, Option<&str>, &str)] = &[
+    ("GET", "/api/v1/events?device={id}", None, "device"),
+    (
+        "POST",
+        "/api/v1/jobs/status",
+        Some(r#"{"ids": ["{id}"]}"#),
+        "job",
+    ),
+    (
+        "POST",
+        "/api/v1/devices/bulk",
+        Some(r#"{"ids": ["{id}"], "managed": false}"#),
+        "device",
+    ),
+    (
+        "POST",
+        "/api/v1/devices/tags",
+        Some(r#"{"ids": ["{id}"], "add": ["taken"]}"#),
+        "device",
+    ),
+    (
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"kind": "reboot", "target": {"ids": ["{id}"]}}"#),
+        "device",
+    ),
+    (
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"kind": "firmware_update", "target": {"tag": "any"}, "artifact_id": "{id}"}"#),
+        "artifact",
+    ),
+    (
+        "POST",
+        "/api/v1/rollouts",
+        Some(r#"{"job": {"kind": "reboot", "target": {"ids": ["{id}"]}}}"#),
+        "device",
+    ),
 ];
 
 /// Who calls.
@@ -292,19 +356,19 @@ enum Expect {
 }
 
 fn expected(access: Access, who: Who) -> Expect {
-    match (access, who) {
-        (Public, _) => Expect::Admitted,
-        (_, Who::NoToken | Who::InvalidToken) => Expect::Refused(401, "unauthenticated"),
-        (_, Who::Suspended) => Expect::Refused(403, "tenant_suspended"),
-        (Provider, Who::TheProvider) => Expect::Admitted,
-        (Provider, Who::Tenant(_)) | (_, Who::TheProvider) => Expect::Refused(403, "forbidden"),
-        (needed, Who::Tenant(role)) => {
-            if role.tenant_rank() >= needed.tenant_rank() {
-                Expect::Admitted
-            } else {
-                Expect::Refused(403, "forbidden")
-            }
-        }
+    let admitted = match who {
+        _ if access == Public => true,
+        Who::NoToken | Who::InvalidToken => return Expect::Refused(401, "unauthenticated"),
+        Who::Suspended => return Expect::Refused(403, "tenant_suspended"),
+        Who::TheProvider => access.admits_provider(),
+        Who::Tenant(role) => access
+            .tenant_floor()
+            .is_some_and(|floor| role.tenant_floor() >= Some(floor)),
+    };
+    if admitted {
+        Expect::Admitted
+    } else {
+        Expect::Refused(403, "forbidden")
     }
 }
 
@@ -579,26 +643,35 @@ async fn objects_of_tenant(
         )
         .await,
     );
+    objects.insert(
+        "user",
+        created(
+            server,
+            admin,
+            "/api/v1/users",
+            json!({"email": "someone@tenant-a.example", "role": "viewer"}),
+        )
+        .await,
+    );
     objects.insert("tenant", tenant.to_string());
     objects
 }
 
 /// Where tenant A (or the provider, for the tenant) sees each object: answered `200` with its
 /// id, which proves the ids are real and, afterwards, that nothing happened to them.
-fn sightings() -> [(&'static str, &'static str, bool); 10] {
-    [
-        ("device", "/api/v1/devices/{id}", false),
-        ("group", "/api/v1/groups", false),
-        ("enrollment token", "/api/v1/enrollment-tokens", false),
-        ("API token", "/api/v1/api-tokens", false),
-        ("license", "/api/v1/licenses", false),
-        ("webhook", "/api/v1/webhooks", false),
-        ("job", "/api/v1/jobs/{id}", false),
-        ("artifact", "/api/v1/artifacts/{id}", false),
-        ("rollout", "/api/v1/rollouts/{id}", false),
-        ("tenant", "/api/v1/provider/tenants/{id}", true),
-    ]
-}
+const SIGHTINGS: &[(&str, &str, bool)] = &[
+    ("device", "/api/v1/devices/{id}", false),
+    ("group", "/api/v1/groups", false),
+    ("enrollment token", "/api/v1/enrollment-tokens", false),
+    ("API token", "/api/v1/api-tokens", false),
+    ("license", "/api/v1/licenses", false),
+    ("webhook", "/api/v1/webhooks", false),
+    ("job", "/api/v1/jobs/{id}", false),
+    ("artifact", "/api/v1/artifacts/{id}", false),
+    ("rollout", "/api/v1/rollouts/{id}", false),
+    ("tenant", "/api/v1/provider/tenants/{id}", true),
+    ("user", "/api/v1/users", false),
+];
 
 async fn check_sightings(
     server: &TestServer,
@@ -607,9 +680,9 @@ async fn check_sightings(
     when: &str,
     failures: &mut Vec<String>,
 ) {
-    for (kind, template, as_provider) in sightings() {
+    for (kind, template, as_provider) in SIGHTINGS {
         let id = &objects[kind];
-        let token = if as_provider {
+        let token = if *as_provider {
             &server.admin_token
         } else {
             admin
@@ -629,7 +702,26 @@ fn without_id(body: &Value, id: &str) -> String {
     body.to_string().replace(id, "{id}")
 }
 
-/// Part 3: tenant B's admin, naming tenant A's objects, learns nothing and changes nothing.
+/// The answer to a request naming `id` where `{id}` stands, with `id` taken out again.
+async fn answer_naming(
+    server: &TestServer,
+    token: &str,
+    method: &str,
+    template: &str,
+    body: Option<&str>,
+    id: &str,
+) -> (u16, String) {
+    let method = Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let body =
+        body.map(|text| serde_json::from_str(&text.replace("{id}", id)).expect("a JSON body"));
+    let (status, answer) = server
+        .api_as(token, method, &template.replace("{id}", id), body)
+        .await;
+    (status, without_id(&answer, id))
+}
+
+/// Part 3: those outside tenant A, naming tenant A's objects, learn nothing and change nothing:
+/// tenant B's admin everywhere, and the provider where it is admitted for its own objects.
 async fn check_other_tenant(
     server: &TestServer,
     tenant: TenantId,
@@ -653,40 +745,71 @@ async fn check_other_tenant(
             ));
             continue;
         };
-        let real = &objects[kind];
-        let absent = random_id();
-        let (real_status, real_body) = call(
-            server,
-            Some(admin_b),
-            method,
-            &fill(template, real),
-            *payload,
-        )
-        .await;
-        let (absent_status, absent_body) = call(
-            server,
-            Some(admin_b),
-            method,
-            &fill(template, &absent),
-            *payload,
-        )
-        .await;
-        let real_answer = (real_status, without_id(&real_body, real));
-        let absent_answer = (absent_status, without_id(&absent_body, &absent));
-        if real_answer != absent_answer {
+        let Some(real) = objects.get(kind) else {
             failures.push(format!(
-                "{method} {template} as tenant B's admin with tenant A's {kind}: expected the \
-                 answer for an id that does not exist, {absent_status} {absent_body}, got \
-                 {real_status} {real_body}"
+                "{method} {template}: tenant A has no {kind}; create one in objects_of_tenant"
             ));
-        } else if *access != Provider && real_status != 404 {
+            continue;
+        };
+        let mut outsiders = vec![("tenant B's admin", admin_b)];
+        if *access == AdminOrProvider {
+            outsiders.push(("the provider", server.admin_token.as_str()));
+        }
+        for (label, token) in outsiders {
+            let absent = random_id();
+            let (real_status, real_body) =
+                call(server, Some(token), method, &fill(template, real), *payload).await;
+            let (absent_status, absent_body) = call(
+                server,
+                Some(token),
+                method,
+                &fill(template, &absent),
+                *payload,
+            )
+            .await;
+            let real_answer = (real_status, without_id(&real_body, real));
+            let absent_answer = (absent_status, without_id(&absent_body, &absent));
+            if real_answer != absent_answer {
+                failures.push(format!(
+                    "{method} {template} as {label} with tenant A's {kind}: expected the answer \
+                     for an id that does not exist, {absent_status} {absent_body}, got \
+                     {real_status} {real_body}"
+                ));
+            } else if *access != Provider && real_status != 404 {
+                failures.push(format!(
+                    "{method} {template} as {label}: expected 404 for tenant A's {kind} and for \
+                     an id that does not exist, got {real_status} {real_body}"
+                ));
+            }
+        }
+    }
+    for (method, template, body, kind) in REFERENCES {
+        let Some(real) = objects.get(kind) else {
+            failures.push(format!("{method} {template}: tenant A has no {kind}"));
+            continue;
+        };
+        let absent = random_id();
+        let real_answer = answer_naming(server, admin_b, method, template, *body, real).await;
+        let absent_answer = answer_naming(server, admin_b, method, template, *body, &absent).await;
+        if real_answer != absent_answer {
+            let (absent_status, absent_body) = absent_answer;
+            let (real_status, real_body) = real_answer;
+            let sent = body.map(|body| format!(" {body}")).unwrap_or_default();
             failures.push(format!(
-                "{method} {template} as tenant B's admin: expected 404 for tenant A's {kind} \
-                 and for an id that does not exist, got {real_status} {real_body}"
+                "{method} {template}{sent} as tenant B's admin naming tenant A's {kind}: \
+                 expected the answer for an id that does not exist, {absent_status} \
+                 {absent_body}, got {real_status} {real_body}"
             ));
         }
     }
-    check_sightings(server, &objects, admin_a, "after tenant B asked", failures).await;
+    check_sightings(
+        server,
+        &objects,
+        admin_a,
+        "after the others asked",
+        failures,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,6 +134,14 @@ impl DeviceListing {
             params.push(group.to_string());
             conditions.push(format!("d.group_id = ${}", params.len()));
         }
+        if let Some(model) = &filter.model {
+            params.push(model.clone());
+            conditions.push(format!("d.model = ${}", params.len()));
+        }
+        if let Some(firmware) = &filter.firmware {
+            params.push(firmware.clone());
+            conditions.push(format!("d.firmware = ${}", params.len()));
+        }
         for tag in &filter.tags {
             params.push(tag.clone());
             conditions.push(format!(

@@ -51,6 +51,21 @@ enum AdminAction {
         #[arg(long)]
         tenant: Option<TenantId>,
     },
+    /// Create a console account. Prints a generated one-time password as the last line, unless
+    /// --password-stdin reads one.
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        /// viewer, operator or admin (of a tenant), or provider (cloud mode, no tenant).
+        #[arg(long, value_parser = Role::from_str)]
+        role: Role,
+        /// The tenant (required in cloud mode, except for a provider account).
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        /// Read the password from the first line of standard input instead.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 /// The parts of a config file `admin` reads; other keys are ignored.
@@ -100,6 +115,47 @@ impl AdminCommand {
                     .create_api_token(store.as_ref(), &clock, role, &name, tenant)
                     .await?;
                 println!("{text}");
+            }
+            AdminAction::CreateUser {
+                email,
+                role,
+                tenant,
+                password_stdin,
+            } => {
+                let tenant = match (tenant, role) {
+                    (None, role) if role.is_tenant_role() => installation.on_prem_tenant,
+                    (tenant, _) => tenant,
+                };
+                if let Some(tenant) = tenant
+                    && store.tenant(tenant).await?.is_none()
+                {
+                    anyhow::bail!("there is no tenant {tenant}");
+                }
+                let (password, generated) = if password_stdin {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    (line.trim_end_matches(['\r', '\n']).to_owned(), false)
+                } else {
+                    (floatilla_server::accounts::generated_password(), true)
+                };
+                let user = floatilla_server::accounts::create_user(
+                    store.as_ref(),
+                    floatilla_domain::Clock::now(&clock),
+                    &email,
+                    role,
+                    tenant,
+                    password.clone(),
+                )
+                .await?;
+                println!(
+                    "created {} ({}) {}",
+                    user.email,
+                    user.role.as_str(),
+                    user.id
+                );
+                if generated {
+                    println!("{password}");
+                }
             }
         }
         Ok(())

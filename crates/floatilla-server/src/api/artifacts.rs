@@ -129,7 +129,7 @@ pub async fn upload(
         models,
         size: 0,
         sha256: String::new(),
-        created_by: caller.token.name.clone(),
+        created_by: caller.name().to_owned(),
         created_at: state.clock.now(),
     };
     state.store.begin_artifact(&artifact).await?;
@@ -282,7 +282,10 @@ pub async fn delete(
     state.store.delete_artifact(tenant, id).await?;
     let message = format!(
         "{} deleted {} {} {}",
-        caller.token.name, artifact.kind, artifact.name, artifact.version
+        caller.name(),
+        artifact.kind,
+        artifact.name,
+        artifact.version
     );
     crate::events::record(
         &state,

@@ -1,8 +1,10 @@
-//! Bearer API tokens: `Authorization: Bearer fat1.<secret>`, stored as SHA-256 hashes.
+//! Who calls: bearer API tokens (`Authorization: Bearer fat1.<secret>`, stored as SHA-256
+//! hashes) on the API, console sessions on the console; both become a [`Caller`].
 
 use axum::extract::FromRequestParts;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use floatilla_domain::accounts::{Actor, User};
 use floatilla_domain::model::{ApiToken, Tenant};
 use floatilla_domain::{Role, TenantId};
 use http::header::AUTHORIZATION;
@@ -28,18 +30,50 @@ fn hash_of(presented: &str) -> Option<String> {
     Some(floatilla_protocol::secrets::secret_hash(&secret))
 }
 
-/// The authenticated caller of an API route.
+/// Who is calling an API or console route, with what role, in which tenant.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub token: ApiToken,
+    pub actor: Actor,
+    pub role: Role,
+    /// `None` for the provider.
+    pub tenant_id: Option<TenantId>,
 }
 
 impl Caller {
+    /// The caller of an API token.
+    pub fn of_token(token: &ApiToken) -> Self {
+        Caller {
+            actor: Actor::Token {
+                id: token.id,
+                name: token.name.clone(),
+            },
+            role: token.role,
+            tenant_id: token.tenant_id,
+        }
+    }
+
+    /// The caller of a console session.
+    pub fn of_user(user: &User) -> Self {
+        Caller {
+            actor: Actor::User {
+                id: user.id,
+                email: user.email.clone(),
+            },
+            role: user.role,
+            tenant_id: user.tenant_id,
+        }
+    }
+
+    /// How the caller is named in events and messages: a token's name or an e-mail address.
+    pub fn name(&self) -> &str {
+        self.actor.name()
+    }
+
     /// The caller's tenant; refuses with `403 forbidden` unless the caller's role includes
-    /// `needed`, a tenant role (so a provider token is refused every tenant's routes).
+    /// `needed`, a tenant role (so a provider is refused every tenant's routes).
     pub fn require(&self, needed: Role) -> Result<TenantId, Error> {
-        match self.token.tenant_id {
-            Some(tenant) if self.token.role.allows(needed) => Ok(tenant),
+        match self.tenant_id {
+            Some(tenant) if self.role.allows(needed) => Ok(tenant),
             _ => Err(Error::Forbidden(needed)),
         }
     }
@@ -56,11 +90,22 @@ impl Caller {
 
     /// Refuses with `403 forbidden` unless the caller is the provider.
     pub fn require_provider(&self) -> Result<(), Error> {
-        if self.token.role == Role::Provider {
+        if self.role == Role::Provider {
             Ok(())
         } else {
             Err(Error::Forbidden(Role::Provider))
         }
+    }
+
+    /// Refuses a caller whose tenant the provider suspended.
+    pub fn check_not_suspended(&self, state: &AppState) -> Result<(), Error> {
+        if self
+            .tenant_id
+            .is_some_and(|tenant| state.tenancy.is_suspended(tenant))
+        {
+            return Err(Error::TenantSuspended);
+        }
+        Ok(())
     }
 }
 
@@ -84,13 +129,10 @@ impl FromRequestParts<AppState> for Caller {
             .await?
             .filter(|token| token.revoked_at.is_none())
             .ok_or(Error::Unauthenticated)?;
-        if token
-            .tenant_id
-            .is_some_and(|tenant| state.tenancy.is_suspended(tenant))
-        {
-            return Err(Error::TenantSuspended);
-        }
-        Ok(Caller { token })
+        let caller = Caller::of_token(&token);
+        crate::audit::identified(parts, &caller);
+        caller.check_not_suspended(state)?;
+        Ok(caller)
     }
 }
 

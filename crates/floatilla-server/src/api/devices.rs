@@ -26,25 +26,29 @@ use crate::state::AppState;
 
 const HISTORY_SHOWN: u32 = 50;
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// `online` or `offline`.
-    connection_state: Option<String>,
+    pub connection_state: Option<String>,
     /// Case-insensitive part of the serial or the name.
-    q: Option<String>,
+    pub q: Option<String>,
     /// A group's name.
-    group: Option<String>,
+    pub group: Option<String>,
     /// `preregistered`, `pending`, `accepted` or `rejected`.
-    enrollment: Option<String>,
+    pub enrollment: Option<String>,
     /// `licensed`, `excess`, `inactive` or `unmanaged`.
-    license_state: Option<String>,
+    pub license_state: Option<String>,
     /// Tags, comma-separated: routers carrying all of them.
-    tag: Option<String>,
+    pub tag: Option<String>,
+    /// Routers of exactly this model.
+    pub model: Option<String>,
+    /// Routers running exactly this firmware version.
+    pub firmware: Option<String>,
     /// Page size, 1 to 1000 (default 100).
-    limit: Option<u32>,
+    pub limit: Option<u32>,
     /// The `next` of the previous page.
-    cursor: Option<String>,
+    pub cursor: Option<String>,
 }
 
 /// Which routers a bulk change (and a job) is for: exactly one of a list of ids, a group's
@@ -245,6 +249,8 @@ pub async fn list(
             .map(checked_tags_list)
             .transpose()?
             .unwrap_or_default(),
+        model: query.model.filter(|m| !m.is_empty()),
+        firmware: query.firmware.filter(|f| !f.is_empty()),
     };
     let page = state
         .store

@@ -99,7 +99,7 @@ async fn decide(
         device.name,
         device.serial,
         decision.state(),
-        caller.token.name
+        caller.name()
     );
     let event = Event::new(tenant, now, kind, Some(device.id), message);
     let device = state

@@ -317,7 +317,7 @@ pub(crate) async fn prepare(
         expires_at: request.expires_at,
         timeout_secs,
         expected_downtime_secs,
-        created_by: caller.token.name.clone(),
+        created_by: caller.name().to_owned(),
         created_at: now,
         cancelled_at: None,
         artifact: artifact.map(|a| JobArtifact {
@@ -596,7 +596,7 @@ pub async fn cancel(
     let cancelled = state.store.cancel_job(tenant, job, now).await?;
     // The job of a rollout: the rollout ends with it.
     if let Some(rollout) = state.store.rollout(tenant, job).await? {
-        let reason = format!("its job was cancelled by {}", caller.token.name);
+        let reason = format!("its job was cancelled by {}", caller.name());
         state
             .store
             .set_rollout_status(
@@ -614,7 +614,7 @@ pub async fn cancel(
     }
     let message = format!(
         "{} cancelled job {job}: {cancelled} executions not sent yet ended",
-        caller.token.name
+        caller.name()
     );
     crate::events::record(
         &state,

@@ -15,6 +15,7 @@ pub mod provider;
 pub mod rollouts;
 pub mod tags;
 pub mod tokens;
+pub mod users;
 pub mod views;
 pub mod webhooks;
 
@@ -31,7 +32,7 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Floatilla API", version = "1", description = "Manage a fleet of routers: devices, groups, tags, enrollment, the floating license pool, jobs, rollouts and artifacts, events, webhooks and API tokens; and, for the provider of a cloud service, tenants and activation codes."),
+    info(title = "Floatilla API", version = "1", description = "Manage a fleet of routers: devices, groups, tags, enrollment, the floating license pool, jobs, rollouts and artifacts, events, webhooks, API tokens, console accounts and the audit log; and, for the provider of a cloud service, tenants and activation codes."),
     paths(
         devices::list, devices::get, devices::patch, devices::delete, devices::revoke_credentials,
         devices::allow_reenrollment, devices::refresh_status,
@@ -53,6 +54,7 @@ use crate::state::AppState;
         rollouts::create, rollouts::list, rollouts::get, rollouts::pause, rollouts::resume,
         rollouts::cancel,
         provider::create_codes, provider::list_codes,
+        users::list, users::invite, users::approve, users::update, users::delete, users::audit,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -193,6 +195,13 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/provider/activation-codes",
             get(provider::list_codes).post(provider::create_codes),
         )
+        .route("/api/v1/users", get(users::list).post(users::invite))
+        .route(
+            "/api/v1/users/{id}",
+            axum::routing::patch(users::update).delete(users::delete),
+        )
+        .route("/api/v1/users/{id}/approve", post(users::approve))
+        .route("/api/v1/audit", get(users::audit))
         .route("/api/v1/groups", get(groups::list).post(groups::create))
         .route(
             "/api/v1/groups/{id}",

@@ -401,7 +401,7 @@ async fn change(
         RolloutStatus::Paused => "paused",
         _ => "cancelled",
     };
-    let reason = format!("{verb} by {}", caller.token.name);
+    let reason = format!("{verb} by {}", caller.name());
     let changed = state
         .store
         .set_rollout_status(
@@ -425,7 +425,7 @@ async fn change(
             ),
         ));
     }
-    let message = format!("{} {verb} rollout {}", caller.token.name, rollout.job_id);
+    let message = format!("{} {verb} rollout {}", caller.name(), rollout.job_id);
     crate::events::record(state, Event::new(tenant, now, kind, None, message)).await;
     let rollout = find(state, tenant, id).await?;
     if to == RolloutStatus::Completed {

@@ -1,0 +1,219 @@
+//! Console logins: the session cookie, its expiry, CSRF tokens and login throttling.
+
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Redirect, Response};
+use cookie::{Cookie, SameSite};
+use floatilla_domain::accounts::{Actor, User, UserStatus, normalized_email};
+use floatilla_store::ConsoleSession;
+use http::header::{COOKIE, SET_COOKIE};
+use http::request::Parts;
+use subtle::ConstantTimeEq;
+
+use crate::api::auth::Caller;
+use crate::error::Error;
+use crate::server::RemoteAddr;
+use crate::state::AppState;
+
+/// The session cookie's name. The `__Host-` prefix makes browsers accept it only when Secure,
+/// for path `/` and for this host alone (the console is served over TLS only).
+pub const SESSION_COOKIE: &str = "__Host-floatilla_session";
+
+/// How long after its last use a session is marked used again: one write a minute, not one
+/// per request.
+const TOUCH_EVERY: chrono::Duration = chrono::Duration::minutes(1);
+
+/// A logged-in person on a console route.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub caller: Caller,
+    pub user: User,
+    pub session: ConsoleSession,
+}
+
+impl Operator {
+    /// Refuses a state-changing form that does not carry this session's CSRF token.
+    pub fn check_csrf(&self, presented: &str) -> Result<(), Error> {
+        let expected = self.session.csrf_token.as_bytes();
+        if bool::from(expected.ct_eq(presented.as_bytes())) {
+            Ok(())
+        } else {
+            Err(Error::NotAllowed {
+                code: "invalid_csrf_token",
+                message: "the form is out of date or was not sent by this console: reload the page and try again",
+            })
+        }
+    }
+}
+
+/// Where a console route sends someone who is not logged in.
+#[derive(Debug)]
+pub struct LoginRequired;
+
+impl IntoResponse for LoginRequired {
+    fn into_response(self) -> Response {
+        Redirect::to("/login").into_response()
+    }
+}
+
+fn session_secret(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == SESSION_COOKIE)
+        .map(|cookie| cookie.value().to_owned())
+}
+
+/// The stored hash of the session cookie a request carries, if any.
+pub fn session_hash(parts: &Parts) -> Option<String> {
+    session_secret(parts).and_then(|secret| crate::accounts::hash_of_secret(&secret))
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let hash = session_hash(parts).ok_or_else(|| LoginRequired.into_response())?;
+        let (session, user) = state
+            .store
+            .console_session(&hash)
+            .await
+            .map_err(|e| Error::from(e).into_response())?
+            .ok_or_else(|| LoginRequired.into_response())?;
+        let now = state.clock.now();
+        let lifetime = state.config.session_lifetime;
+        if !lifetime.is_live(session.created_at, session.last_used_at, now)
+            || user.status != UserStatus::Active
+        {
+            let _ = state.store.delete_console_session(&hash).await;
+            return Err(LoginRequired.into_response());
+        }
+        if now - session.last_used_at >= TOUCH_EVERY {
+            state
+                .store
+                .touch_console_session(&hash, now)
+                .await
+                .map_err(|e| Error::from(e).into_response())?;
+        }
+        let caller = Caller::of_user(&user);
+        crate::audit::identified(parts, &caller);
+        caller
+            .check_not_suspended(state)
+            .map_err(IntoResponse::into_response)?;
+        Ok(Operator {
+            caller,
+            user,
+            session,
+        })
+    }
+}
+
+/// The `Set-Cookie` value that starts a session in the browser.
+pub fn session_cookie(secret: &str) -> String {
+    Cookie::build((SESSION_COOKIE, secret.to_owned()))
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .build()
+        .to_string()
+}
+
+/// The `Set-Cookie` value that ends the session in the browser.
+pub fn cleared_cookie() -> [(http::HeaderName, String); 1] {
+    let cookie = Cookie::build((SESSION_COOKIE, ""))
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(cookie::time::Duration::ZERO)
+        .build();
+    [(SET_COOKIE, cookie.to_string())]
+}
+
+/// Why a login did not succeed, as the login page says it (never which part was wrong).
+#[derive(Debug)]
+pub enum LoginRefusal {
+    Invalid,
+    Throttled { minutes: i64 },
+}
+
+/// Checks an e-mail address and password, throttling failures per address and account;
+/// records the attempt in the audit log. Answers the account and its new session's secret.
+pub async fn log_in(
+    state: &AppState,
+    remote: Option<RemoteAddr>,
+    email: &str,
+    password: String,
+) -> Result<(User, String), LoginRefusal> {
+    let email = normalized_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
+    let address = remote.map(|r| r.0.ip().to_string());
+    let keys_owned = [address.clone().unwrap_or_default(), email.clone()];
+    let keys = [keys_owned[0].as_str(), keys_owned[1].as_str()];
+    let now = state.clock.now();
+    let refused_until = state
+        .login_throttle
+        .lock()
+        .expect("login throttle")
+        .refused_until(&keys, now);
+    let audit = |status: u16, error: Option<&'static str>, user: Option<&User>| {
+        let actor = match user {
+            Some(user) => Actor::User {
+                id: user.id,
+                email: user.email.clone(),
+            },
+            None => Actor::Anonymous {
+                claimed: email.clone(),
+            },
+        };
+        let tenant = user.and_then(|u| u.tenant_id);
+        let address = address.clone();
+        async move {
+            crate::audit::record(state, tenant, actor, "POST /login", address, status, error).await;
+        }
+    };
+    if let Some(until) = refused_until {
+        audit(429, Some("rate_limited"), None).await;
+        return Err(LoginRefusal::Throttled {
+            minutes: (until - now).num_minutes() + 1,
+        });
+    }
+    let user = state.store.user_by_email(&email).await.ok().flatten();
+    let stored = user.as_ref().and_then(|u| u.password_hash.clone());
+    let matches = crate::accounts::password_matches(stored, password).await;
+    let user = match user {
+        Some(user) if matches && user.status == UserStatus::Active => user,
+        other => {
+            state
+                .login_throttle
+                .lock()
+                .expect("login throttle")
+                .failed(&keys, now);
+            // A known account is named in its own tenant's log; guesses at unknown ones in
+            // the installation's.
+            audit(401, Some("invalid_login"), other.as_ref()).await;
+            return Err(LoginRefusal::Invalid);
+        }
+    };
+    state
+        .login_throttle
+        .lock()
+        .expect("login throttle")
+        .succeeded(&keys);
+    let (secret, _) = crate::accounts::start_session(state.store.as_ref(), &user, now)
+        .await
+        .map_err(|_| LoginRefusal::Invalid)?;
+    let mut logged_in = user.clone();
+    logged_in.last_login_at = Some(now);
+    if let Err(error) = state.store.update_user(&logged_in).await {
+        tracing::warn!(%error, "cannot record the login time");
+    }
+    audit(200, None, Some(&logged_in)).await;
+    Ok((logged_in, secret))
+}
