@@ -116,6 +116,43 @@ impl RunningServer {
         Ok(text)
     }
 
+    /// A console account of the on-premises tenant with a newly generated password, which
+    /// replaces the password of an account that exists already: for programs that embed a
+    /// server (the demo). Answers the password.
+    pub async fn console_account(
+        &self,
+        email: &str,
+        role: floatilla_domain::Role,
+    ) -> Result<String, Error> {
+        let tenant = self.on_prem_tenant()?;
+        let store = self.state.store.as_ref();
+        let password = crate::accounts::generated_password();
+        match store.user_by_email(email).await? {
+            Some(mut user) if user.tenant_id == Some(tenant) => {
+                user.password_hash = Some(crate::accounts::hash_password(password.clone()).await?);
+                user.status = floatilla_domain::accounts::UserStatus::Active;
+                store.update_user(&user).await?;
+            }
+            Some(_) => {
+                return Err(Error::Conflict(format!(
+                    "{email} belongs to another tenant"
+                )));
+            }
+            None => {
+                crate::accounts::create_user(
+                    store,
+                    self.state.clock.now(),
+                    email,
+                    role,
+                    Some(tenant),
+                    password.clone(),
+                )
+                .await?;
+            }
+        }
+        Ok(password)
+    }
+
     /// The on-premises tenant's licenses.
     pub async fn licenses(&self) -> Result<Vec<floatilla_store::License>, Error> {
         Ok(self.state.store.licenses(self.on_prem_tenant()?).await?)

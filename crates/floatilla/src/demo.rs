@@ -12,6 +12,9 @@ use floatilla_domain::licensing::Seats;
 use floatilla_domain::{Role, SystemClock};
 use floatilla_server::{RunningServer, ServerConfig};
 
+/// The demo's console account; its password is new at every start.
+const DEMO_ACCOUNT: &str = "demo@floatilla.local";
+
 use crate::options::{raise_open_file_limit, wait_for_signal};
 use crate::storage::StorageOptions;
 
@@ -68,6 +71,7 @@ impl DemoCommand {
         let ca_file = self.data_dir.join("ca.pem");
         std::fs::write(&ca_file, server.ca_certificate_pem())?;
         let api_token = server.create_api_token("demo", Role::Admin).await?;
+        let console_password = server.console_account(DEMO_ACCOUNT, Role::Admin).await?;
         let seats = self.give_seats(&server).await?;
         let enroll_token = server
             .create_enrollment_token("demo fleet", chrono::Duration::days(1))
@@ -91,6 +95,9 @@ impl DemoCommand {
         if let Some(seats) = seats {
             println!("{seats}");
         }
+        println!(
+            "  Console:        {url}/  (log in as {DEMO_ACCOUNT}, password {console_password})"
+        );
         println!("  API token:      {api_token}");
         println!("  CA certificate: {}", ca_file.display());
         println!();

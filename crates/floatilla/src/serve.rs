@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use floatilla_domain::accounts::SessionLifetime;
 use floatilla_domain::licensing::signed::RootPublicKey;
 use floatilla_domain::{Mode, SystemClock, Timers};
 use floatilla_server::{ConsoleListener, ServerConfig, SmtpSettings, Trial};
@@ -119,6 +120,15 @@ struct ServeOptions {
     /// [default: 500].
     #[arg(long, env = "FLOATILLA_MAX_DOWNLOADS")]
     max_downloads: Option<usize>,
+    /// Minutes without a request after which a console login ends [default: 120].
+    #[arg(long, env = "FLOATILLA_SESSION_IDLE_MINUTES")]
+    session_idle_minutes: Option<u32>,
+    /// Hours after which a console login ends whatever happens [default: 12].
+    #[arg(long, env = "FLOATILLA_SESSION_MAX_HOURS")]
+    session_max_hours: Option<u32>,
+    /// Days the audit log keeps an entry [default: 365].
+    #[arg(long, env = "FLOATILLA_AUDIT_RETENTION_DAYS")]
+    audit_retention_days: Option<u32>,
 }
 
 impl ServeOptions {
@@ -156,6 +166,9 @@ impl ServeOptions {
             smtp_from: self.smtp_from.or(file.smtp_from),
             max_artifact_mib: self.max_artifact_mib.or(file.max_artifact_mib),
             max_downloads: self.max_downloads.or(file.max_downloads),
+            session_idle_minutes: self.session_idle_minutes.or(file.session_idle_minutes),
+            session_max_hours: self.session_max_hours.or(file.session_max_hours),
+            audit_retention_days: self.audit_retention_days.or(file.audit_retention_days),
         }
     }
 
@@ -232,6 +245,23 @@ impl ServeOptions {
                     mib.saturating_mul(1024 * 1024)
                 }),
             max_downloads: self.max_downloads.unwrap_or(defaults.max_downloads).max(1),
+            session_lifetime: SessionLifetime {
+                idle: self
+                    .session_idle_minutes
+                    .map_or(defaults.session_lifetime.idle, |minutes| {
+                        chrono::Duration::minutes(minutes.max(1).into())
+                    }),
+                absolute: self
+                    .session_max_hours
+                    .map_or(defaults.session_lifetime.absolute, |hours| {
+                        chrono::Duration::hours(hours.max(1).into())
+                    }),
+            },
+            audit_retention: self
+                .audit_retention_days
+                .map_or(defaults.audit_retention, |days| {
+                    chrono::Duration::days(days.into())
+                }),
             ..defaults
         })
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -331,6 +331,7 @@ fn interrupt(child: &mut Child) -> std::process::ExitStatus {
 async fn the_demo_runs_a_server_with_a_simulated_fleet_and_resumes_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
+    let mut passwords = Vec::new();
     for run in 1..=2 {
         let mut demo = Running(
             Command::new(BIN)
@@ -350,8 +351,27 @@ async fn the_demo_runs_a_server_with_a_simulated_fleet_and_resumes_it() {
         );
         let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
         let url = line_after(&mut lines, "listening on ");
+        let console = line_after(&mut lines, "Console:");
         let token = line_after(&mut lines, "API token:");
         let (client, _) = client(&data).await;
+        // The console account logs in with this run's password (a wrong one is answered 401).
+        let password = console
+            .rsplit("password ")
+            .next()
+            .unwrap()
+            .trim_end_matches(')')
+            .to_owned();
+        let login = client
+            .post(format!("{url}/login"))
+            .form(&[
+                ("email", "demo@floatilla.local"),
+                ("password", password.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 200, "run {run}: {console}");
+        passwords.push(password);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             let (status, page) = get(
@@ -372,4 +392,84 @@ async fn the_demo_runs_a_server_with_a_simulated_fleet_and_resumes_it() {
         assert_eq!(all["total"], 5, "run {run} reuses the same routers");
         assert!(interrupt(&mut demo.0).success());
     }
+    assert_ne!(passwords[0], passwords[1], "each run gives a new password");
+}
+
+/// Posts the console's login form; answers the status after following the redirect (200: the
+/// login succeeded; 401: it did not).
+async fn console_login(client: &reqwest::Client, url: &str, email: &str, password: &str) -> u16 {
+    client
+        .post(format!("{url}/login"))
+        .form(&[("email", email), ("password", password)])
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn create_user_prints_a_one_time_password_or_reads_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let served = serve(&["--data-dir", data, "--listen", "127.0.0.1:0"], &[]);
+    let output = admin(
+        dir.path(),
+        &[
+            "create-user",
+            "--email",
+            "Admin@Example.com",
+            "--role",
+            "admin",
+        ],
+    )
+    .unwrap();
+    let password = output.lines().last().unwrap().to_owned();
+    assert_eq!(password.len(), 24, "{output}");
+    let again = admin(
+        dir.path(),
+        &[
+            "create-user",
+            "--email",
+            "admin@example.com",
+            "--role",
+            "viewer",
+        ],
+    )
+    .unwrap_err();
+    assert!(again.contains("has an account already"), "{again}");
+    let mut reading = Command::new(BIN)
+        .args([
+            "admin",
+            "--data-dir",
+            data,
+            "create-user",
+            "--email",
+            "ops@example.com",
+        ])
+        .args(["--role", "operator", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(reading.stdin.take().unwrap(), "chosen by the operator").unwrap();
+    let read = reading.wait_with_output().unwrap();
+    assert!(read.status.success());
+    let printed = String::from_utf8(read.stdout).unwrap();
+    assert!(!printed.contains("chosen by"), "{printed}");
+
+    let (client, _) = client(dir.path()).await;
+    let url = &served.url;
+    assert_eq!(
+        console_login(&client, url, "admin@example.com", &password).await,
+        200
+    );
+    assert_eq!(
+        console_login(&client, url, "ops@example.com", "chosen by the operator").await,
+        200
+    );
+    assert_eq!(
+        console_login(&client, url, "ops@example.com", "not the password").await,
+        401
+    );
 }
