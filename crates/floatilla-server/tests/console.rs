@@ -17,6 +17,7 @@ on_both_backends!(
     logins_are_throttled_sessions_expire_and_forms_need_their_token,
     an_invitation_sets_a_password_once,
     the_audit_log_names_the_token_or_the_person,
+    admins_create_tokens_and_approve_routers_from_the_console,
 );
 
 const PASSWORD: &str = "a long enough password";
@@ -297,4 +298,114 @@ async fn the_audit_log_names_the_token_or_the_person(db: TestDb) {
         .api_as(&viewer, Method::GET, "/api/v1/audit", None)
         .await;
     assert_eq!(status, 403, "{body}");
+}
+
+/// Logs in `email` and answers the session cookie and the CSRF token of its forms.
+async fn logged_in(client: &reqwest::Client, server: &TestServer, email: &str) -> (String, String) {
+    let (status, set_cookie) = log_in(client, server, email, PASSWORD).await;
+    assert_eq!(status, 303);
+    let cookie = cookie_pair(&set_cookie.unwrap());
+    let (_, dashboard) = page(client, server, &cookie, "/").await;
+    (cookie.clone(), csrf_of(&dashboard))
+}
+
+async fn admins_create_tokens_and_approve_routers_from_the_console(db: TestDb) {
+    let server = TestServer::start(db).await;
+    add_user(&server, "admin@example.com", Role::Admin).await;
+    add_user(&server, "viewer@example.com", Role::Viewer).await;
+    let client = browser(&server);
+    let (cookie, csrf) = logged_in(&client, &server, "admin@example.com").await;
+
+    // An API token made in the console is shown once and works on the API.
+    let created = client
+        .post(format!("{}/manage/api-tokens", server.url))
+        .header(COOKIE, &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", "deploy"),
+            ("role", "viewer"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 200);
+    let html = created.text().await.unwrap();
+    let marker = "id=\"secret\">";
+    let start = html.find(marker).expect("the token shown") + marker.len();
+    let token = html[start..].split('<').next().unwrap().to_owned();
+    assert_eq!(
+        server
+            .api_as(&token, Method::GET, "/api/v1/devices", None)
+            .await
+            .0,
+        200
+    );
+    let (_, listed) = page(&client, &server, &cookie, "/manage/api-tokens").await;
+    assert!(listed.contains("deploy") && !listed.contains(&token));
+
+    // A router waiting for approval is accepted from the enrollment page.
+    server
+        .api(
+            Method::PUT,
+            "/api/v1/enrollment-policy",
+            Some(json!({"policy": "approval"})),
+        )
+        .await;
+    let token_text = server.enrollment_token(json!({"name": "line"})).await;
+    // Enrolling succeeds; the router then waits for an admin before its channel opens.
+    server
+        .try_enroll(&token_text, "WAIT-1", None)
+        .await
+        .unwrap();
+    let (_, routers) = server
+        .api(Method::GET, "/api/v1/devices?enrollment=pending", None)
+        .await;
+    let id = routers["items"][0]["id"]
+        .as_str()
+        .expect("a pending router")
+        .to_owned();
+    let (_, approvals) = page(&client, &server, &cookie, "/manage/enrollment").await;
+    assert!(approvals.contains("WAIT-1"), "{approvals}");
+    let accepted = client
+        .post(format!("{}/manage/approvals/{id}/accept", server.url))
+        .header(COOKIE, &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let location = accepted.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with("/manage/enrollment?notice="),
+        "{location}"
+    );
+    let router = server.get(&format!("/api/v1/devices/{id}")).await;
+    assert_eq!(router["enrollment"], "accepted");
+
+    // A viewer sees the lists but is refused the forms: nothing is created.
+    let (viewer_cookie, viewer_csrf) = logged_in(&client, &server, "viewer@example.com").await;
+    assert_eq!(
+        page(&client, &server, &viewer_cookie, "/manage/groups")
+            .await
+            .0,
+        200
+    );
+    let refused = client
+        .post(format!("{}/manage/groups", server.url))
+        .header(COOKIE, &viewer_cookie)
+        .form(&[("csrf", viewer_csrf.as_str()), ("name", "sneaky")])
+        .send()
+        .await
+        .unwrap();
+    let location = refused.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with("/manage/groups?problem="),
+        "{location}"
+    );
+    assert_eq!(server.get("/api/v1/groups").await, json!([]));
+    assert_eq!(
+        page(&client, &server, &viewer_cookie, "/manage/api-tokens")
+            .await
+            .0,
+        403
+    );
 }

@@ -2,6 +2,7 @@
 //! every role check, tenant boundary and rule is the API's own. Forms post back here with the
 //! session's CSRF token; what they change is audited like API calls.
 
+mod manage;
 mod pages;
 pub mod session;
 
@@ -35,4 +36,6 @@ pub fn routes() -> Router<AppState> {
         .route("/audit.csv", get(pages::audit_csv))
         .route("/users", get(pages::users).post(pages::invite))
         .route("/users/{id}/approve", post(pages::approve))
+        .route("/manage/{page}", get(manage::page).post(manage::create))
+        .route("/manage/{page}/{id}/{verb}", post(manage::act))
 }

@@ -21,20 +21,23 @@ use crate::server::RemoteAddr;
 use crate::state::AppState;
 
 /// What the header shows: who is logged in, and the token their forms carry.
-struct Nav {
-    email: String,
-    role: &'static str,
-    csrf: String,
-    admin: bool,
+pub(super) struct Nav {
+    pub(super) email: String,
+    pub(super) role: &'static str,
+    pub(super) csrf: String,
+    /// Admins and the provider manage accounts and read the audit log.
+    pub(super) admin: bool,
+    pub(super) provider: bool,
 }
 
 impl Nav {
-    fn of(operator: &Operator) -> Option<Nav> {
+    pub(super) fn of(operator: &Operator) -> Option<Nav> {
         Some(Nav {
             email: operator.user.email.clone(),
             role: operator.user.role.as_str(),
             csrf: operator.session.csrf_token.clone(),
-            admin: operator.caller.role == Role::Admin,
+            admin: matches!(operator.caller.role, Role::Admin | Role::Provider),
+            provider: operator.caller.role == Role::Provider,
         })
     }
 }
@@ -60,11 +63,20 @@ fn choices(options: &[(&str, &str)], current: &str) -> Vec<Choice> {
 /// A notice or problem a form's redirect carries back to its page.
 #[derive(Debug, Default, Deserialize)]
 pub struct Flash {
-    notice: Option<String>,
-    problem: Option<String>,
+    pub(super) notice: Option<String>,
+    pub(super) problem: Option<String>,
 }
 
-fn render(page: &impl Template) -> Response {
+impl Flash {
+    pub(super) fn notice(text: String) -> Self {
+        Flash {
+            notice: Some(text),
+            problem: None,
+        }
+    }
+}
+
+pub(super) fn render(page: &impl Template) -> Response {
     match page.render() {
         Ok(html) => Html(html).into_response(),
         Err(error) => Error::Internal(format!("console page: {error}")).into_response(),
@@ -72,7 +84,7 @@ fn render(page: &impl Template) -> Response {
 }
 
 /// Back to `path` with what came of a form.
-fn back(path: &str, outcome: Result<String>) -> Response {
+pub(super) fn back(path: &str, outcome: Result<String>) -> Response {
     let (key, text) = match outcome {
         Ok(notice) => ("notice", notice),
         Err(error) => ("problem", error.body().message),
@@ -83,7 +95,7 @@ fn back(path: &str, outcome: Result<String>) -> Response {
 }
 
 /// An API request body or query built from a form, through the API's own types.
-fn api_request<T: DeserializeOwned>(value: Value) -> Result<T> {
+pub(super) fn api_request<T: DeserializeOwned>(value: Value) -> Result<T> {
     serde_json::from_value(value).map_err(|e| Error::invalid("invalid_form", e.to_string()))
 }
 
@@ -108,7 +120,7 @@ fn seats_text(value: &Value) -> String {
 }
 
 /// A failure on a page that was asked for (not a form): the error page, with its status.
-fn failed(operator: &Operator, error: Error) -> Response {
+pub(super) fn failed(operator: &Operator, error: Error) -> Response {
     #[derive(Template)]
     #[template(
         source = "{% extends \"base.html\" %}{% block title %}Problem{% endblock %}{% block content %}<h1>{{ heading }}</h1>{% endblock %}",
@@ -378,16 +390,13 @@ pub async fn dashboard(
     operator: Operator,
     Query(flash): Query<Flash>,
 ) -> Response {
+    if operator.caller.role == Role::Provider {
+        return super::manage::provider_home();
+    }
     shown(&operator, dashboard_page(&state, &operator, flash).await)
 }
 
 async fn dashboard_page(state: &AppState, operator: &Operator, flash: Flash) -> Result<Dashboard> {
-    if operator.caller.role == Role::Provider {
-        return Err(Error::invalid(
-            "provider_console",
-            "The provider manages tenants through /api/v1/provider; a tenant's console shows a tenant's fleet.",
-        ));
-    }
     let online = router_count(state, operator, json!({"connection_state": "online"})).await?;
     let offline = router_count(state, operator, json!({"connection_state": "offline"})).await?;
     let pool = licensing::pool(State(state.clone()), operator.caller.clone())
