@@ -12,7 +12,7 @@
 //! (licensed, excess, inactive, unmanaged), every tenth tagged `pilot`.
 //!
 //! Run: `cargo bench -p floatilla-server --bench console_routers` (SQLite, and PostgreSQL when
-//! reachable). A small run: `FLOATILLA_BENCH_ROUTERS=2000 FLOATILLA_BENCH_ROUNDS=20 cargo bench
+//! reachable; `FLOATILLA_BENCH_BACKENDS=sqlite` or `postgres` for one). A small run: `FLOATILLA_BENCH_ROUTERS=2000 FLOATILLA_BENCH_ROUNDS=20 cargo bench
 //! -p floatilla-server --bench console_routers`.
 
 use std::sync::Arc;
@@ -323,8 +323,14 @@ async fn run(db: TestDb, backend: &str, routers: usize, rounds: usize) {
 async fn main() {
     let routers = setting("FLOATILLA_BENCH_ROUTERS", ROUTERS);
     let rounds = setting("FLOATILLA_BENCH_ROUNDS", ROUNDS);
-    run(TestDb::sqlite(), "SQLite", routers, rounds).await;
-    if let Some(db) = TestDb::postgres().await {
+    // `FLOATILLA_BENCH_BACKENDS=sqlite` (or `postgres`) runs one of them only.
+    let only = std::env::var("FLOATILLA_BENCH_BACKENDS").unwrap_or_default();
+    if only.is_empty() || only == "sqlite" {
+        run(TestDb::sqlite(), "SQLite", routers, rounds).await;
+    }
+    if (only.is_empty() || only == "postgres")
+        && let Some(db) = TestDb::postgres().await
+    {
         run(db, "PostgreSQL", routers, rounds).await;
     }
 }
