@@ -104,9 +104,32 @@ async fn picture(client: &Client, name: &str) {
     }
 }
 
+/// Clicks a form's button and waits until the browser is on the page that answers it (a
+/// click returns before the navigation it starts).
+async fn submit(client: &Client, button: &str) {
+    let before = client.current_url().await.unwrap();
+    client
+        .find(Locator::Css(button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while client.current_url().await.unwrap() == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{button} led nowhere from {before}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn text_of(client: &Client, css: &str) -> String {
     client
-        .find(Locator::Css(css))
+        .wait()
+        .at_most(PROMPTLY)
+        .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css}: {e}"))
         .text()
@@ -203,13 +226,7 @@ async fn an_operator_licenses_unmanages_and_rolls_out_from_the_browser() {
         .send_keys(PASSWORD)
         .await
         .unwrap();
-    client
-        .find(Locator::Css("form[action='/login'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(&client, "form[action='/login'] button").await;
     assert_eq!(text_of(&client, "h1").await, "Dashboard");
     assert!(client.source().await.unwrap().contains(EMAIL));
 
@@ -232,13 +249,7 @@ async fn an_operator_licenses_unmanages_and_rolls_out_from_the_browser() {
         .send_keys(license.to_str().unwrap())
         .await
         .unwrap();
-    client
-        .find(Locator::Css("form[action='/licenses'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(&client, "form[action='/licenses'] button").await;
     assert_eq!(
         text_of(&client, ".notice").await,
         "License browser installed."
@@ -270,13 +281,7 @@ async fn an_operator_licenses_unmanages_and_rolls_out_from_the_browser() {
         .select_by_value("unmanage")
         .await
         .unwrap();
-    client
-        .find(Locator::Css("form[action='/routers/bulk'] .actions button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(&client, "form[action='/routers/bulk'] .actions button").await;
     assert_eq!(
         text_of(&client, ".notice").await,
         "2 routers marked unmanaged."
@@ -300,13 +305,7 @@ async fn an_operator_licenses_unmanages_and_rolls_out_from_the_browser() {
         .unwrap();
     phases.clear().await.unwrap();
     phases.send_keys("2, 100%").await.unwrap();
-    client
-        .find(Locator::Css("form[action='/rollouts'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(&client, "form[action='/rollouts'] button").await;
     assert_eq!(text_of(&client, ".notice").await, "Rollout started.");
     let rollout_page = client.current_url().await.unwrap().to_string();
     assert!(rollout_page.contains("/rollouts/"), "{rollout_page}");
