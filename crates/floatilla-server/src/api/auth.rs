@@ -2,14 +2,11 @@
 //! hashes) on the API, console sessions on the console; both become a [`Caller`].
 
 use axum::extract::FromRequestParts;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use floatilla_domain::accounts::{Actor, User};
 use floatilla_domain::model::{ApiToken, Tenant};
 use floatilla_domain::{Role, TenantId};
 use http::header::AUTHORIZATION;
 use http::request::Parts;
-use rand::Rng;
 
 use crate::error::Error;
 use crate::state::AppState;
@@ -18,16 +15,12 @@ const API_TOKEN_PREFIX: &str = "fat1.";
 
 /// A new API token's secret text and the hash that is stored instead of it.
 pub fn new_api_token_secret() -> (String, String) {
-    let secret: [u8; 32] = rand::rng().random();
-    let text = format!("{API_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));
-    let hash = floatilla_protocol::secrets::secret_hash(&secret);
-    (text, hash)
+    let (secret, hash) = crate::accounts::new_secret();
+    (format!("{API_TOKEN_PREFIX}{secret}"), hash)
 }
 
 fn hash_of(presented: &str) -> Option<String> {
-    let encoded = presented.strip_prefix(API_TOKEN_PREFIX)?;
-    let secret: [u8; 32] = URL_SAFE_NO_PAD.decode(encoded).ok()?.try_into().ok()?;
-    Some(floatilla_protocol::secrets::secret_hash(&secret))
+    crate::accounts::hash_of_secret(presented.strip_prefix(API_TOKEN_PREFIX)?)
 }
 
 /// Who is calling an API or console route, with what role, in which tenant.
