@@ -107,6 +107,44 @@ pub(crate) fn user(row: UserRow) -> Result<User> {
     })
 }
 
+/// A session's account's columns as in a [`UserRow`], then the session's `csrf_token,
+/// created_at, last_used_at`.
+pub(crate) type SessionRow = (
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    i64,
+    Option<i64>,
+    String,
+    i64,
+    i64,
+);
+
+pub(crate) fn session(secret_hash: &str, row: SessionRow) -> Result<(ConsoleSession, User)> {
+    let (id, tenant, email, role, status, password, hash, expires, created, last) = (
+        row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9,
+    );
+    let (csrf_token, created_at, last_used_at) = (row.10, row.11, row.12);
+    let user = user((
+        id, tenant, email, role, status, password, hash, expires, created, last,
+    ))?;
+    Ok((
+        ConsoleSession {
+            secret_hash: secret_hash.to_owned(),
+            user_id: user.id,
+            csrf_token,
+            created_at: timestamp("console_sessions.created_at", created_at)?,
+            last_used_at: timestamp("console_sessions.last_used_at", last_used_at)?,
+        },
+        user,
+    ))
+}
+
 pub(crate) const SELECT_AUDIT: &str = "SELECT id, tenant_id, at, actor_kind, actor_id, \
      actor_name, action, target, address, status, error FROM audit_log";
 
@@ -338,35 +376,18 @@ macro_rules! impl_accounts {
                     ::floatilla_domain::accounts::User,
                 )>,
             > {
-                let row: Option<(String, String, i64, i64)> = ::sqlx::query_as(
-                    "SELECT user_id, csrf_token, created_at, last_used_at \
-                     FROM console_sessions WHERE secret_hash = $1",
-                )
-                .bind(secret_hash)
-                .fetch_optional(&self.pool)
-                .await?;
-                let Some((user_id, csrf_token, created_at, last_used_at)) = row else {
-                    return Ok(None);
-                };
-                let Some(user) = self.user_where("id", &user_id).await? else {
-                    return Ok(None);
-                };
-                Ok(Some((
-                    $crate::accounts::ConsoleSession {
-                        secret_hash: secret_hash.to_owned(),
-                        user_id: user.id,
-                        csrf_token,
-                        created_at: $crate::rows::timestamp(
-                            "console_sessions.created_at",
-                            created_at,
-                        )?,
-                        last_used_at: $crate::rows::timestamp(
-                            "console_sessions.last_used_at",
-                            last_used_at,
-                        )?,
-                    },
-                    user,
-                )))
+                // The account comes in the same statement: this runs on every console request.
+                let row: Option<$crate::accounts::SessionRow> =
+                    ::sqlx::query_as(::sqlx::AssertSqlSafe(format!(
+                        "SELECT u.*, s.csrf_token, s.created_at, s.last_used_at FROM ({}) u \
+                         JOIN console_sessions s ON s.user_id = u.id WHERE s.secret_hash = $1",
+                        $crate::accounts::SELECT_USERS
+                    )))
+                    .bind(secret_hash)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| $crate::accounts::session(secret_hash, row))
+                    .transpose()
             }
 
             async fn touch_console_session(
