@@ -210,6 +210,10 @@ pub async fn login(
                     StatusCode::TOO_MANY_REQUESTS,
                     format!("Too many failed attempts: try again in {minutes} minutes."),
                 ),
+                LoginRefusal::Failed(error) => {
+                    tracing::error!(%error, "cannot check a console login");
+                    (error.status(), error.body().message)
+                }
             };
             let mut response = render(&LoginPage {
                 nav: None,

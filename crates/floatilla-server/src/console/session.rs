@@ -142,6 +142,8 @@ pub fn cleared_cookie() -> [(http::HeaderName, String); 1] {
 pub enum LoginRefusal {
     Invalid,
     Throttled { minutes: i64 },
+    /// The server could not check the login (the database did not answer, ...).
+    Failed(Error),
 }
 
 /// Checks an e-mail address and password, throttling failures per address and account;
@@ -184,7 +186,11 @@ pub async fn log_in(
             minutes: (until - now).num_minutes() + 1,
         });
     }
-    let user = state.store.user_by_email(&email).await.ok().flatten();
+    let user = state
+        .store
+        .user_by_email(&email)
+        .await
+        .map_err(|e| LoginRefusal::Failed(e.into()))?;
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
     let matches = crate::accounts::password_matches(stored, password).await;
     let user = match user {
@@ -208,7 +214,7 @@ pub async fn log_in(
         .succeeded(&keys);
     let (secret, _) = crate::accounts::start_session(state.store.as_ref(), &user, now)
         .await
-        .map_err(|_| LoginRefusal::Invalid)?;
+        .map_err(LoginRefusal::Failed)?;
     let mut logged_in = user.clone();
     logged_in.last_login_at = Some(now);
     if let Err(error) = state.store.update_user(&logged_in).await {
