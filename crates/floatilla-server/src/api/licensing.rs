@@ -454,7 +454,7 @@ pub async fn apply_settings(
     Ok(())
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// `hour` or `day`.
@@ -502,6 +502,26 @@ pub(crate) async fn usage_report(
             ));
         }
     };
+    let rows = usage_rows(state, tenant, query, granularity).await?;
+    if csv {
+        let text = usage_csv(granularity, &rows);
+        return Ok(([(CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response());
+    }
+    Ok(Json(UsageList {
+        granularity: granularity.as_str().to_owned(),
+        items: rows,
+    })
+    .into_response())
+}
+
+/// The tenant's usage per `granularity` bucket over the query's range (the last 7 days by hour,
+/// 90 by day, unless it says otherwise), up to now.
+pub(crate) async fn usage_rows(
+    state: &AppState,
+    tenant: TenantId,
+    query: &UsageQuery,
+    granularity: Granularity,
+) -> Result<Vec<UsageView>> {
     let now = state.clock.now();
     let to = query.to.unwrap_or(now);
     let from = query.from.unwrap_or_else(|| {
@@ -536,16 +556,7 @@ pub(crate) async fn usage_report(
         }
         buckets.sort_by_key(|b| b.start);
     }
-    let rows: Vec<UsageView> = buckets.iter().map(usage_view).collect();
-    if csv {
-        let text = usage_csv(granularity, &rows);
-        return Ok(([(CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response());
-    }
-    Ok(Json(UsageList {
-        granularity: granularity.as_str().to_owned(),
-        items: rows,
-    })
-    .into_response())
+    Ok(buckets.iter().map(usage_view).collect())
 }
 
 fn usage_view(bucket: &UsageBucket) -> UsageView {

@@ -305,22 +305,31 @@ pub async fn audit(
     caller: Caller,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Response> {
-    let scope = managed_accounts(&caller)?;
+    let list = audit_list(&state, &caller, &query).await?;
+    match query.format.as_deref() {
+        Some("csv") => audit_csv(&list.items).map(IntoResponse::into_response),
+        None | Some("json") => Ok(Json(list).into_response()),
+        Some(_) => Err(Error::invalid("invalid_format", "format is json or csv")),
+    }
+}
+
+/// One page of the audit entries the caller may read, as `query` filters them.
+pub async fn audit_list(
+    state: &AppState,
+    caller: &Caller,
+    query: &AuditQuery,
+) -> Result<AuditList> {
+    let scope = managed_accounts(caller)?;
     let limit = page_limit(query.limit)?;
     let entries = state
         .store
         .audit_entries(scope, &query.filter()?, limit)
         .await?;
     let items: Vec<AuditView> = entries.iter().map(AuditView::new).collect();
-    match query.format.as_deref() {
-        Some("csv") => audit_csv(&items).map(IntoResponse::into_response),
-        None | Some("json") => Ok(Json(AuditList {
-            next_before: next_cursor(&items, limit, |e| e.id.clone()),
-            items,
-        })
-        .into_response()),
-        Some(_) => Err(Error::invalid("invalid_format", "format is json or csv")),
-    }
+    Ok(AuditList {
+        next_before: next_cursor(&items, limit, |e| e.id.clone()),
+        items,
+    })
 }
 
 /// The entries as a CSV file with a header row.

@@ -406,7 +406,13 @@ async fn dashboard_page(state: &AppState, operator: &Operator, flash: Flash) -> 
     let pool = licensing::pool(State(state.clone()), operator.caller.clone())
         .await?
         .0;
-    let history = usage(state, operator, "hour").await?;
+    let history = licensing::usage_rows(
+        state,
+        operator.caller.require(Role::Viewer)?,
+        &licensing::UsageQuery::default(),
+        floatilla_domain::licensing::Granularity::Hour,
+    )
+    .await?;
     let recent = events::list(
         State(state.clone()),
         operator.caller.clone(),
@@ -457,25 +463,6 @@ async fn dashboard_page(state: &AppState, operator: &Operator, flash: Flash) -> 
             })
             .collect(),
     })
-}
-
-async fn usage(
-    state: &AppState,
-    operator: &Operator,
-    granularity: &str,
-) -> Result<Vec<crate::api::views::UsageView>> {
-    let response = licensing::usage(
-        State(state.clone()),
-        operator.caller.clone(),
-        ApiQuery(api_request(json!({"granularity": granularity}))?),
-    )
-    .await?;
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .map_err(|e| Error::Internal(format!("usage history: {e}")))?;
-    let list: crate::api::views::UsageList = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Internal(format!("usage history: {e}")))?;
-    Ok(list.items)
 }
 
 /// An SVG line chart of peak managed and licensed routers per hour, with the capacity now.
@@ -1402,17 +1389,8 @@ pub async fn audit(
     Query(query): Query<AuditPageQuery>,
 ) -> Response {
     let page = async {
-        let response = users::audit(
-            State(state.clone()),
-            operator.caller.clone(),
-            ApiQuery(query.api(AUDIT_PAGE, None)?),
-        )
-        .await?;
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .map_err(|e| Error::Internal(format!("audit page: {e}")))?;
-        let list: users::AuditList = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Internal(format!("audit page: {e}")))?;
+        let list =
+            users::audit_list(&state, &operator.caller, &query.api(AUDIT_PAGE, None)?).await?;
         Ok::<_, Error>(AuditPage {
             nav: Nav::of(&operator),
             notice: None,

@@ -141,7 +141,9 @@ pub fn cleared_cookie() -> [(http::HeaderName, String); 1] {
 #[derive(Debug)]
 pub enum LoginRefusal {
     Invalid,
-    Throttled { minutes: i64 },
+    Throttled {
+        minutes: i64,
+    },
     /// The server could not check the login (the database did not answer, ...).
     Failed(Error),
 }
