@@ -131,7 +131,11 @@ async fn step(state: &AppState, read_before: &Rollout) -> Result<u64> {
         let (kind, reason) = match planned.change {
             Some(StatusChange::Advanced { to_phase }) => (
                 EventKind::RolloutAdvanced,
-                format!("phase {to_phase} began: the phase before met the success threshold"),
+                format!(
+                    "phase {} of {} began: the phase before met the success threshold",
+                    to_phase + 1,
+                    tallies.len()
+                ),
             ),
             Some(StatusChange::HeldBelowSuccessThreshold {
                 succeeded,
@@ -139,8 +143,10 @@ async fn step(state: &AppState, read_before: &Rollout) -> Result<u64> {
             }) => (
                 EventKind::RolloutPaused,
                 format!(
-                    "only {succeeded} of {finished} finished executions of phase {current} \
+                    "only {succeeded} of {finished} finished executions of phase {} of {} \
                      succeeded, below the {} % needed: resume to go on",
+                    current + 1,
+                    tallies.len(),
                     rollout.policy.success_threshold_percent
                 ),
             ),
