@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::sync::Arc;
-
+use common::console::*;
 use common::*;
-use floatilla_domain::{Clock, Role};
+use floatilla_domain::Role;
 use floatilla_store::testing::TestDb;
 use reqwest::Method;
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{COOKIE, LOCATION};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -19,87 +18,6 @@ on_both_backends!(
     the_audit_log_names_the_token_or_the_person,
     admins_create_tokens_and_approve_routers_from_the_console,
 );
-
-const PASSWORD: &str = "a long enough password";
-
-/// A browser-like client: no redirects followed, cookies passed by hand.
-fn browser(server: &TestServer) -> reqwest::Client {
-    let tls = server.trust().client_config(Arc::default()).unwrap();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(Arc::unwrap_or_clone(tls))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-async fn add_user(server: &TestServer, email: &str, role: Role) {
-    let tenant = server.running().installation().on_prem_tenant;
-    floatilla_server::accounts::create_user(
-        server.store.as_ref(),
-        server.clock.now(),
-        email,
-        role,
-        tenant,
-        PASSWORD.to_owned(),
-    )
-    .await
-    .unwrap();
-}
-
-/// Posts the login form; answers the status and the `Set-Cookie` header, if any.
-async fn log_in(
-    client: &reqwest::Client,
-    server: &TestServer,
-    email: &str,
-    password: &str,
-) -> (u16, Option<String>) {
-    let response = client
-        .post(format!("{}/login", server.url))
-        .form(&[("email", email), ("password", password)])
-        .send()
-        .await
-        .unwrap();
-    let cookie = response
-        .headers()
-        .get(SET_COOKIE)
-        .map(|c| c.to_str().unwrap().to_owned());
-    (response.status().as_u16(), cookie)
-}
-
-/// `name=value` of a `Set-Cookie` header.
-fn cookie_pair(set_cookie: &str) -> String {
-    set_cookie.split(';').next().unwrap().to_owned()
-}
-
-async fn page(
-    client: &reqwest::Client,
-    server: &TestServer,
-    cookie: &str,
-    path: &str,
-) -> (u16, String) {
-    let response = client
-        .get(format!("{}{path}", server.url))
-        .header(COOKIE, cookie)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let location = response
-        .headers()
-        .get(LOCATION)
-        .map(|l| l.to_str().unwrap().to_owned());
-    let body = response.text().await.unwrap();
-    (status, location.unwrap_or(body))
-}
-
-/// The CSRF token the page's forms carry.
-fn csrf_of(html: &str) -> String {
-    let start = html
-        .find("name=\"csrf\" value=\"")
-        .expect("a form with a CSRF token")
-        + 19;
-    html[start..].split('"').next().unwrap().to_owned()
-}
 
 async fn logins_are_throttled_sessions_expire_and_forms_need_their_token(db: TestDb) {
     let server = TestServer::start_with(db, licensing_config()).await;
@@ -298,15 +216,6 @@ async fn the_audit_log_names_the_token_or_the_person(db: TestDb) {
         .api_as(&viewer, Method::GET, "/api/v1/audit", None)
         .await;
     assert_eq!(status, 403, "{body}");
-}
-
-/// Logs in `email` and answers the session cookie and the CSRF token of its forms.
-async fn logged_in(client: &reqwest::Client, server: &TestServer, email: &str) -> (String, String) {
-    let (status, set_cookie) = log_in(client, server, email, PASSWORD).await;
-    assert_eq!(status, 303);
-    let cookie = cookie_pair(&set_cookie.unwrap());
-    let (_, dashboard) = page(client, server, &cookie, "/").await;
-    (cookie.clone(), csrf_of(&dashboard))
 }
 
 async fn admins_create_tokens_and_approve_routers_from_the_console(db: TestDb) {

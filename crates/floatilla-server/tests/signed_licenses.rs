@@ -5,12 +5,13 @@
 mod common;
 
 use chrono::Duration;
+use common::console::*;
 use common::*;
 use floatilla_domain::licensing::Seats;
 use floatilla_domain::licensing::signed::{
     IssuerKey, LicenseClaims, RootKey, SignedIssuerCertificate, issue,
 };
-use floatilla_domain::{Clock, Timestamp};
+use floatilla_domain::{Clock, Role, Timestamp};
 use floatilla_store::testing::TestDb;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -19,6 +20,7 @@ on_both_backends!(
     every_rejection_has_its_code_and_disturbs_nothing,
     status_follows_each_license_and_a_renewal_takes_over_without_gap,
     downgrades_need_an_acknowledgement,
+    the_console_names_the_routers_a_downgrade_sheds_before_installing_it,
     a_clock_that_jumps_or_falls_behind_holds_capacity,
 );
 
@@ -302,6 +304,78 @@ async fn downgrades_need_an_acknowledgement(db: TestDb) {
     // An upgrade needs nothing.
     installed(&server, &vendor.license(&claims(&id, "D-3", 5, now))).await;
     assert_eq!(server.get("/api/v1/license-pool").await["excess"], 0);
+}
+
+/// The text of the page's `<textarea name="content">`, as the browser would post it.
+fn carried_content(html: &str) -> String {
+    let start = html
+        .find("name=\"content\" hidden>")
+        .expect("the license carried")
+        + 22;
+    let escaped = html[start..].split("</textarea>").next().unwrap();
+    escaped
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+async fn the_console_names_the_routers_a_downgrade_sheds_before_installing_it(db: TestDb) {
+    let now = chrono::Utc::now();
+    let vendor = Vendor::new(6, now);
+    let server = server_trusting(db, &vendor).await;
+    let now = server.clock.now();
+    let id = installation_id(&server).await;
+    installed(&server, &vendor.license(&claims(&id, "C-1", 2, now))).await;
+    let _fleet = connect_fleet(&server, "CD", 2).await;
+    add_user(&server, "admin@example.com", Role::Admin).await;
+    let client = browser(&server);
+    let (cookie, csrf) = logged_in(&client, &server, "admin@example.com").await;
+    let mut smaller = claims(&id, "C-2", 1, now);
+    smaller.supersedes = vec!["C-1".to_owned()];
+    let text = vendor.license(&smaller);
+
+    let (status, html) = submit_file(
+        &client,
+        &server,
+        &cookie,
+        "/licenses",
+        &[("csrf", csrf.as_str())],
+        text.clone().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains("from 2 to 1 seats") && html.contains("CD-02"),
+        "{html}"
+    );
+    assert!(!html.contains(">CD-01<"), "{html}");
+    assert_eq!(
+        server.get("/api/v1/licenses").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let content = carried_content(&html);
+    assert_eq!(content.trim(), text.trim());
+
+    let confirmation = multipart_form(&[
+        ("csrf", csrf.as_str()),
+        ("acknowledge_downgrade", "true"),
+        ("content", content.as_str()),
+    ]);
+    let (status, location) =
+        submit_multipart(&client, &server, &cookie, "/licenses", confirmation).await;
+    assert_eq!(status, 303);
+    assert!(location.starts_with("/licenses?notice="), "{location}");
+    let pool = server.get("/api/v1/license-pool").await;
+    assert_eq!(
+        (&pool["in_use"], &pool["excess"]),
+        (&json!(1), &json!(1)),
+        "{pool}"
+    );
 }
 
 async fn a_clock_that_jumps_or_falls_behind_holds_capacity(db: TestDb) {

@@ -44,9 +44,21 @@ fn choice(name: &'static str, label: &'static str, options: Vec<&'static str>) -
     }
 }
 
+fn file(name: &'static str, label: &'static str) -> Field {
+    Field {
+        name,
+        label,
+        kind: "file",
+        options: Vec::new(),
+        required: true,
+    }
+}
+
 struct FormSpec {
     action: String,
     submit: &'static str,
+    /// Sent as `multipart/form-data`: it carries a file.
+    multipart: bool,
     fields: Vec<Field>,
 }
 
@@ -200,9 +212,12 @@ async fn sections(
                     ("Cancelled", "/cancelled_at"),
                     ("Executions", "/executions"),
                 ],
-                |job| match operates {
-                    true => until_set("cancelled_at", "jobs", "cancel")(job),
-                    false => no_extras(job),
+                |job| {
+                    let link = Some(format!("/jobs/{}", id_of(job)));
+                    match operates {
+                        true => (link, until_set("cancelled_at", "jobs", "cancel")(job).1),
+                        false => (link, Vec::new()),
+                    }
                 },
             );
             ("Jobs", vec![jobs])
@@ -212,7 +227,7 @@ async fn sections(
                 .await?
                 .0;
             let artifacts = Section::of(
-                "Upload with POST /api/v1/artifacts (docs/jobs.md)",
+                "",
                 &list,
                 &[
                     ("Name", "/name"),
@@ -224,7 +239,35 @@ async fn sections(
                     ("Uploaded by", "/created_by"),
                     ("Uploaded", "/created_at"),
                 ],
-                no_extras,
+                |artifact| match operates {
+                    true => (
+                        None,
+                        vec![RowAction {
+                            url: format!("/manage/artifacts/{}/delete", id_of(artifact)),
+                            label: "delete",
+                        }],
+                    ),
+                    false => no_extras(artifact),
+                },
+            )
+            .with_form(
+                operates,
+                FormSpec {
+                    action: "/artifacts/upload".to_owned(),
+                    submit: "Upload",
+                    multipart: true,
+                    fields: vec![
+                        choice(
+                            "kind",
+                            "Kind",
+                            vec!["firmware", "software", "config", "certificates"],
+                        ),
+                        text("name", "Name", true),
+                        text("version", "Version", true),
+                        text("models", "Models, comma-separated (empty: any)", false),
+                        file("file", "File"),
+                    ],
+                },
             );
             ("Artifacts", vec![artifacts])
         }
@@ -240,16 +283,13 @@ async fn sections(
                     ("Heartbeat", "/timer_profile"),
                     ("Created", "/created_at"),
                 ],
-                |group| {
-                    let name = group["name"].as_str().unwrap_or_default();
-                    let query = serde_urlencoded::to_string([("group", name)]).unwrap_or_default();
-                    (Some(format!("/routers?{query}")), Vec::new())
-                },
+                |group| (Some(format!("/groups/{}", id_of(group))), Vec::new()),
             )
             .with_form(
                 operates,
                 FormSpec {
                     action: "/manage/groups".to_owned(),
+                    multipart: false,
                     submit: "Create group",
                     fields: vec![
                         text("name", "Name", true),
@@ -300,6 +340,7 @@ async fn sections(
                 true,
                 FormSpec {
                     action: "/manage/enrollment".to_owned(),
+                    multipart: false,
                     submit: "Create token",
                     fields: vec![
                         text("name", "Name", true),
@@ -344,6 +385,7 @@ async fn sections(
                 true,
                 FormSpec {
                     action: "/manage/policy".to_owned(),
+                    multipart: false,
                     submit: "Set policy",
                     fields: vec![choice(
                         "policy",
@@ -371,6 +413,7 @@ async fn sections(
                 true,
                 FormSpec {
                     action: "/manage/api-tokens".to_owned(),
+                    multipart: false,
                     submit: "Create token",
                     fields: vec![
                         text("name", "Name", true),
@@ -404,6 +447,7 @@ async fn sections(
                 true,
                 FormSpec {
                     action: "/manage/webhooks".to_owned(),
+                    multipart: false,
                     submit: "Add webhook",
                     fields: vec![
                         text("url", "HTTPS URL", true),
@@ -434,10 +478,11 @@ async fn sections(
                     } else {
                         "resume"
                     };
+                    let id = id_of(tenant);
                     (
-                        None,
+                        Some(format!("/tenants/{id}")),
                         vec![RowAction {
-                            url: format!("/manage/tenants/{}/{verb}", id_of(tenant)),
+                            url: format!("/manage/tenants/{id}/{verb}"),
                             label: verb,
                         }],
                     )
@@ -447,6 +492,7 @@ async fn sections(
                 true,
                 FormSpec {
                     action: "/manage/tenants".to_owned(),
+                    multipart: false,
                     submit: "Create tenant",
                     fields: vec![
                         text("name", "Name", true),
@@ -455,6 +501,41 @@ async fn sections(
                 },
             );
             ("Tenants", vec![tenants])
+        }
+        "activation-codes" => {
+            let list = provider::list_codes(st(), caller(), ApiQuery(api_request(json!({}))?))
+                .await?
+                .0;
+            let codes = Section::of(
+                "Issued, newest first",
+                &list,
+                &[
+                    ("Code", "/code"),
+                    ("Seats", "/seats"),
+                    ("Months", "/term_months"),
+                    ("Batch", "/batch_id"),
+                    ("Created", "/created_at"),
+                    ("State", "/state"),
+                    ("Redeemed", "/redeemed_at"),
+                    ("By tenant", "/tenant_id"),
+                    ("License ends", "/license_ends_at"),
+                ],
+                no_extras,
+            )
+            .with_form(
+                true,
+                FormSpec {
+                    action: "/manage/activation-codes".to_owned(),
+                    submit: "Create codes (CSV download)",
+                    multipart: false,
+                    fields: vec![
+                        text("count", "How many", true),
+                        text("seats", "Seats each", true),
+                        text("term_months", "Months from redemption", true),
+                    ],
+                },
+            );
+            ("Activation codes", vec![codes])
         }
         _ => return Err(Error::NotFound("page")),
     })
@@ -512,6 +593,12 @@ pub async fn create(
     }
     let get = |name: &str| field(&fields, name);
     let (st, caller) = (State(state.clone()), operator.caller.clone());
+    if page == "activation-codes" {
+        return match new_codes(st, caller, &get).await {
+            Ok(csv) => csv,
+            Err(error) => back(&back_to, Err(error)),
+        };
+    }
     let created: Result<(String, Option<(String, String)>)> = async {
         Ok(match page.as_str() {
             "groups" => {
@@ -600,6 +687,31 @@ pub async fn create(
     }
 }
 
+/// A batch of activation codes, answered as the API's CSV file, to download.
+async fn new_codes(
+    st: State<AppState>,
+    caller: crate::api::auth::Caller,
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Response> {
+    let number = |name: &str, label: &str| {
+        get(name)
+            .unwrap_or_default()
+            .parse::<u32>()
+            .map_err(|_| Error::invalid("invalid_form", format!("{label} is a whole number")))
+    };
+    let request = json!({
+        "count": number("count", "How many")?,
+        "seats": number("seats", "Seats each")?,
+        "term_months": number("term_months", "Months from redemption")?,
+    });
+    let mut csv = provider::create_codes(st, caller, ApiJson(api_request(request)?)).await?;
+    csv.headers_mut().insert(
+        http::header::CONTENT_DISPOSITION,
+        http::HeaderValue::from_static("attachment; filename=\"activation-codes.csv\""),
+    );
+    Ok(csv)
+}
+
 /// A button on a row: revoke, delete, cancel, accept, reject, suspend, resume.
 pub async fn act(
     State(state): State<AppState>,
@@ -627,6 +739,9 @@ pub async fn act(
         ("api-tokens", "revoke") => tokens::revoke_api_token(st, caller, path)
             .await
             .map(|_| "API token revoked.".to_owned()),
+        ("artifacts", "delete") => artifacts::delete(st, caller, path)
+            .await
+            .map(|_| "Artifact deleted.".to_owned()),
         ("webhooks", "delete") => webhooks::delete(st, caller, path)
             .await
             .map(|_| "Webhook deleted.".to_owned()),

@@ -3,7 +3,7 @@
 
 use askama::Template;
 use axum::Json;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use floatilla_domain::Role;
 use http::header::{CONTENT_TYPE, SET_COOKIE};
@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::session::{LoginRefusal, Operator, cleared_cookie, log_in, session_cookie};
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::users::AuditView;
+use crate::api::views::AllowReenrollmentRequest;
 use crate::api::{artifacts, devices, events, jobs, licensing, rollouts, tags, users};
 use crate::error::{Error, Result};
 use crate::server::RemoteAddr;
@@ -104,7 +105,7 @@ fn given(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
-fn time(at: chrono::DateTime<chrono::Utc>) -> String {
+pub(super) fn time(at: chrono::DateTime<chrono::Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
@@ -112,7 +113,7 @@ fn opt_time(at: Option<chrono::DateTime<chrono::Utc>>) -> String {
     at.map(time).unwrap_or_default()
 }
 
-fn seats_text(value: &Value) -> String {
+pub(super) fn seats_text(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
         other => other.to_string(),
@@ -149,7 +150,7 @@ pub(super) fn failed(operator: &Operator, error: Error) -> Response {
 }
 
 /// A page, or the error page for what kept it from being shown.
-fn shown(operator: &Operator, page: Result<impl Template>) -> Response {
+pub(super) fn shown(operator: &Operator, page: Result<impl Template>) -> Response {
     match page {
         Ok(page) => render(&page),
         Err(error) => failed(operator, error),
@@ -229,7 +230,7 @@ pub async fn login(
 
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
-    csrf: String,
+    pub(super) csrf: String,
 }
 
 pub async fn logout(
@@ -466,7 +467,10 @@ async fn dashboard_page(state: &AppState, operator: &Operator, flash: Flash) -> 
 }
 
 /// An SVG line chart of peak managed and licensed routers per hour, with the capacity now.
-fn usage_chart(history: &[crate::api::views::UsageView], capacity: Option<u64>) -> String {
+pub(super) fn usage_chart(
+    history: &[crate::api::views::UsageView],
+    capacity: Option<u64>,
+) -> String {
     const WIDTH: f64 = 720.0;
     const HEIGHT: f64 = 180.0;
     if history.is_empty() {
@@ -754,6 +758,17 @@ async fn bulk_change(
             .await?;
             Ok(format!("{} routers marked {action}d.", result.0.changed))
         }
+        "pin" | "unpin" => {
+            let pinned = action == "pin";
+            let result = licensing::bulk(
+                state_of(),
+                caller,
+                ApiJson(api_request(json!({"ids": ids, "pinned": pinned}))?),
+            )
+            .await?;
+            let done = if pinned { "pinned" } else { "unpinned" };
+            Ok(format!("{} routers {done}.", result.0.changed))
+        }
         "tag" | "untag" => {
             let key = if action == "tag" { "add" } else { "remove" };
             let result = tags::tag_routers(
@@ -828,6 +843,12 @@ struct RouterPage {
     nav: Option<Nav>,
     notice: Option<String>,
     problem: Option<String>,
+    csrf: String,
+    can_manage: bool,
+    can_administer: bool,
+    managed: bool,
+    pinned: bool,
+    groups: Vec<String>,
     router: RouterRow,
     connections: Vec<ConnectionRow>,
     jobs: Vec<JobRow>,
@@ -837,6 +858,7 @@ pub async fn router(
     State(state): State<AppState>,
     operator: Operator,
     Path(id): Path<String>,
+    Query(flash): Query<Flash>,
 ) -> Response {
     let page = async {
         let detail = devices::get(
@@ -850,10 +872,20 @@ pub async fn router(
             jobs::device_executions(State(state.clone()), operator.caller.clone(), Path(id))
                 .await?
                 .0;
+        let groups = state
+            .store
+            .groups(operator.caller.require(Role::Viewer)?)
+            .await?;
         Ok::<_, Error>(RouterPage {
             nav: Nav::of(&operator),
-            notice: None,
-            problem: None,
+            notice: flash.notice,
+            problem: flash.problem,
+            csrf: operator.session.csrf_token.clone(),
+            can_manage: operator.caller.role.allows(Role::Operator),
+            can_administer: operator.caller.role.allows(Role::Admin),
+            managed: detail.device.managed,
+            pinned: detail.device.pinned,
+            groups: groups.into_iter().map(|g| g.name).collect(),
             router: RouterRow::of(detail.device),
             connections: detail
                 .connection_history
@@ -880,159 +912,52 @@ pub async fn router(
     shown(&operator, page.await)
 }
 
-struct LicenseRow {
-    name: String,
-    serial: String,
-    seats: String,
-    not_before: String,
-    not_after: String,
-    status: String,
-    counting: &'static str,
-}
-
-#[derive(Template)]
-#[template(path = "licenses.html")]
-struct LicensesPage {
-    nav: Option<Nav>,
-    notice: Option<String>,
-    problem: Option<String>,
-    csrf: String,
-    can_install: bool,
-    installation_id: String,
-    capacity: String,
-    in_use: u64,
-    free: String,
-    excess: u64,
-    explanation: Option<String>,
-    next_change: Option<String>,
-    licenses: Vec<LicenseRow>,
-}
-
-pub async fn licenses(
+/// A button or form on a router's page: the routers list's bulk actions for this one router,
+/// and what only applies to one (rename, revoke its credentials, let it enroll again).
+pub async fn router_action(
     State(state): State<AppState>,
     operator: Operator,
-    Query(flash): Query<Flash>,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<RouterActionForm>,
 ) -> Response {
-    let page = async {
-        let pool = licensing::pool(State(state.clone()), operator.caller.clone())
-            .await?
-            .0;
-        let list = licensing::list(State(state.clone()), operator.caller.clone())
-            .await?
-            .0;
-        Ok::<_, Error>(LicensesPage {
-            nav: Nav::of(&operator),
-            notice: flash.notice,
-            problem: flash.problem,
-            csrf: operator.session.csrf_token.clone(),
-            can_install: operator.caller.role.allows(Role::Admin),
-            installation_id: state.installation.id.clone(),
-            capacity: seats_text(&pool.capacity),
-            in_use: pool.in_use,
-            free: pool
-                .free
-                .map_or_else(|| "unlimited".to_owned(), |f| f.to_string()),
-            excess: pool.excess,
-            explanation: pool.explanation,
-            next_change: pool.next_change.map(|c| c.description),
-            licenses: list
-                .items
-                .into_iter()
-                .map(|l| LicenseRow {
-                    seats: serde_json::to_value(l.seats)
-                        .map(|v| seats_text(&v))
-                        .unwrap_or_default(),
-                    name: l.name,
-                    serial: l.serial.unwrap_or_default(),
-                    not_before: time(l.not_before),
-                    not_after: l.not_after.map_or_else(|| "permanent".to_owned(), time),
-                    status: l.status,
-                    counting: if l.counting { "yes" } else { "no" },
-                })
-                .collect(),
-        })
-    };
-    shown(&operator, page.await)
-}
-
-/// Installs an uploaded license file (a signed file; an unsigned license as JSON where the
-/// server accepts those), as `POST /api/v1/licenses` does.
-pub async fn install_license(
-    State(state): State<AppState>,
-    operator: Operator,
-    mut form: Multipart,
-) -> Response {
-    let mut csrf = String::new();
-    let mut file = Vec::new();
-    let mut acknowledged = false;
-    loop {
-        match form.next_field().await {
-            Ok(Some(field)) => {
-                let name = field.name().unwrap_or_default().to_owned();
-                let Ok(bytes) = field.bytes().await else {
-                    return back(
-                        "/licenses",
-                        Err(Error::invalid("invalid_form", "the upload broke off")),
-                    );
-                };
-                match name.as_str() {
-                    "csrf" => csrf = String::from_utf8_lossy(&bytes).into_owned(),
-                    "file" => file = bytes.to_vec(),
-                    "acknowledge_downgrade" => acknowledged = true,
-                    _ => {}
-                }
-            }
-            Ok(None) => break,
-            Err(error) => {
-                return back(
-                    "/licenses",
-                    Err(Error::invalid("invalid_form", error.to_string())),
-                );
-            }
-        }
+    let back_to = format!("/routers/{id}");
+    if let Err(error) = operator.check_csrf(&form.csrf) {
+        return back(&back_to, Err(error));
     }
-    if let Err(error) = operator.check_csrf(&csrf) {
-        return back("/licenses", Err(error));
-    }
-    let media_type = if file.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-        "application/json"
-    } else {
-        "text/plain"
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(media_type));
-    let outcome = async {
-        let installed = licensing::create(
-            State(state.clone()),
-            operator.caller.clone(),
-            ApiQuery(api_request(json!({"acknowledge_downgrade": acknowledged}))?),
-            headers,
-            file.into(),
+    let value = form.value.as_deref().map(str::trim).unwrap_or_default();
+    let (st, caller) = (State(state.clone()), operator.caller.clone());
+    let outcome = match form.action.as_str() {
+        "rename" => match api_request(json!({ "name": value })) {
+            Ok(request) => devices::patch(st, caller, Path(id.clone()), ApiJson(request))
+                .await
+                .map(|router| format!("Renamed to {}.", router.0.name)),
+            Err(error) => Err(error),
+        },
+        "revoke-credentials" => devices::revoke_credentials(st, caller, Path(id.clone()))
+            .await
+            .map(|_| {
+                "Its credentials are revoked: it is disconnected and must enroll again.".to_owned()
+            }),
+        "allow-reenrollment" => devices::allow_reenrollment(
+            st,
+            caller,
+            Path(id.clone()),
+            ApiJson(AllowReenrollmentRequest {
+                valid_for_hours: None,
+            }),
         )
-        .await?;
-        Ok(format!("License {} installed.", installed.1.0.name))
+        .await
+        .map(|_| "It may enroll again, once, within 24 hours.".to_owned()),
+        action => bulk_change(&state, &operator, action, value, vec![id.clone()]).await,
     };
-    back("/licenses", outcome.await)
+    back(&back_to, outcome)
 }
 
 #[derive(Debug, Deserialize)]
-pub struct UsageCsvQuery {
-    granularity: Option<String>,
-}
-
-pub async fn usage_csv(
-    State(state): State<AppState>,
-    operator: Operator,
-    Query(query): Query<UsageCsvQuery>,
-) -> Response {
-    let granularity = query.granularity.unwrap_or_else(|| "hour".to_owned());
-    let request = api_request(json!({"granularity": granularity, "format": "csv"}));
-    match request {
-        Ok(request) => licensing::usage(State(state), operator.caller.clone(), ApiQuery(request))
-            .await
-            .unwrap_or_else(|error| failed(&operator, error)),
-        Err(error) => failed(&operator, error),
-    }
+pub struct RouterActionForm {
+    csrf: String,
+    action: String,
+    value: Option<String>,
 }
 
 struct RolloutRow {
@@ -1113,7 +1038,7 @@ pub async fn rollouts(
                 .map(|r| RolloutRow {
                     succeeded: r.phases.iter().map(|p| p.succeeded).sum(),
                     failed: r.phases.iter().map(|p| p.failed).sum(),
-                    phase: format!("{} of {}", r.phase, r.phases.len()),
+                    phase: format!("{} of {}", r.phase + 1, r.phases.len()),
                     id: r.id,
                     created_at: time(r.created_at),
                     status: r.status,

@@ -26,6 +26,8 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
+pub mod console;
+
 /// Generates one test per backend from `async fn name(db: TestDb)`.
 #[macro_export]
 macro_rules! on_both_backends {
