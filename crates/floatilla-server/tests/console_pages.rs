@@ -20,6 +20,7 @@ on_both_backends!(
     groups_are_edited_and_artifacts_uploaded_from_the_console,
     removing_a_license_names_the_routers_that_would_become_excess_first,
     the_settings_page_shows_the_server_and_sets_the_contact,
+    admins_change_roles_disable_and_delete_accounts,
     a_cloud_provider_and_its_tenants_work_from_the_console,
 );
 
@@ -398,6 +399,76 @@ async fn the_settings_page_shows_the_server_and_sets_the_contact(db: TestDb) {
     )
     .await;
     assert!(location.starts_with("/settings?problem="), "{location}");
+}
+
+async fn admins_change_roles_disable_and_delete_accounts(db: TestDb) {
+    let server = TestServer::start(db).await;
+    add_user(&server, "admin@example.com", Role::Admin).await;
+    add_user(&server, "ops@example.com", Role::Operator).await;
+    let client = browser(&server);
+    let (admin, csrf) = logged_in(&client, &server, "admin@example.com").await;
+    let (ops, _) = logged_in(&client, &server, "ops@example.com").await;
+    let ops_id = server
+        .store
+        .user_by_email("ops@example.com")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let act = async |action: &str, role: &str| {
+        let path = format!("/users/{ops_id}/{action}");
+        let fields = [("csrf", csrf.as_str()), ("role", role)];
+        let (status, location) = submit(&client, &server, &admin, &path, &fields).await;
+        assert_eq!(status, 303, "{location}");
+        location
+    };
+    let (_, users) = page(&client, &server, &admin, "/users").await;
+    assert!(
+        users.contains(&format!("/users/{ops_id}/disable")),
+        "{users}"
+    );
+    // The admin's own row has no buttons.
+    let own = server
+        .store
+        .user_by_email("admin@example.com")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    assert!(!users.contains(&format!("/users/{own}/")), "{users}");
+
+    // A new role ends the person's sessions.
+    assert!(act("role", "viewer").await.starts_with("/users?notice="));
+    assert_eq!(page(&client, &server, &ops, "/").await.0, 303);
+    let (viewer, _) = logged_in(&client, &server, "ops@example.com").await;
+    let (_, html) = page(&client, &server, &viewer, "/").await;
+    assert!(html.contains("ops@example.com (viewer)"), "{html}");
+    assert!(act("role", "owner").await.starts_with("/users?problem="));
+
+    // Disabled, it cannot log in; enabled again, it can; deleted, it is gone.
+    assert!(act("disable", "").await.starts_with("/users?notice="));
+    assert_eq!(
+        log_in(&client, &server, "ops@example.com", PASSWORD)
+            .await
+            .0,
+        401
+    );
+    act("enable", "").await;
+    assert_eq!(
+        log_in(&client, &server, "ops@example.com", PASSWORD)
+            .await
+            .0,
+        303
+    );
+    assert!(act("delete", "").await.starts_with("/users?notice="));
+    assert!(
+        server
+            .store
+            .user_by_email("ops@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn a_cloud_provider_and_its_tenants_work_from_the_console(db: TestDb) {

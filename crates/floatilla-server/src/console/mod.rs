@@ -59,7 +59,7 @@ pub fn routes() -> Router<AppState> {
         .route("/audit", get(pages::audit))
         .route("/audit.csv", get(pages::audit_csv))
         .route("/users", get(pages::users).post(pages::invite))
-        .route("/users/{id}/approve", post(pages::approve))
+        .route("/users/{id}/{action}", post(pages::user_action))
         .route("/manage/{page}", get(manage::page).post(manage::create))
         .route("/manage/{page}/{id}/{verb}", post(manage::act))
 }

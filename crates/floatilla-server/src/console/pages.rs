@@ -1356,6 +1356,8 @@ pub async fn audit_csv(
 
 struct UserRow {
     id: String,
+    /// The logged-in person's own row has no buttons: nobody locks themselves out here.
+    own: bool,
     email: String,
     role: String,
     status: String,
@@ -1399,6 +1401,7 @@ async fn users_page(
         users: list
             .into_iter()
             .map(|u| UserRow {
+                own: u.id == operator.user.id.to_string(),
                 id: u.id,
                 email: u.email,
                 role: u.role,
@@ -1462,17 +1465,52 @@ pub async fn invite(
     }
 }
 
-pub async fn approve(
+#[derive(Debug, Deserialize)]
+pub struct UserActionForm {
+    csrf: String,
+    /// The new role, for `role`.
+    role: Option<String>,
+}
+
+/// A button or form on an account's row: approve, change its role, disable, enable, delete.
+pub async fn user_action(
     State(state): State<AppState>,
     operator: Operator,
-    Path(id): Path<String>,
-    axum::Form(form): axum::Form<CsrfForm>,
+    Path((id, action)): Path<(String, String)>,
+    axum::Form(form): axum::Form<UserActionForm>,
 ) -> Response {
     if let Err(error) = operator.check_csrf(&form.csrf) {
         return back("/users", Err(error));
     }
-    let outcome = users::approve(State(state), operator.caller.clone(), Path(id))
+    let (st, caller) = (State(state), operator.caller.clone());
+    let patch = |request: users::UserPatchRequest| {
+        users::update(
+            st.clone(),
+            caller.clone(),
+            Path(id.clone()),
+            ApiJson(request),
+        )
+    };
+    let outcome = match action.as_str() {
+        "approve" => users::approve(st.clone(), caller.clone(), Path(id.clone()))
+            .await
+            .map(|view| format!("{} may log in now.", view.0.email)),
+        "role" => patch(users::UserPatchRequest {
+            role: form.role.clone(),
+            disabled: None,
+        })
         .await
-        .map(|view| format!("{} may log in now.", view.0.email));
+        .map(|view| format!("{} is {} now.", view.0.email, view.0.role)),
+        "disable" | "enable" => patch(users::UserPatchRequest {
+            role: None,
+            disabled: Some(action == "disable"),
+        })
+        .await
+        .map(|view| format!("{} is {}.", view.0.email, view.0.status)),
+        "delete" => users::delete(st.clone(), caller.clone(), Path(id.clone()))
+            .await
+            .map(|_| "The account is deleted.".to_owned()),
+        _ => Err(Error::NotFound("action")),
+    };
     back("/users", outcome)
 }
