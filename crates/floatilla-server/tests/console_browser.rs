@@ -2,8 +2,9 @@
 //! installs a license file, finds the excess routers and why, unmanages two, starts a rollout
 //! and watches it progress, against a real server and a simulated fleet that runs the jobs.
 //! Needs `chromedriver` and `chromium` (Debian's `chromium-driver`, `chromium`): mandatory in CI
-//! (`CI=true`), skipped with a notice elsewhere. With `FLOATILLA_SCREENSHOTS=DIR` the main pages
-//! are saved there as PNG files (docs/console/ holds the ones from such a run).
+//! (`CI=true`), skipped with a notice elsewhere. With `FLOATILLA_SCREENSHOTS=DIR` (an absolute
+//! path: tests run in the crate's folder) the main pages are saved there as PNG files
+//! (docs/console/ holds the ones from such a run).
 
 mod common;
 
@@ -325,6 +326,26 @@ async fn an_operator_licenses_unmanages_and_rolls_out_from_the_browser() {
             .contains("2 waiting for a seat")
     );
     picture(&client, "rollout").await;
+
+    // The rollout's job lists each router's execution; a router's page manages it.
+    let job_link = client
+        .find(Locator::Css("#rollout-job"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .expect("the job's link");
+    client.goto(&format!("{base}{job_link}")).await.unwrap();
+    let executions = client.source().await.unwrap();
+    assert!(executions.contains(">BR0"), "{executions}");
+    picture(&client, "job").await;
+    submit(&client, "tbody tr td a").await;
+    assert!(text_of(&client, "h1").await.starts_with("Router BR0"));
+    picture(&client, "router").await;
+    client.goto(&format!("{base}/settings")).await.unwrap();
+    assert_eq!(text_of(&client, "h1").await, "Settings");
+    picture(&client, "settings").await;
 
     client.goto(&format!("{base}/")).await.unwrap();
     picture(&client, "dashboard").await;

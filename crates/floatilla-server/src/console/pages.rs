@@ -1140,6 +1140,7 @@ struct PhaseRow {
 
 struct RolloutDetail {
     id: String,
+    job_id: String,
     status: String,
     phase: u32,
     phase_count: usize,
@@ -1216,6 +1217,7 @@ pub async fn rollout(
                 })
                 .collect(),
             id: view.id,
+            job_id: view.job.id,
             status: view.status,
             phase: view.phase,
             reason: view.reason,

@@ -49,15 +49,20 @@ fn server_settings(state: &AppState) -> Vec<ServerSetting> {
         setting(
             "Form of operation",
             match state.installation.mode {
-                Mode::OnPrem => "on premises".to_owned(),
-                Mode::Cloud => "cloud (many tenants)".to_owned(),
+                Mode::OnPrem => "on premises (fixed when the database was first used)".to_owned(),
+                Mode::Cloud => {
+                    "cloud, many tenants (fixed when the database was first used)".to_owned()
+                }
             },
-            "--mode (fixed when the database is first used)",
+            "--mode",
         ),
         setting(
             "Installation id",
-            state.installation.id.clone(),
-            "(licenses are bound to it)",
+            format!(
+                "{} (license files are issued for it)",
+                state.installation.id
+            ),
+            "",
         ),
         setting(
             "Heartbeat",
@@ -77,7 +82,13 @@ fn server_settings(state: &AppState) -> Vec<ServerSetting> {
             config
                 .license_notice_days
                 .iter()
-                .map(|d| format!("{d} days"))
+                .map(|d| {
+                    if *d == 1 {
+                        "1 day".to_owned()
+                    } else {
+                        format!("{d} days")
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
             "--license-notice-days",
