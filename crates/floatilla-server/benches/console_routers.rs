@@ -43,6 +43,7 @@ fn setting(name: &str, default: usize) -> usize {
 const PAGES: &[(&str, &str)] = &[
     ("all routers", ""),
     ("search by serial", "q=00042"),
+    ("search, two characters", "q=42"),
     ("online", "connection_state=online"),
     ("excess", "license_state=excess"),
     ("group", "group=g3"),

@@ -36,7 +36,8 @@ pub struct PgStore {
 
 impl PgStore {
     const BACKEND: Backend = Backend::Postgres;
-    const CASE_INSENSITIVE_LIKE: &'static str = "ILIKE";
+    /// The lower-case search column (migration 0013), with its trigram index.
+    const ROUTER_SEARCH: &'static str = "d.search_text LIKE lower({pattern}) ESCAPE '\\'";
 
     const LOCK_POOL: &'static str = "SELECT version, next_place, capacity, licenses_revision, \
         usage_at, usage_managed, usage_licensed, usage_excess \

@@ -5,7 +5,8 @@
 //! The expansion relies on each store type providing:
 //! - a `pool` field (`SqlitePool` or `PgPool`);
 //! - `const BACKEND: Backend`;
-//! - `const CASE_INSENSITIVE_LIKE: &str`, the operator for case-insensitive substring matching;
+//! - `const ROUTER_SEARCH: &str`, the condition that a router's serial or name contains the
+//!   `LIKE` pattern `{pattern}` (a placeholder such as `$4`), ignoring case;
 //! - `async fn begin_write(&self)` and `async fn begin_read(&self)`, which start a transaction
 //!   that will write (and must therefore take the write lock up front on SQLite) or only read
 //!   (and should see one snapshot throughout).
@@ -114,7 +115,7 @@ impl DeviceListing {
         tenant: TenantId,
         filter: &DeviceFilter,
         page: &PageRequest,
-        case_insensitive_like: &str,
+        router_search: &str,
     ) -> Self {
         let mut params = vec![tenant.to_string()];
         let mut conditions = vec!["d.tenant_id = $1".to_owned()];
@@ -153,11 +154,7 @@ impl DeviceListing {
         }
         if let Some(query) = filter.query.as_deref().filter(|q| !q.is_empty()) {
             params.push(format!("%{}%", escape_like(query)));
-            let n = params.len();
-            conditions.push(format!(
-                "(d.serial {case_insensitive_like} ${n} ESCAPE '\\' \
-                 OR d.name {case_insensitive_like} ${n} ESCAPE '\\')"
-            ));
+            conditions.push(router_search.replace("{pattern}", &format!("${}", params.len())));
         }
         let count_sql = format!(
             "SELECT COUNT(*) FROM devices d WHERE {}",
@@ -737,7 +734,7 @@ macro_rules! impl_store {
                     tenant,
                     filter,
                     page,
-                    Self::CASE_INSENSITIVE_LIKE,
+                    Self::ROUTER_SEARCH,
                 );
                 let mut tx = self.begin_read().await?;
                 let mut count =

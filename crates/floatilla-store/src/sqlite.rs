@@ -44,7 +44,8 @@ pub struct SqliteStore {
 impl SqliteStore {
     const BACKEND: Backend = Backend::Sqlite;
     /// SQLite's `LIKE` already ignores case (for ASCII letters).
-    const CASE_INSENSITIVE_LIKE: &'static str = "LIKE";
+    const ROUTER_SEARCH: &'static str =
+        "(d.serial LIKE {pattern} ESCAPE '\\' OR d.name LIKE {pattern} ESCAPE '\\')";
 
     /// `BEGIN IMMEDIATE` already holds the database's write lock.
     const LOCK_POOL: &'static str = "SELECT version, next_place, capacity, licenses_revision, \
