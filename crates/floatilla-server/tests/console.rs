@@ -27,6 +27,30 @@ async fn logins_are_throttled_sessions_expire_and_forms_need_their_token(db: Tes
     let (status, to) = page(&client, &server, "", "/").await;
     assert_eq!((status, to.as_str()), (303, "/login"));
 
+    // A login form posted from elsewhere (without the login page's cookie and token) is
+    // refused before the password is looked at.
+    let forged = client
+        .post(format!("{}/login", server.url))
+        .form(&[("email", "ops@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    assert!(forged.headers().get(LOCATION).is_none());
+    let (token, login_cookie) = login_form(&client, &server).await;
+    let mismatched = client
+        .post(format!("{}/login", server.url))
+        .header(COOKIE, login_cookie)
+        .form(&[
+            ("email", "ops@example.com"),
+            ("password", PASSWORD),
+            ("csrf", &format!("{token}x")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mismatched.status().as_u16(), 403);
+
     // Five wrong passwords, then even the right one is refused for a while.
     for _ in 0..5 {
         assert_eq!(

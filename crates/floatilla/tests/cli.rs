@@ -361,16 +361,11 @@ async fn the_demo_runs_a_server_with_a_simulated_fleet_and_resumes_it() {
             .unwrap()
             .trim_end_matches(')')
             .to_owned();
-        let login = client
-            .post(format!("{url}/login"))
-            .form(&[
-                ("email", "demo@floatilla.local"),
-                ("password", password.as_str()),
-            ])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(login.status(), 200, "run {run}: {console}");
+        assert_eq!(
+            console_login(&client, &url, "demo@floatilla.local", &password).await,
+            200,
+            "run {run}: {console}"
+        );
         passwords.push(password);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
@@ -395,12 +390,25 @@ async fn the_demo_runs_a_server_with_a_simulated_fleet_and_resumes_it() {
     assert_ne!(passwords[0], passwords[1], "each run gives a new password");
 }
 
-/// Posts the console's login form; answers the status after following the redirect (200: the
-/// login succeeded; 401: it did not).
+/// Opens the console's login page and posts its form (with the page's token and cookie);
+/// answers the status after following the redirect (200: the login succeeded; 401: it did not).
 async fn console_login(client: &reqwest::Client, url: &str, email: &str, password: &str) -> u16 {
+    let form = client.get(format!("{url}/login")).send().await.unwrap();
+    let cookie = form.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = form.text().await.unwrap();
+    let marker = "name=\"csrf\" value=\"";
+    let start = html.find(marker).expect("the login form's token") + marker.len();
+    let csrf = html[start..].split('"').next().unwrap().to_owned();
     client
         .post(format!("{url}/login"))
-        .form(&[("email", email), ("password", password)])
+        .header("cookie", cookie)
+        .form(&[("email", email), ("password", password), ("csrf", &csrf)])
         .send()
         .await
         .unwrap()

@@ -12,7 +12,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::session::{LoginRefusal, Operator, cleared_cookie, log_in, session_cookie};
+use super::session::{
+    LoginRefusal, Operator, cleared_cookie, log_in, login_form_is_genuine, login_form_token,
+    session_cookie,
+};
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::users::AuditView;
 use crate::api::views::AllowReenrollmentRequest;
@@ -171,28 +174,58 @@ struct LoginPage {
     notice: Option<String>,
     problem: Option<String>,
     email: String,
+    csrf: String,
+}
+
+/// The login page with a new form token (and its cookie), answered with `status`.
+fn login_form(
+    status: StatusCode,
+    notice: Option<String>,
+    problem: Option<String>,
+    email: String,
+) -> Response {
+    let (csrf, cookie) = login_form_token();
+    let mut response = render(&LoginPage {
+        nav: None,
+        notice,
+        problem,
+        email,
+        csrf,
+    });
+    *response.status_mut() = status;
+    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(SET_COOKIE, cookie);
+    }
+    response
 }
 
 pub async fn login_page(Query(flash): Query<Flash>) -> Response {
-    render(&LoginPage {
-        nav: None,
-        notice: flash.notice,
-        problem: flash.problem,
-        email: String::new(),
-    })
+    login_form(StatusCode::OK, flash.notice, flash.problem, String::new())
 }
 
 #[derive(Debug, Deserialize)]
 pub struct LoginForm {
     email: String,
     password: String,
+    #[serde(default)]
+    csrf: String,
 }
 
 pub async fn login(
     State(state): State<AppState>,
     remote: Option<axum::Extension<RemoteAddr>>,
+    headers: HeaderMap,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
+    if !login_form_is_genuine(&headers, &form.csrf) {
+        let problem = "This login form has expired or was not sent by this console: log in again.";
+        return login_form(
+            StatusCode::FORBIDDEN,
+            None,
+            Some(problem.to_owned()),
+            form.email,
+        );
+    }
     match log_in(&state, remote.map(|r| r.0), &form.email, form.password).await {
         Ok((_, secret)) => {
             let mut response = Redirect::to("/").into_response();
@@ -216,14 +249,7 @@ pub async fn login(
                     (error.status(), error.body().message)
                 }
             };
-            let mut response = render(&LoginPage {
-                nav: None,
-                notice: None,
-                problem: Some(problem),
-                email: form.email,
-            });
-            *response.status_mut() = status;
-            response
+            login_form(status, None, Some(problem), form.email)
         }
     }
 }

@@ -55,16 +55,49 @@ impl IntoResponse for LoginRequired {
     }
 }
 
-fn session_secret(parts: &Parts) -> Option<String> {
-    parts
-        .headers
+/// The value of the cookie `name` a request carries, if any.
+fn cookie_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|cookie| cookie.name() == SESSION_COOKIE)
+        .find(|cookie| cookie.name() == name)
         .map(|cookie| cookie.value().to_owned())
+}
+
+fn session_secret(parts: &Parts) -> Option<String> {
+    cookie_value(&parts.headers, SESSION_COOKIE)
+}
+
+/// The login form's token lives in this cookie between showing the form and posting it, so a
+/// page elsewhere cannot log a browser into an account of its choosing (login CSRF): it can
+/// neither read the cookie nor, `SameSite=Strict`, have the browser send it along.
+pub const LOGIN_COOKIE: &str = "__Host-floatilla_login";
+
+/// How long a login form may stay open before it is posted.
+const LOGIN_FORM_LIFETIME: cookie::time::Duration = cookie::time::Duration::hours(1);
+
+/// A new login form token and the `Set-Cookie` value that holds it.
+pub fn login_form_token() -> (String, String) {
+    let (token, _) = crate::accounts::new_secret();
+    let cookie = Cookie::build((LOGIN_COOKIE, token.clone()))
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(LOGIN_FORM_LIFETIME)
+        .build()
+        .to_string();
+    (token, cookie)
+}
+
+/// Whether a posted login form carries the token its browser's login cookie holds.
+pub fn login_form_is_genuine(headers: &http::HeaderMap, presented: &str) -> bool {
+    cookie_value(headers, LOGIN_COOKIE).is_some_and(|expected| {
+        !expected.is_empty() && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
+    })
 }
 
 /// The stored hash of the session cookie a request carries, if any.

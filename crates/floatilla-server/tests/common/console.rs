@@ -40,23 +40,40 @@ pub async fn add_user_in(server: &TestServer, email: &str, role: Role, tenant: O
     .unwrap();
 }
 
-/// Posts the login form; answers the status and the `Set-Cookie` header, if any.
+/// Opens the login page as a browser does: answers its form token and the login cookie that
+/// goes with it (`name=value`).
+pub async fn login_form(client: &reqwest::Client, server: &TestServer) -> (String, String) {
+    let response = client
+        .get(format!("{}/login", server.url))
+        .send()
+        .await
+        .unwrap();
+    let cookie = cookie_pair(response.headers()[SET_COOKIE].to_str().unwrap());
+    (csrf_of(&response.text().await.unwrap()), cookie)
+}
+
+/// Opens the login page and posts its form; answers the status and the session's
+/// `Set-Cookie` header, if any.
 pub async fn log_in(
     client: &reqwest::Client,
     server: &TestServer,
     email: &str,
     password: &str,
 ) -> (u16, Option<String>) {
+    let (csrf, login_cookie) = login_form(client, server).await;
     let response = client
         .post(format!("{}/login", server.url))
-        .form(&[("email", email), ("password", password)])
+        .header(COOKIE, login_cookie)
+        .form(&[("email", email), ("password", password), ("csrf", &csrf)])
         .send()
         .await
         .unwrap();
     let cookie = response
         .headers()
-        .get(SET_COOKIE)
-        .map(|c| c.to_str().unwrap().to_owned());
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|c| c.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("__Host-floatilla_session="));
     (response.status().as_u16(), cookie)
 }
 
