@@ -7,6 +7,8 @@
 //! - `const BACKEND: Backend`;
 //! - `const ROUTER_SEARCH: &str`, the condition that a router's serial or name contains the
 //!   `LIKE` pattern `{pattern}` (a placeholder such as `$4`), ignoring case;
+//! - `const SEARCH_PLANNING: Option<&str>`, a statement run before a router search in its
+//!   transaction;
 //! - `async fn begin_write(&self)` and `async fn begin_read(&self)`, which start a transaction
 //!   that will write (and must therefore take the write lock up front on SQLite) or only read
 //!   (and should see one snapshot throughout).
@@ -737,6 +739,11 @@ macro_rules! impl_store {
                     Self::ROUTER_SEARCH,
                 );
                 let mut tx = self.begin_read().await?;
+                if let Some(setup) = Self::SEARCH_PLANNING
+                    && filter.query.as_deref().is_some_and(|q| !q.is_empty())
+                {
+                    ::sqlx::query(setup).execute(&mut *tx).await?;
+                }
                 let mut count =
                     ::sqlx::query_scalar(::sqlx::AssertSqlSafe(listing.count_sql.as_str()));
                 for param in &listing.params[..listing.count_params] {

@@ -46,6 +46,7 @@ impl SqliteStore {
     /// SQLite's `LIKE` already ignores case (for ASCII letters).
     const ROUTER_SEARCH: &'static str =
         "(d.serial LIKE {pattern} ESCAPE '\\' OR d.name LIKE {pattern} ESCAPE '\\')";
+    const SEARCH_PLANNING: Option<&'static str> = None;
 
     /// `BEGIN IMMEDIATE` already holds the database's write lock.
     const LOCK_POOL: &'static str = "SELECT version, next_place, capacity, licenses_revision, \
