@@ -118,6 +118,61 @@ async fn a_router_is_managed_from_its_page_and_its_job_watched(db: TestDb) {
     assert!(!html.contains("http-equiv=\"refresh\""), "{html}");
     assert!(html.contains("cancelled at"), "{html}");
 
+    // An artifact installed on selected routers from the list, and the same artifact rolled
+    // out to their group: the job's kind follows the artifact's.
+    let (status, artifact) = upload_artifact(
+        &server,
+        "kind=config&name=site-config&version=3",
+        b"hostname pier-4\n".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 201, "{artifact}");
+    let artifact_id = artifact["id"].as_str().unwrap();
+    let (_, routers) = page(&client, &server, &cookie, "/routers").await;
+    assert!(routers.contains("site-config 3"), "{routers}");
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("action", "update"),
+        ("artifact_id", artifact_id),
+        ("id", id.as_str()),
+    ];
+    let (_, location) = submit(&client, &server, &cookie, "/routers/bulk", &fields).await;
+    let notice = flash_of(&location);
+    assert!(
+        notice.contains("installs site-config 3 on 1 routers"),
+        "{notice}"
+    );
+    let jobs = server.get("/api/v1/jobs").await;
+    let kinds: Vec<&str> = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"config_update"), "{jobs}");
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("kind", "config_update"),
+        ("artifact_id", artifact_id),
+        ("group", "north"),
+        ("phases", "100%"),
+    ];
+    let (_, location) = submit(&client, &server, &cookie, "/rollouts", &fields).await;
+    assert!(location.starts_with("/rollouts/"), "{location}");
+    assert!(
+        flash_of(&location).contains("Rollout started"),
+        "{location}"
+    );
+
+    // The router's events, from its page.
+    let (_, html) = page(&client, &server, &cookie, &path).await;
+    assert!(html.contains(&format!("/events?device={id}")), "{html}");
+    let (status, events) = page(&client, &server, &cookie, &format!("/events?device={id}")).await;
+    assert_eq!(status, 200, "{events}");
+    assert!(events.contains("license_granted"), "{events}");
+    let (status, _) = page(&client, &server, &cookie, "/events?kind=no_such_kind").await;
+    assert_eq!(status, 400);
+
     // Only an admin revokes a router's credentials: the operator is refused, nothing changes.
     let fields = [("csrf", csrf.as_str()), ("action", "revoke-credentials")];
     let (status, location) = submit(&client, &server, &cookie, &path, &fields).await;

@@ -2,6 +2,7 @@
 //! every role check, tenant boundary and rule is the API's own. Forms post back here with the
 //! session's CSRF token; what they change is audited like API calls.
 
+mod events;
 mod fleet;
 mod licenses;
 mod manage;
@@ -56,6 +57,7 @@ pub fn routes() -> Router<AppState> {
         .route("/settings", get(settings::settings))
         .route("/settings/contact", post(settings::set_contact))
         .route("/settings/clock", post(settings::acknowledge_clock))
+        .route("/events", get(events::events))
         .route("/audit", get(pages::audit))
         .route("/audit.csv", get(pages::audit_csv))
         .route("/users", get(pages::users).post(pages::invite))

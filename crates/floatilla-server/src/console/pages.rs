@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use floatilla_domain::Role;
+use floatilla_domain::jobs::{ArtifactKind, JobKind};
 use http::header::{CONTENT_TYPE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
@@ -47,13 +48,13 @@ impl Nav {
 }
 
 /// One choice of a `<select>`.
-struct Choice {
-    value: String,
-    label: String,
-    selected: bool,
+pub(super) struct Choice {
+    pub(super) value: String,
+    pub(super) label: String,
+    pub(super) selected: bool,
 }
 
-fn choices(options: &[(&str, &str)], current: &str) -> Vec<Choice> {
+pub(super) fn choices(options: &[(&str, &str)], current: &str) -> Vec<Choice> {
     options
         .iter()
         .map(|(value, label)| Choice {
@@ -104,7 +105,7 @@ pub(super) fn api_request<T: DeserializeOwned>(value: Value) -> Result<T> {
 }
 
 /// Form fields that are empty count as not given.
-fn given(value: &Option<String>) -> Option<&str> {
+pub(super) fn given(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
@@ -625,6 +626,8 @@ struct RoutersPage {
     problem: Option<String>,
     csrf: String,
     can_manage: bool,
+    /// What an update job for the selected routers may install.
+    artifacts: Vec<ArtifactChoice>,
     total: u64,
     query: ShownFilters,
     connection_options: Vec<Choice>,
@@ -677,6 +680,18 @@ async fn routers_page(
         .store
         .groups(operator.caller.require(Role::Viewer)?)
         .await?;
+    let can_manage = operator.caller.role.allows(Role::Operator);
+    let artifacts = if can_manage {
+        artifacts::list(
+            State(state.clone()),
+            operator.caller.clone(),
+            ApiQuery(api_request(json!({}))?),
+        )
+        .await?
+        .0
+    } else {
+        Vec::new()
+    };
     let next_page = list.next.as_ref().map(|next| {
         let mut pairs: Vec<(&str, &str)> = filters
             .iter()
@@ -704,7 +719,8 @@ async fn routers_page(
         notice: query.notice.clone(),
         problem: query.problem.clone(),
         csrf: operator.session.csrf_token.clone(),
-        can_manage: operator.caller.role.allows(Role::Operator),
+        can_manage,
+        artifacts: artifact_choices(artifacts),
         total: list.total,
         connection_options: choices(
             &[("", "any"), ("online", "online"), ("offline", "offline")],
@@ -753,7 +769,13 @@ pub async fn routers_bulk(
         .filter(|(key, _)| key == "id")
         .map(|(_, value)| value.clone())
         .collect();
-    let outcome = bulk_change(&state, &operator, &field("action"), &field("value"), ids).await;
+    let action = field("action");
+    let value = if action == "update" {
+        field("artifact_id")
+    } else {
+        field("value")
+    };
+    let outcome = bulk_change(&state, &operator, &action, &value, ids).await;
     back("/routers", outcome)
 }
 
@@ -839,6 +861,38 @@ async fn bulk_change(
             Ok(format!(
                 "Reboot job {} created for {count} routers.",
                 job.1.0.id
+            ))
+        }
+        "update" => {
+            if value.is_empty() {
+                return Err(Error::invalid(
+                    "no_artifact",
+                    "Choose the artifact to install.",
+                ));
+            }
+            let artifact =
+                artifacts::get(state_of(), caller.clone(), Path(value.to_owned())).await?;
+            let installs: ArtifactKind =
+                artifact.0.kind.parse().map_err(|e: String| {
+                    Error::Internal(format!("a stored artifact's kind: {e}"))
+                })?;
+            let kind = JobKind::ALL
+                .into_iter()
+                .find(|kind| ArtifactKind::for_job(*kind) == Some(installs))
+                .ok_or_else(|| Error::Internal(format!("no job installs {installs}")))?;
+            let job = jobs::create(
+                state_of(),
+                caller,
+                ApiJson(api_request(json!({
+                    "kind": kind.as_str(),
+                    "artifact_id": value,
+                    "target": {"ids": ids},
+                }))?),
+            )
+            .await?;
+            Ok(format!(
+                "Job {} installs {} {} on {count} routers.",
+                job.1.0.id, artifact.0.name, artifact.0.version
             ))
         }
         _ => Err(Error::invalid(
@@ -1001,6 +1055,22 @@ struct ArtifactChoice {
     label: String,
 }
 
+fn artifact_choices(artifacts: Vec<artifacts::ArtifactView>) -> Vec<ArtifactChoice> {
+    artifacts
+        .into_iter()
+        .map(|a| ArtifactChoice {
+            label: format!(
+                "{} {} {} ({})",
+                a.kind,
+                a.name,
+                a.version,
+                a.models.join(", ")
+            ),
+            id: a.id,
+        })
+        .collect()
+}
+
 #[derive(Template)]
 #[template(path = "rollouts.html")]
 struct RolloutsPage {
@@ -1044,19 +1114,7 @@ pub async fn rollouts(
             problem: flash.problem,
             csrf: operator.session.csrf_token.clone(),
             can_start: operator.caller.role.allows(Role::Operator),
-            artifacts: artifacts
-                .into_iter()
-                .map(|a| ArtifactChoice {
-                    label: format!(
-                        "{} {} {} ({})",
-                        a.kind,
-                        a.name,
-                        a.version,
-                        a.models.join(", ")
-                    ),
-                    id: a.id,
-                })
-                .collect(),
+            artifacts: artifact_choices(artifacts),
             groups: groups.into_iter().map(|g| g.name).collect(),
             rollouts: list
                 .items
