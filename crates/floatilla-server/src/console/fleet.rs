@@ -5,6 +5,7 @@ use askama::Template;
 use axum::body::{Body, Bytes};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::response::Response;
+use floatilla_domain::jobs::ExecutionState;
 use floatilla_domain::{DeviceId, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,16 +19,6 @@ use crate::state::AppState;
 
 /// Executions shown on a job's page at once.
 const EXECUTIONS_PAGE: u32 = 100;
-
-/// Execution states that are not final: while any execution is in one, the job runs.
-const UNFINISHED: [&str; 6] = [
-    "queued",
-    "waiting_for_license",
-    "waiting_for_window",
-    "sent",
-    "downloading",
-    "installing",
-];
 
 struct ExecutionRow {
     router_id: String,
@@ -124,9 +115,15 @@ async fn job_page(
         });
     }
     let total: u64 = view.executions.values().sum();
-    let unfinished: u64 = UNFINISHED
+    let unfinished: u64 = view
+        .executions
         .iter()
-        .filter_map(|state| view.executions.get(*state))
+        .filter(|(state, _)| {
+            state
+                .parse::<ExecutionState>()
+                .is_ok_and(|state| !state.is_terminal())
+        })
+        .map(|(_, count)| count)
         .sum();
     let mut counts: Vec<StateCount> = view
         .executions

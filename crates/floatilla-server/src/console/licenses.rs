@@ -131,28 +131,35 @@ struct DowngradePage {
     content: Option<String>,
 }
 
+/// How to ask for a change of licenses to be confirmed.
+struct Confirmation {
+    /// The change, as the start of a sentence: "Removing this license".
+    change: &'static str,
+    /// Where the confirmation posts.
+    action: String,
+    /// The confirming button's words.
+    button: &'static str,
+    /// The license file to install, carried through the confirmation.
+    content: Option<String>,
+}
+
 /// The form's answer to a change of licenses: back to the licenses page with what came of it,
 /// or, when routers would become excess, the page that names them and asks to confirm.
-fn changed(
-    operator: &Operator,
-    outcome: Result<String>,
-    confirm: impl FnOnce() -> (&'static str, String, &'static str, Option<String>),
-) -> Response {
+fn changed(operator: &Operator, outcome: Result<String>, confirmation: Confirmation) -> Response {
     match outcome {
         Err(Error::DowngradeRequiresAcknowledgement { from, to, routers }) => {
-            let (change, confirm_action, confirm, content) = confirm();
             render(&DowngradePage {
                 nav: Nav::of(operator),
                 notice: None,
                 problem: None,
                 csrf: operator.session.csrf_token.clone(),
-                change,
+                change: confirmation.change,
                 from,
                 to,
                 routers,
-                confirm_action,
-                confirm,
-                content,
+                confirm_action: confirmation.action,
+                confirm: confirmation.button,
+                content: confirmation.content,
             })
         }
         outcome => back("/licenses", outcome),
@@ -224,14 +231,14 @@ pub async fn install_license(
         .await?;
         Ok(format!("License {} installed.", installed.1.0.name))
     };
-    changed(&operator, outcome.await, || {
-        (
-            "Installing this license",
-            "/licenses".to_owned(),
-            "Install it anyway",
-            Some(file.clone()),
-        )
-    })
+    let outcome = outcome.await;
+    let confirmation = Confirmation {
+        change: "Installing this license",
+        action: "/licenses".to_owned(),
+        button: "Install it anyway",
+        content: Some(file),
+    };
+    changed(&operator, outcome, confirmation)
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,14 +268,14 @@ pub async fn remove_license(
         .await?;
         Ok("License removed.".to_owned())
     };
-    changed(&operator, outcome.await, || {
-        (
-            "Removing this license",
-            format!("/licenses/{id}/remove"),
-            "Remove it anyway",
-            None,
-        )
-    })
+    let outcome = outcome.await;
+    let confirmation = Confirmation {
+        change: "Removing this license",
+        action: format!("/licenses/{id}/remove"),
+        button: "Remove it anyway",
+        content: None,
+    };
+    changed(&operator, outcome, confirmation)
 }
 
 #[derive(Debug, Deserialize)]
