@@ -1,7 +1,8 @@
 //! The access matrix: every route of the API, as the OpenAPI document lists it, is classified
 //! here by the access its handler requires, and each is called without a token, with tokens that
 //! are not valid, with each tenant role and as the provider, to check that exactly those it
-//! admits get past authorization. Then another tenant's admin asks for a tenant's own objects by
+//! admits get past authorization (and that a caller refused is refused as well when its request
+//! does not parse). Then another tenant's admin asks for a tenant's own objects by
 //! their real ids, in paths, queries and bodies, and must be answered exactly as for ids that do
 //! not exist.
 
@@ -541,7 +542,30 @@ async fn check_matrix(server: &TestServer, callers: &[Caller], failures: &mut Ve
                     caller.label
                 ));
             }
+            // A caller whose role may not is refused whatever it sends: a request that does
+            // not parse is answered 403 too, not 400.
+            if expect == Expect::Refused(403, "forbidden") {
+                let (path, payload) = unreadable(&path, *payload);
+                let (status, body) =
+                    call(server, caller.token.as_deref(), method, &path, payload).await;
+                if let Some(failure) = judge(expect, status, &body) {
+                    failures.push(format!(
+                        "{method} {template} as {}, unreadable: {failure}, got {status} {body}",
+                        caller.label
+                    ));
+                }
+            }
         }
+    }
+}
+
+/// The same request made unreadable: a query parameter no route knows and, for a JSON body,
+/// JSON that does not parse.
+fn unreadable(path: &str, payload: Payload) -> (String, Payload) {
+    match payload {
+        Upload(_) => (path.to_owned(), Upload("no_such_parameter=1")),
+        Json(_) => (format!("{path}?no_such_parameter=1"), Json("{")),
+        other => (format!("{path}?no_such_parameter=1"), other),
     }
 }
 
