@@ -343,6 +343,10 @@ async fn an_operator_licenses_unmanages_and_rolls_out_from_the_browser() {
     submit(&client, "tbody tr td a").await;
     assert!(text_of(&client, "h1").await.starts_with("Router BR0"));
     picture(&client, "router").await;
+    client.goto(&format!("{base}/events")).await.unwrap();
+    let events = client.source().await.unwrap();
+    assert!(events.contains("license_capacity_changed"), "{events}");
+    picture(&client, "events").await;
     client.goto(&format!("{base}/settings")).await.unwrap();
     assert_eq!(text_of(&client, "h1").await, "Settings");
     picture(&client, "settings").await;
