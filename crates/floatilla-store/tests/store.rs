@@ -1554,16 +1554,24 @@ async fn migrate_from_the_future(location: &Location) {
     }
 }
 
-/// The highest version among this build's migration files (`NNNN_name.sql`).
-fn newest_migration() -> i64 {
-    std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
-        .unwrap()
-        .filter_map(|entry| {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            name.split('_').next()?.parse::<i64>().ok()
-        })
-        .max()
-        .unwrap()
+/// The highest version among this build's migration files (`NNNN_name.sql`) for the backend
+/// of `location` (each backend numbers its own).
+fn newest_migration(location: &Location) -> i64 {
+    let backend = match location {
+        Location::Sqlite(_) => "sqlite",
+        Location::Postgres(_) => "postgres",
+    };
+    std::fs::read_dir(format!(
+        "{}/migrations/{backend}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .filter_map(|entry| {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        name.split('_').next()?.parse::<i64>().ok()
+    })
+    .max()
+    .unwrap()
 }
 
 async fn refuses_a_schema_from_a_newer_build(db: TestDb) {
@@ -1575,7 +1583,7 @@ async fn refuses_a_schema_from_a_newer_build(db: TestDb) {
     match db.open().await {
         Err(StoreError::SchemaTooNew { found, known }) => {
             assert_eq!(found, FUTURE_VERSION);
-            assert_eq!(known, newest_migration());
+            assert_eq!(known, newest_migration(db.location()));
         }
         Err(other) => panic!("expected SchemaTooNew, got {other:?}"),
         Ok(_) => panic!("expected SchemaTooNew, but the store opened"),
