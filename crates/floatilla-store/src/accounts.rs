@@ -75,71 +75,59 @@ pub trait Accounts {
 pub(crate) const SELECT_USERS: &str = "SELECT id, tenant_id, email, role, status, password_hash, \
      invitation_hash, invitation_expires_at, created_at, last_login_at FROM users";
 
-pub(crate) type UserRow = (
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    i64,
-    Option<i64>,
-);
+/// An account's columns, as [`SELECT_USERS`] reads them.
+#[derive(sqlx::FromRow)]
+pub(crate) struct UserRow {
+    id: String,
+    tenant_id: Option<String>,
+    email: String,
+    role: String,
+    status: String,
+    password_hash: Option<String>,
+    invitation_hash: Option<String>,
+    invitation_expires_at: Option<i64>,
+    created_at: i64,
+    last_login_at: Option<i64>,
+}
 
 pub(crate) fn user(row: UserRow) -> Result<User> {
-    let (id, tenant_id, email, role, status, password_hash, hash, expires, created, last) = row;
-    let invitation = match (hash, opt_timestamp("users.invitation_expires_at", expires)?) {
+    let expires = opt_timestamp("users.invitation_expires_at", row.invitation_expires_at)?;
+    let invitation = match (row.invitation_hash, expires) {
         (Some(hash), Some(expires_at)) => Some((hash, expires_at)),
         _ => None,
     };
     Ok(User {
-        id: parse("users.id", &id)?,
-        tenant_id: opt_parse("users.tenant_id", tenant_id.as_deref())?,
-        email,
-        role: parse("users.role", &role)?,
-        status: parse("users.status", &status)?,
-        password_hash,
+        id: parse("users.id", &row.id)?,
+        tenant_id: opt_parse("users.tenant_id", row.tenant_id.as_deref())?,
+        email: row.email,
+        role: parse("users.role", &row.role)?,
+        status: parse("users.status", &row.status)?,
+        password_hash: row.password_hash,
         invitation,
-        created_at: timestamp("users.created_at", created)?,
-        last_login_at: opt_timestamp("users.last_login_at", last)?,
+        created_at: timestamp("users.created_at", row.created_at)?,
+        last_login_at: opt_timestamp("users.last_login_at", row.last_login_at)?,
     })
 }
 
-/// A session's account's columns as in a [`UserRow`], then the session's `csrf_token,
-/// created_at, last_used_at`.
-pub(crate) type SessionRow = (
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    i64,
-    Option<i64>,
-    String,
-    i64,
-    i64,
-);
+/// A console session with its account: [`SELECT_USERS`]'s columns, then the session's.
+#[derive(sqlx::FromRow)]
+pub(crate) struct SessionRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    csrf_token: String,
+    session_created_at: i64,
+    last_used_at: i64,
+}
 
 pub(crate) fn session(secret_hash: &str, row: SessionRow) -> Result<(ConsoleSession, User)> {
-    let (id, tenant, email, role, status, password, hash, expires, created, last) = (
-        row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9,
-    );
-    let (csrf_token, created_at, last_used_at) = (row.10, row.11, row.12);
-    let user = user((
-        id, tenant, email, role, status, password, hash, expires, created, last,
-    ))?;
+    let user = user(row.user)?;
     Ok((
         ConsoleSession {
             secret_hash: secret_hash.to_owned(),
             user_id: user.id,
-            csrf_token,
-            created_at: timestamp("console_sessions.created_at", created_at)?,
-            last_used_at: timestamp("console_sessions.last_used_at", last_used_at)?,
+            csrf_token: row.csrf_token,
+            created_at: timestamp("console_sessions.created_at", row.session_created_at)?,
+            last_used_at: timestamp("console_sessions.last_used_at", row.last_used_at)?,
         },
         user,
     ))
@@ -379,8 +367,9 @@ macro_rules! impl_accounts {
                 // The account comes in the same statement: this runs on every console request.
                 let row: Option<$crate::accounts::SessionRow> =
                     ::sqlx::query_as(::sqlx::AssertSqlSafe(format!(
-                        "SELECT u.*, s.csrf_token, s.created_at, s.last_used_at FROM ({}) u \
-                         JOIN console_sessions s ON s.user_id = u.id WHERE s.secret_hash = $1",
+                        "SELECT u.*, s.csrf_token, s.created_at AS session_created_at, \
+                         s.last_used_at FROM ({}) u JOIN console_sessions s ON s.user_id = u.id \
+                         WHERE s.secret_hash = $1",
                         $crate::accounts::SELECT_USERS
                     )))
                     .bind(secret_hash)
