@@ -213,6 +213,12 @@ pub trait Store:
     /// Any tenant's device: for the device gateway, which learns the tenant from the device.
     async fn device_by_id(&self, id: DeviceId) -> Result<Option<Device>>;
     async fn device_by_serial(&self, tenant: TenantId, serial: &str) -> Result<Option<Device>>;
+    /// The serial numbers of those of `ids` that are the tenant's routers, read at once.
+    async fn device_serials(
+        &self,
+        tenant: TenantId,
+        ids: &[DeviceId],
+    ) -> Result<std::collections::HashMap<DeviceId, String>>;
     /// Lists routers ordered by serial, with the total number that match the filter.
     async fn list_devices(
         &self,

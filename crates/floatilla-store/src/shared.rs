@@ -109,6 +109,8 @@ pub(crate) struct DeviceListing {
     /// The page query's last parameter: one row more than the page holds, to learn whether
     /// another page follows.
     pub(crate) fetch: i64,
+    /// Whether the listing searches serials and names.
+    pub(crate) searches: bool,
     limit: usize,
 }
 
@@ -154,7 +156,8 @@ impl DeviceListing {
                 params.len()
             ));
         }
-        if let Some(query) = filter.query.as_deref().filter(|q| !q.is_empty()) {
+        let search = filter.query.as_deref().filter(|q| !q.is_empty());
+        if let Some(query) = search {
             params.push(format!("%{}%", escape_like(query)));
             conditions.push(router_search.replace("{pattern}", &format!("${}", params.len())));
         }
@@ -180,6 +183,7 @@ impl DeviceListing {
             params,
             count_params,
             fetch: i64::from(page.limit) + 1,
+            searches: search.is_some(),
             limit,
         }
     }
@@ -724,6 +728,33 @@ macro_rules! impl_store {
                 row.map(TryInto::try_into).transpose()
             }
 
+            async fn device_serials(
+                &self,
+                tenant: ::floatilla_domain::TenantId,
+                ids: &[::floatilla_domain::DeviceId],
+            ) -> $crate::Result<
+                ::std::collections::HashMap<::floatilla_domain::DeviceId, String>,
+            > {
+                let mut serials = ::std::collections::HashMap::with_capacity(ids.len());
+                for chunk in ids.chunks($crate::tags::TAG_CHUNK) {
+                    let sql = format!(
+                        "SELECT id, serial FROM devices WHERE tenant_id = $1 AND id IN ({})",
+                        $crate::tags::placeholders(2, chunk.len())
+                    );
+                    let mut query = ::sqlx::query_as::<_, (String, String)>(
+                        ::sqlx::AssertSqlSafe(sql),
+                    )
+                    .bind(tenant.to_string());
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (id, serial) in query.fetch_all(&self.pool).await? {
+                        serials.insert($crate::rows::parse("devices.id", &id)?, serial);
+                    }
+                }
+                Ok(serials)
+            }
+
             async fn list_devices(
                 &self,
                 tenant: ::floatilla_domain::TenantId,
@@ -740,7 +771,7 @@ macro_rules! impl_store {
                 );
                 let mut tx = self.begin_read().await?;
                 if let Some(setup) = Self::SEARCH_PLANNING
-                    && filter.query.as_deref().is_some_and(|q| !q.is_empty())
+                    && listing.searches
                 {
                     ::sqlx::query(setup).execute(&mut *tx).await?;
                 }

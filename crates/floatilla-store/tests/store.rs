@@ -2,7 +2,7 @@
 //! file (module `sqlite`) and once on a fresh PostgreSQL database (module `postgres`; skipped
 //! with a notice when no server is reachable, except in CI).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration};
@@ -677,9 +677,20 @@ async fn devices_are_listed_by_serial_with_filters_and_keyset_pages(store: Arc<d
         devices.push(enroll(&*store, &token, &format!("rt-{i:03}")).await);
     }
     devices.sort_by(|a, b| a.serial.cmp(&b.serial));
+    let mut others = Vec::new();
     for i in 0..3 {
-        enroll(&*store, &other_token, &format!("rt-{i:03}")).await;
+        others.push(enroll(&*store, &other_token, &format!("rt-{i:03}")).await);
     }
+    // Serials read at once: only the tenant's own routers are answered.
+    let asked: Vec<DeviceId> = [devices[3].id, devices[24].id, others[0].id].into();
+    assert_eq!(
+        store.device_serials(tenant, &asked).await.unwrap(),
+        HashMap::from([
+            (devices[3].id, "rt-003".to_owned()),
+            (devices[24].id, "rt-024".to_owned()),
+        ])
+    );
+    assert!(store.device_serials(tenant, &[]).await.unwrap().is_empty());
     // Every third router online, every fourth in the group.
     for device in devices.iter().step_by(3) {
         store

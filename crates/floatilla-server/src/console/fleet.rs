@@ -1,6 +1,8 @@
 //! The console's pages for one job (its executions, refreshed while it runs), one group (its
 //! name, maintenance window and heartbeat), and uploading an artifact from the browser.
 
+use std::collections::HashMap;
+
 use askama::Template;
 use axum::body::{Body, Bytes};
 use axum::extract::{Multipart, Path, Query, State};
@@ -10,7 +12,7 @@ use floatilla_domain::{DeviceId, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::pages::{CsrfForm, Flash, Nav, api_request, back, shown, time};
+use super::pages::{CsrfForm, Flash, Nav, api_request, back, link, shown, time};
 use super::session::Operator;
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::{artifacts, groups, jobs};
@@ -99,21 +101,33 @@ async fn job_page(
     )
     .await?
     .0;
-    let mut executions = Vec::with_capacity(list.items.len());
-    for execution in list.items {
-        let router = match execution.device_id.parse::<DeviceId>() {
-            Ok(device) => state.store.device(tenant, device).await?,
-            Err(_) => None,
-        };
-        executions.push(ExecutionRow {
-            router: router.map_or_else(|| execution.device_id.clone(), |r| r.serial),
+    let routers: Vec<DeviceId> = list
+        .items
+        .iter()
+        .filter_map(|execution| execution.device_id.parse().ok())
+        .collect();
+    let serials: HashMap<String, String> = state
+        .store
+        .device_serials(tenant, &routers)
+        .await?
+        .into_iter()
+        .map(|(id, serial)| (id.to_string(), serial))
+        .collect();
+    let executions = list
+        .items
+        .into_iter()
+        .map(|execution| ExecutionRow {
+            router: serials
+                .get(&execution.device_id)
+                .cloned()
+                .unwrap_or_else(|| execution.device_id.clone()),
             router_id: execution.device_id,
             state: execution.state,
             reason: execution.reason.unwrap_or_default(),
             attempt: execution.attempt,
             updated_at: time(execution.updated_at),
-        });
-    }
+        })
+        .collect();
     let total: u64 = view.executions.values().sum();
     let unfinished: u64 = view
         .executions
@@ -139,10 +153,9 @@ async fn job_page(
         csrf: operator.session.csrf_token.clone(),
         live,
         can_cancel: live && operator.caller.role.allows(Role::Operator),
-        next_page: list.next.map(|next| {
-            let query = serde_urlencoded::to_string([("after", next)]).unwrap_or_default();
-            format!("/jobs/{id}?{query}")
-        }),
+        next_page: list
+            .next
+            .map(|next| link(&format!("/jobs/{id}"), &[("after", &next)])),
         id,
         kind: view.kind,
         artifact: view
@@ -200,10 +213,7 @@ pub async fn group(
             problem: flash.problem,
             csrf: operator.session.csrf_token.clone(),
             can_edit: operator.caller.role.allows(Role::Operator),
-            routers_link: format!(
-                "/routers?{}",
-                serde_urlencoded::to_string([("group", &group.name)]).unwrap_or_default()
-            ),
+            routers_link: link("/routers", &[("group", &group.name)]),
             ping_interval_secs: profile
                 .map_or_else(String::new, |p| p.ping_interval_secs.to_string()),
             pong_timeout_secs: profile
