@@ -40,6 +40,16 @@ impl ArtifactKind {
         }
     }
 
+    /// The job that installs an artifact of this kind.
+    pub fn installed_by(self) -> JobKind {
+        match self {
+            ArtifactKind::Firmware => JobKind::FirmwareUpdate,
+            ArtifactKind::Software => JobKind::SoftwareInstall,
+            ArtifactKind::Config => JobKind::ConfigUpdate,
+            ArtifactKind::Certificates => JobKind::CertificateUpdate,
+        }
+    }
+
     /// The artifact a job of `kind` carries, if it carries one.
     pub fn for_job(kind: JobKind) -> Option<ArtifactKind> {
         match kind {
@@ -164,6 +174,7 @@ mod tests {
         }
         for kind in ArtifactKind::ALL {
             assert_eq!(kind.as_str().parse::<ArtifactKind>(), Ok(kind));
+            assert_eq!(ArtifactKind::for_job(kind.installed_by()), Some(kind));
         }
         assert!("image".parse::<ArtifactKind>().is_err());
     }

@@ -9,7 +9,7 @@ use floatilla_domain::events::EventKind;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::pages::{Choice, Nav, api_request, choices, given, shown, time};
+use super::pages::{Choice, Nav, api_request, choices, given, link, shown, time};
 use super::session::Operator;
 use crate::api::events;
 use crate::api::extract::ApiQuery;
@@ -78,10 +78,7 @@ pub async fn events(
                 .filter_map(|(name, value)| value.map(|v| (*name, v)))
                 .collect();
             pairs.push(("before", &before));
-            format!(
-                "/events?{}",
-                serde_urlencoded::to_string(pairs).unwrap_or_default()
-            )
+            link("/events", &pairs)
         });
         let kind = given(&query.kind).unwrap_or_default();
         let severity = given(&query.severity).unwrap_or_default();

@@ -344,7 +344,15 @@ pub async fn import_codes(
 /// Which usage history to download: `hour` (the default) or `day`.
 #[derive(Debug, Deserialize)]
 pub struct UsageCsvQuery {
-    pub(super) granularity: Option<String>,
+    granularity: Option<String>,
+}
+
+impl UsageCsvQuery {
+    /// The API's usage query for this download, as CSV.
+    pub(super) fn into_csv_request(self) -> Result<ApiQuery<licensing::UsageQuery>> {
+        let granularity = self.granularity.unwrap_or_else(|| "hour".to_owned());
+        api_request(json!({"granularity": granularity, "format": "csv"})).map(ApiQuery)
+    }
 }
 
 pub async fn usage_csv(
@@ -352,12 +360,13 @@ pub async fn usage_csv(
     operator: Operator,
     Query(query): Query<UsageCsvQuery>,
 ) -> Response {
-    let granularity = query.granularity.unwrap_or_else(|| "hour".to_owned());
-    let request = api_request(json!({"granularity": granularity, "format": "csv"}));
-    match request {
-        Ok(request) => licensing::usage(State(state), operator.caller.clone(), ApiQuery(request))
-            .await
-            .unwrap_or_else(|error| failed(&operator, error)),
-        Err(error) => failed(&operator, error),
-    }
+    let usage = async {
+        licensing::usage(
+            State(state),
+            operator.caller.clone(),
+            query.into_csv_request()?,
+        )
+        .await
+    };
+    usage.await.unwrap_or_else(|error| failed(&operator, error))
 }

@@ -9,7 +9,7 @@ use floatilla_domain::Role;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::pages::{Flash, Nav, api_request, back, failed, render};
+use super::pages::{Flash, Nav, api_request, back, failed, field, link, render};
 use super::session::Operator;
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::{artifacts, devices, enrollment, groups, jobs, provider, tags, tokens, webhooks};
@@ -307,8 +307,7 @@ async fn sections(
                 &[("Tag", "/tag"), ("Routers", "/routers")],
                 |tag| {
                     let name = tag["tag"].as_str().unwrap_or_default();
-                    let query = serde_urlencoded::to_string([("tag", name)]).unwrap_or_default();
-                    (Some(format!("/routers?{query}")), Vec::new())
+                    (Some(link("/routers", &[("tag", name)])), Vec::new())
                 },
             );
             ("Groups and tags", vec![groups, tags])
@@ -569,14 +568,6 @@ pub async fn page(
     Query(flash): Query<Flash>,
 ) -> Response {
     show(&state, &operator, &page, flash, None).await
-}
-
-fn field(fields: &[(String, String)], name: &str) -> Option<String> {
-    fields
-        .iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.trim().to_owned())
-        .filter(|value| !value.is_empty())
 }
 
 /// A form that creates something: the new thing's secret, if it has one, is shown once on

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use floatilla_domain::Role;
-use floatilla_domain::jobs::{ArtifactKind, JobKind};
+use floatilla_domain::jobs::ArtifactKind;
 use http::header::{CONTENT_TYPE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
@@ -97,6 +97,23 @@ pub(super) fn back(path: &str, outcome: Result<String>) -> Response {
     let separator = if path.contains('?') { '&' } else { '?' };
     let query = serde_urlencoded::to_string([(key, text)]).unwrap_or_default();
     Redirect::to(&format!("{path}{separator}{query}")).into_response()
+}
+
+/// A form's field as given (trimmed); an empty one counts as not given.
+pub(super) fn field(fields: &[(String, String)], name: &str) -> Option<String> {
+    fields
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+/// A console address with a query: `path?name=value&…`.
+pub(super) fn link(path: &str, pairs: &[(&str, &str)]) -> String {
+    format!(
+        "{path}?{}",
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    )
 }
 
 /// An API request body or query built from a form, through the API's own types.
@@ -699,10 +716,7 @@ async fn routers_page(
             .filter_map(|(name, value)| given(value).map(|v| (*name, v)))
             .collect();
         pairs.push(("cursor", next));
-        format!(
-            "/routers?{}",
-            serde_urlencoded::to_string(pairs).unwrap_or_default()
-        )
+        link("/routers", &pairs)
     });
     let mut group_options = vec![Choice {
         value: String::new(),
@@ -754,13 +768,7 @@ pub async fn routers_bulk(
     operator: Operator,
     axum::Form(fields): axum::Form<Vec<(String, String)>>,
 ) -> Response {
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.trim().to_owned())
-            .unwrap_or_default()
-    };
+    let field = |name: &str| field(&fields, name).unwrap_or_default();
     if let Err(error) = operator.check_csrf(&field("csrf")) {
         return back("/routers", Err(error));
     }
@@ -872,14 +880,12 @@ async fn bulk_change(
             }
             let artifact =
                 artifacts::get(state_of(), caller.clone(), Path(value.to_owned())).await?;
-            let installs: ArtifactKind =
-                artifact.0.kind.parse().map_err(|e: String| {
-                    Error::Internal(format!("a stored artifact's kind: {e}"))
-                })?;
-            let kind = JobKind::ALL
-                .into_iter()
-                .find(|kind| ArtifactKind::for_job(*kind) == Some(installs))
-                .ok_or_else(|| Error::Internal(format!("no job installs {installs}")))?;
+            let kind = artifact
+                .0
+                .kind
+                .parse::<ArtifactKind>()
+                .map_err(|e| Error::Internal(format!("a stored artifact's kind: {e}")))?
+                .installed_by();
             let job = jobs::create(
                 state_of(),
                 caller,
@@ -1370,10 +1376,7 @@ impl AuditPageQuery {
         .into_iter()
         .filter_map(|(name, value)| value.map(|v| (name, v)))
         .collect();
-        format!(
-            "{path}?{}",
-            serde_urlencoded::to_string(pairs).unwrap_or_default()
-        )
+        link(path, &pairs)
     }
 }
 

@@ -5,12 +5,10 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use floatilla_domain::licensing::Granularity;
-use serde_json::json;
 
 use super::licenses::UsageCsvQuery;
-use super::pages::{Nav, api_request, failed, seats_text, shown, time, usage_chart};
+use super::pages::{Nav, failed, seats_text, shown, time, usage_chart};
 use super::session::Operator;
-use crate::api::extract::ApiQuery;
 use crate::api::{licensing, provider};
 use crate::error::Error;
 use crate::state::AppState;
@@ -76,16 +74,14 @@ pub async fn tenant_usage_csv(
     Path(id): Path<String>,
     Query(query): Query<UsageCsvQuery>,
 ) -> Response {
-    let granularity = query.granularity.unwrap_or_else(|| "hour".to_owned());
-    match api_request(json!({"granularity": granularity, "format": "csv"})) {
-        Ok(request) => provider::tenant_usage(
+    let usage = async {
+        provider::tenant_usage(
             State(state),
             operator.caller.clone(),
             Path(id),
-            ApiQuery(request),
+            query.into_csv_request()?,
         )
         .await
-        .unwrap_or_else(|error| failed(&operator, error)),
-        Err(error) => failed(&operator, error),
-    }
+    };
+    usage.await.unwrap_or_else(|error| failed(&operator, error))
 }

@@ -82,11 +82,7 @@ const LOGIN_FORM_LIFETIME: cookie::time::Duration = cookie::time::Duration::hour
 /// A new login form token and the `Set-Cookie` value that holds it.
 pub fn login_form_token() -> (String, String) {
     let (token, _) = crate::accounts::new_secret();
-    let cookie = Cookie::build((LOGIN_COOKIE, token.clone()))
-        .path("/")
-        .secure(true)
-        .http_only(true)
-        .same_site(SameSite::Strict)
+    let cookie = host_cookie(LOGIN_COOKIE, token.clone())
         .max_age(LOGIN_FORM_LIFETIME)
         .build()
         .to_string();
@@ -147,24 +143,26 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-/// The `Set-Cookie` value that starts a session in the browser.
-pub fn session_cookie(secret: &str) -> String {
-    Cookie::build((SESSION_COOKIE, secret.to_owned()))
+/// A console cookie: the `__Host-` attributes (Secure, path `/`), out of scripts' reach, and
+/// sent only with requests from the console's own pages.
+fn host_cookie(name: &'static str, value: String) -> cookie::CookieBuilder<'static> {
+    Cookie::build((name, value))
         .path("/")
         .secure(true)
         .http_only(true)
         .same_site(SameSite::Strict)
+}
+
+/// The `Set-Cookie` value that starts a session in the browser.
+pub fn session_cookie(secret: &str) -> String {
+    host_cookie(SESSION_COOKIE, secret.to_owned())
         .build()
         .to_string()
 }
 
 /// The `Set-Cookie` value that ends the session in the browser.
 pub fn cleared_cookie() -> [(http::HeaderName, String); 1] {
-    let cookie = Cookie::build((SESSION_COOKIE, ""))
-        .path("/")
-        .secure(true)
-        .http_only(true)
-        .same_site(SameSite::Strict)
+    let cookie = host_cookie(SESSION_COOKIE, String::new())
         .max_age(cookie::time::Duration::ZERO)
         .build();
     [(SET_COOKIE, cookie.to_string())]
